@@ -1,0 +1,467 @@
+"""``ecgshard build``: raw PTB-XL / Challenge 2021 records -> HDF5 shards + manifest.
+
+Plan (main process): list the records and their labels, folds and patients from the database's
+own metadata, sort them deterministically and cut them into shards. Work (``--workers``
+processes): each task reads, checks, resamples and filters one shard's records and writes the
+shard atomically. Every record that cannot be used is a named skip in the manifest. A rerun
+keeps every finished shard whose checksum and inputs still match, so an interrupted build
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, labels, readers
+from . import shards as S
+from .errors import BadRecordError, ECGShardError
+from .filters import FilterSpec, fit_length, preprocess
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("ptbxl", "cinc2021")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    source_dir: str
+    out_dir: str
+    format: str = "ptbxl"
+    fs: int = 100
+    seconds: float = 10.0
+    min_seconds: float = 5.0            # shorter records are skipped ("too_short")
+    band: tuple = (0.5, 40.0)
+    notch: float | None = None
+    normalize: str = "mv"
+    workers: int = 0                    # 0: one per CPU core
+    shard_size: int = 2048
+    min_likelihood: float = 0.0         # PTB-XL: statements with a lower likelihood are dropped
+    ptbxl_rate: str = "auto"            # records100, records500, or auto (whichever needs no resampling)
+    dx_map: str | None = None           # Challenge: SNOMED table CSV(s); default the package's
+    compression: str | None = None
+    limit: int | None = None            # first N records only (quick looks)
+
+    @property
+    def filter_spec(self):
+        return FilterSpec(fs=self.fs, band=tuple(self.band) if self.band else None,
+                          notch=self.notch, normalize=self.normalize)
+
+    @property
+    def n_samples(self):
+        return int(round(self.fs * self.seconds))
+
+
+@dataclass
+class Item:
+    """One record to build: where it is and what the metadata says about it."""
+    record_id: str
+    path: str                 # the .hea file
+    patient_id: str
+    fold: int
+    source: str
+    age: float
+    sex: int
+    codes: dict = field(default_factory=dict)     # code -> likelihood (100 where none given)
+
+
+def run(cfg: BuildConfig):
+    """Build (or resume) a shard directory; returns the manifest dict."""
+    if cfg.format not in FORMATS:
+        raise ECGShardError(f"--format must be one of {FORMATS}, got {cfg.format!r}")
+    if cfg.normalize not in ("mv", "zscore"):
+        raise ECGShardError(f"--normalize must be mv or zscore, got {cfg.normalize!r}")
+    source = Path(cfg.source_dir)
+    if not source.is_dir():
+        raise ECGShardError(f"source directory {source} does not exist")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".tmp-*"):
+        stale.unlink()
+
+    plan = plan_ptbxl(cfg) if cfg.format == "ptbxl" else plan_cinc2021(cfg)
+    items = sorted(plan["items"], key=lambda it: (it.fold, it.source, _natural(it.record_id)))
+    if cfg.limit:
+        items = items[:cfg.limit]
+    code_index = {c["code"]: i for i, c in enumerate(plan["classes"])}
+    tasks = [items[i:i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    params = _params(cfg)
+
+    previous = _previous_shards(out)
+    results, todo = {}, []
+    for index, task in enumerate(tasks):
+        task_fp = S.fingerprint([params, [asdict(it) for it in task], list(code_index)])
+        old = previous.get(index)
+        if old and old["task_fingerprint"] == task_fp and _shard_intact(out, old):
+            results[index] = old
+        else:
+            todo.append((index, task, task_fp))
+    if results:
+        log.info("resuming: %d of %d shards already built and verified", len(results), len(tasks))
+
+    from tqdm.auto import tqdm
+
+    workers = cfg.workers or os.cpu_count() or 1
+    bar = tqdm(total=sum(len(t) for _, t, _ in todo), unit="rec", desc="build",
+               disable=None, smoothing=0.1)
+    partial = {"params": params, "shards": results}
+    try:
+        for res in _execute(todo, cfg, code_index, workers):
+            results[res["index"]] = res
+            bar.update(res["n_planned"])
+            S.write_json(out / S.PARTIAL_MANIFEST, partial)
+    finally:
+        bar.close()
+
+    manifest = _manifest(cfg, plan, [results[i] for i in range(len(tasks))], params)
+    S.write_json(out / S.MANIFEST, manifest)
+    if (out / S.PARTIAL_MANIFEST).exists():
+        (out / S.PARTIAL_MANIFEST).unlink()
+    return manifest
+
+
+def _execute(todo, cfg, code_index, workers):
+    if workers <= 1 or len(todo) <= 1:
+        for index, task, task_fp in todo:
+            yield build_shard(index, task, task_fp, cfg, code_index)
+        return
+    import multiprocessing as mp
+
+    # fork: children inherit the compiled numba kernels and the plan without pickling it twice.
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                             mp_context=mp.get_context("fork")) as pool:
+        futures = [pool.submit(build_shard, index, task, task_fp, cfg, code_index)
+                   for index, task, task_fp in todo]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def build_shard(index, items, task_fp, cfg, code_index):
+    """Read, check and preprocess ``items``; write ``shard-{index}.h5``. Never raises for a bad
+    record: each one becomes a skip entry with its reason."""
+    import hashlib
+
+    spec = cfg.filter_spec
+    n_classes = len(code_index)
+    cols = {k: [] for k in S.SHARD_KEYS}
+    skipped = []
+    source_digest = hashlib.sha256()
+    for it in items:
+        try:
+            sig, length, digest = load_record(it, cfg, spec)
+        except BadRecordError as exc:
+            skipped.append(_skip(it, exc.reason, exc.detail))
+            continue
+        except Exception as exc:  # a reader bug must not lose the whole build
+            log.exception("unexpected error on %s", it.path)
+            skipped.append(_skip(it, "unexpected_error", f"{type(exc).__name__}: {exc}"))
+            continue
+        source_digest.update(digest.encode())
+        label = np.zeros(n_classes, np.uint8)
+        likelihood = np.zeros(n_classes, np.uint8)
+        for code, lik in it.codes.items():
+            label[code_index[code]] = 1
+            likelihood[code_index[code]] = int(round(lik))
+        for key, value in ((S.SIGNAL, sig), (S.LABELS, label), (S.LIKELIHOOD, likelihood),
+                           (S.RECORD_ID, it.record_id), (S.PATIENT_ID, it.patient_id),
+                           (S.FOLD, it.fold), (S.SOURCE, it.source), (S.AGE, it.age),
+                           (S.SEX, it.sex), (S.LENGTH, length)):
+            cols[key].append(value)
+    res = {"index": index, "task_fingerprint": task_fp, "n_planned": len(items),
+           "n_records": len(cols[S.RECORD_ID]), "skipped": skipped,
+           "source_sha256": source_digest.hexdigest(),
+           "folds": dict(Counter(str(f) for f in cols[S.FOLD])),
+           "sources": dict(Counter(cols[S.SOURCE])),
+           "class_counts": [0] * n_classes, "file": None, "sha256": None}
+    if cols[S.RECORD_ID]:
+        arrays = {k: np.stack(v) if k in (S.SIGNAL, S.LABELS, S.LIKELIHOOD) else v
+                  for k, v in cols.items()}
+        res["class_counts"] = arrays[S.LABELS].sum(axis=0, dtype=np.int64).tolist()
+        res["file"] = S.shard_name(index)
+        res["sha256"] = S.write_shard(Path(cfg.out_dir) / res["file"], arrays,
+                                      {"fs": cfg.fs, "codes": list(code_index)},
+                                      compression=cfg.compression)
+    return res
+
+
+def load_record(it, cfg, spec):
+    """One record through the signal path: ``(float16 (12, T), valid length, source sha256)``."""
+    sig, fs, leads, hdr, digest = readers.read_wfdb(it.path)
+    if not fs or fs <= 0:
+        raise BadRecordError("bad_sampling_rate", f"{it.path}: fs={fs}")
+    sig = readers.to_canonical_leads(sig, leads, it.path)
+    if not np.isfinite(sig).all():
+        bad = [S.LEADS[i] for i in np.flatnonzero(~np.isfinite(sig).all(axis=1))]
+        raise BadRecordError("nan_values", f"{it.path}: non-finite samples in {bad}")
+    seconds = sig.shape[1] / fs
+    if seconds < cfg.min_seconds:
+        raise BadRecordError("too_short", f"{it.path}: {seconds:.2f} s < {cfg.min_seconds} s")
+    flat = np.flatnonzero(np.ptp(sig, axis=1) < 1e-3)
+    if len(flat):
+        raise BadRecordError("flat_lead", f"{it.path}: no signal in {[S.LEADS[i] for i in flat]}")
+    if seconds > cfg.seconds * 1.5:
+        # Long records (PTB's 2-minute ones): cut the central window first, with a margin for
+        # the filters, so that resampling and filtering work on what is kept.
+        keep = int(round((cfg.seconds + 4.0) * fs))
+        start = (sig.shape[1] - keep) // 2
+        sig = sig[:, start:start + keep]
+    x = preprocess(sig, fs, spec)
+    x, length = fit_length(x, cfg.n_samples)
+    if not np.isfinite(x).all() or np.abs(x).max() > 6e4:
+        raise BadRecordError("out_of_range", f"{it.path}: values beyond float16 after filtering")
+    return x.astype(np.float16), length, digest
+
+
+def _skip(it, reason, detail=""):
+    return {"record_id": it.record_id, "path": str(it.path), "source": it.source,
+            "reason": reason, "detail": detail}
+
+
+# ---------------------------------------------------------------- plans
+
+def plan_ptbxl(cfg):
+    source = Path(cfg.source_dir)
+    db, scp = readers.load_ptbxl_tables(source)
+    classes = labels.ptbxl_vocabulary(scp)
+    known = {c["code"] for c in classes}
+    rate = _ptbxl_rate(cfg, source)
+    column = "filename_lr" if rate == 100 else "filename_hr"
+    items, skipped, listed = [], [], set()
+    unknown = Counter()
+    for ecg_id, row in db.iterrows():
+        rec_path = source / f"{row[column]}.hea"
+        listed.add(rec_path.resolve())
+        rec_id = str(ecg_id)
+        codes = {}
+        for code, lik in row["scp_codes"].items():
+            if code not in known:
+                unknown[code] += 1
+            elif float(lik) >= cfg.min_likelihood:
+                codes[code] = float(lik)
+        it = Item(record_id=rec_id, path=str(rec_path), patient_id=_id_text(row["patient_id"]),
+                  fold=_int_or(row["strat_fold"], 0), source="PTB-XL",
+                  age=_float_or(row.get("age")), sex=_int_or(row.get("sex"), -1), codes=codes)
+        if not rec_path.exists():
+            skipped.append(_skip(it, "missing_record_file", f"{rec_path} listed in "
+                                 f"ptbxl_database.csv does not exist"))
+        elif not 1 <= it.fold <= 10:
+            skipped.append(_skip(it, "no_fold", f"strat_fold={row['strat_fold']!r}"))
+        elif not codes:
+            skipped.append(_skip(it, "no_labels", f"no statement at likelihood >= "
+                                 f"{cfg.min_likelihood}"))
+        else:
+            items.append(it)
+    if unknown:
+        log.warning("%d statements in ptbxl_database.csv are not in scp_statements.csv and were "
+                    "ignored: %s", sum(unknown.values()), dict(unknown))
+    records_dir = source / f"records{rate}"
+    for hea in sorted(records_dir.rglob("*.hea")):
+        if hea.resolve() not in listed:
+            skipped.append({"record_id": hea.stem, "path": str(hea), "source": "PTB-XL",
+                            "reason": "no_metadata_row",
+                            "detail": "record on disk has no row in ptbxl_database.csv"})
+    if not items and not skipped:
+        raise ECGShardError(f"{source}: ptbxl_database.csv lists no records")
+    return {"classes": classes, "items": items, "skipped": skipped,
+            "unknown_codes": dict(unknown), "rate": rate,
+            "checksums": {f: S.sha256_file(source / f) for f in readers.PTBXL_FILES}}
+
+
+def _ptbxl_rate(cfg, source):
+    if cfg.ptbxl_rate in ("100", "500"):
+        rate = int(cfg.ptbxl_rate)
+    else:
+        have = [r for r in (100, 500) if (source / f"records{r}").is_dir()]
+        if not have:
+            raise ECGShardError(f"{source} has neither records100/ nor records500/; download "
+                                f"the PTB-XL record folders next to ptbxl_database.csv")
+        # The rate that needs no resampling, else the higher one (resampling down is exact).
+        rate = cfg.fs if cfg.fs in have else max(have)
+    if not (source / f"records{rate}").is_dir():
+        raise ECGShardError(f"{source / f'records{rate}'} does not exist")
+    return rate
+
+
+def plan_cinc2021(cfg):
+    source = Path(cfg.source_dir)
+    table = labels.snomed_table(cfg.dx_map)
+    heas = sorted(source.rglob("*.hea"))
+    if not heas:
+        raise ECGShardError(f"{source} holds no WFDB .hea files; point --format cinc2021 at the "
+                            f"Challenge 2021 training/ folder (or one source inside it)")
+    items, skipped = [], []
+    counts, unknown = Counter(), Counter()
+    seen_ids = {}
+    for hea in heas:
+        name = hea.stem
+        src = readers.record_source_from_name(name, hea.parent.parent.name)
+        it = Item(record_id=name, path=str(hea), patient_id=name, fold=readers.fold_from_id(name),
+                  source=src, age=float("nan"), sex=-1)
+        try:
+            hdr = readers.parse_header(hea.read_text(errors="replace"), hea)
+        except BadRecordError as exc:
+            skipped.append(_skip(it, exc.reason, exc.detail))
+            continue
+        if name in seen_ids:
+            skipped.append(_skip(it, "duplicate_record_id", f"also at {seen_ids[name]}"))
+            continue
+        seen_ids[name] = hea
+        it.age = _float_or(hdr.comments.get("Age"))
+        it.sex = {"male": 0, "m": 0, "female": 1, "f": 1}.get(
+            hdr.comments.get("Sex", "").strip().lower(), -1)
+        dx = [c.strip() for c in hdr.comments.get("Dx", "").split(",") if c.strip()]
+        if not dx:
+            skipped.append(_skip(it, "no_labels", "header has no #Dx codes"))
+            continue
+        it.codes = {c: 100.0 for c in dx}
+        counts.update(it.codes)
+        unknown.update(c for c in it.codes if c not in table)
+        items.append(it)
+    if unknown:
+        log.warning("%d labels use %d SNOMED codes that are not in the code table (kept, named by "
+                    "their code): %s", sum(unknown.values()), len(unknown),
+                    dict(unknown.most_common(10)))
+    classes = labels.snomed_vocabulary(table, counts)
+    checksums = {}
+    if cfg.dx_map:
+        checksums = {p: S.sha256_file(p) for p in str(cfg.dx_map).split(",")}
+    return {"classes": classes, "items": items, "skipped": skipped,
+            "unknown_codes": dict(unknown), "rate": None, "checksums": checksums}
+
+
+# ---------------------------------------------------------------- manifest and resume
+
+def _params(cfg):
+    p = asdict(cfg)
+    p.pop("out_dir")
+    p.pop("workers")
+    p["band"] = list(cfg.band) if cfg.band else None
+    p["filter"] = asdict(cfg.filter_spec)
+    p["filter"]["design"] = "Butterworth SOS, zero-phase (forward-backward), numba kernel"
+    p["resampling"] = "scipy.signal.resample_poly (polyphase, Kaiser anti-aliasing)"
+    p["length_rule"] = ("central window of `seconds`; shorter records zero-padded at the end, "
+                        "valid length stored")
+    p["label_rule"] = (f"a statement is a label when present with likelihood >= "
+                       f"{cfg.min_likelihood}" if cfg.format == "ptbxl"
+                       else "every SNOMED CT code in #Dx is a label")
+    p["fold_rule"] = ("PTB-XL strat_fold (patient-wise)" if cfg.format == "ptbxl" else
+                      "1 + sha256(record name) mod 10 (Challenge headers carry no patient id)")
+    return p
+
+
+def _previous_shards(out):
+    for name in (S.PARTIAL_MANIFEST, S.MANIFEST):
+        path = out / name
+        if path.exists():
+            import json
+
+            try:
+                data = json.loads(path.read_text())
+            except ValueError:
+                continue
+            shards = data.get("shards", {})
+            if isinstance(shards, list):
+                shards = {s["index"]: s for s in shards if "index" in s}
+            return {int(k): v for k, v in shards.items()}
+    return {}
+
+
+def _shard_intact(out, entry):
+    if entry.get("file") is None:
+        return entry.get("n_records", 0) == 0
+    path = out / entry["file"]
+    return path.exists() and S.sha256_file(path) == entry["sha256"]
+
+
+def _manifest(cfg, plan, results, params):
+    classes = [dict(c) for c in plan["classes"]]
+    totals = np.zeros(len(classes), np.int64)
+    for res in results:
+        totals += np.asarray(res["class_counts"], np.int64)
+    for c, n in zip(classes, totals):
+        c["count"] = int(n)
+    skipped = list(plan["skipped"]) + [s for res in results for s in res["skipped"]]
+    folds = Counter()
+    for res in results:
+        folds.update({int(k): v for k, v in res["folds"].items()})
+    n_records = sum(r["n_records"] for r in results)
+    shards = [r for r in results if r["file"]]
+    return {
+        "schema_version": S.SCHEMA_VERSION,
+        "created_by": f"ecgshard {__version__}",
+        "format": cfg.format,
+        "source_dir": str(Path(cfg.source_dir).resolve()),
+        "params": params,
+        "fs": cfg.fs,
+        "n_samples": cfg.n_samples,
+        "leads": list(S.LEADS),
+        "ptbxl_rate": plan["rate"],
+        "source_checksums": plan["checksums"],
+        "classes": classes,
+        "unknown_codes": plan["unknown_codes"],
+        "n_records": n_records,
+        "n_skipped": len(skipped),
+        "skip_counts": dict(Counter(s["reason"] for s in skipped)),
+        "skipped": skipped,
+        "folds": {str(k): folds[k] for k in sorted(folds)},
+        "sources": dict(sum((Counter(r["sources"]) for r in results), Counter())),
+        "shards": [{k: r[k] for k in ("index", "file", "sha256", "n_records", "folds",
+                                      "source_sha256", "task_fingerprint", "n_planned", "sources",
+                                      "class_counts", "skipped")} for r in shards],
+        "fingerprint": S.fingerprint([params, [r["sha256"] for r in shards]]),
+    }
+
+
+def summary_lines(manifest):
+    lines = [f"{manifest['n_records']} records in {len(manifest['shards'])} shards "
+             f"({manifest['format']}, {manifest['fs']} Hz x {manifest['n_samples']} samples), "
+             f"{manifest['n_skipped']} skipped"]
+    for reason, n in sorted(manifest["skip_counts"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  skipped {n:6d}  {reason}")
+    lines.append("  folds: " + ", ".join(f"{k}:{v}" for k, v in manifest["folds"].items()))
+    lines.append("  sources: " + ", ".join(f"{k}:{v}" for k, v in manifest["sources"].items()))
+    present = [c for c in manifest["classes"] if c["count"]]
+    lines.append(f"  classes: {len(present)} with records (of {len(manifest['classes'])} in the "
+                 f"vocabulary)")
+    for c in sorted(present, key=lambda c: -c["count"])[:15]:
+        lines.append(f"    {c['code']:>14}  {c['count']:6d}  {c['name']}")
+    if manifest.get("unknown_codes"):
+        lines.append(f"  codes not in the code table: {manifest['unknown_codes']}")
+    return lines
+
+
+def inspect(shard_dir):
+    """``ecgshard inspect``: the manifest summary, one line each."""
+    return summary_lines(S.load_manifest(shard_dir))
+
+
+def _natural(name):
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return (name.rstrip("0123456789"), int(digits) if digits else 0, name)
+
+
+def _id_text(value):
+    try:
+        f = float(value)
+        return str(int(f)) if f == int(f) else str(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _int_or(value, default):
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def _float_or(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")

@@ -1,0 +1,228 @@
+"""Readers of raw records: WFDB headers and signals, PTB-XL and Challenge 2021 indexes.
+
+A reader returns ``(sig, fs, lead_names)`` with ``sig`` float32 ``(n_leads, T)`` in millivolts.
+Format-16 signals (every PTB-XL record, and every Challenge ``.mat``, whose header says
+``16+24``: int16 samples interleaved after a 24-byte MAT v4 header) are read directly with
+numpy; any other WFDB format goes through ``wfdb.rdrecord``. The fast path is what makes a build
+fast (see docs/performance.md); ``tests/test_readers.py`` checks it against wfdb.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadRecordError, ECGShardError
+from .shards import LEADS
+
+log = logging.getLogger(__name__)
+
+_LEAD_ALIASES = {name.upper(): name for name in LEADS}
+_INVALID = {16: -32768, 61: -32768, 80: -128, 212: -2048, 310: -512, 311: -512, 24: -8388608,
+            32: -2147483648}
+_UNIT_SCALE = {"MV": 1.0, "UV": 1e-3, "µV".upper(): 1e-3, "V": 1e3, "NV": 1e-6}
+
+
+@dataclass
+class Header:
+    record: str
+    n_sig: int
+    fs: float
+    n_samples: int
+    files: list = field(default_factory=list)
+    fmts: list = field(default_factory=list)
+    offsets: list = field(default_factory=list)
+    gains: list = field(default_factory=list)
+    baselines: list = field(default_factory=list)
+    units: list = field(default_factory=list)
+    leads: list = field(default_factory=list)
+    comments: dict = field(default_factory=dict)
+
+
+def parse_header(text, path=""):
+    """Parse a WFDB ``.hea`` text (single-segment records) into a ``Header``."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    body = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not body:
+        raise BadRecordError("unreadable_header", f"{path}: empty header")
+    head = body[0].split()
+    try:
+        record, n_sig = head[0], int(head[1])
+        fs = float(re.match(r"[0-9.eE+-]+", head[2]).group()) if len(head) > 2 else 250.0
+        n_samples = int(head[3]) if len(head) > 3 else 0
+        if "/" in record:
+            raise BadRecordError("multi_segment", f"{path}: multi-segment records are not read")
+        hdr = Header(record=record, n_sig=n_sig, fs=fs, n_samples=n_samples)
+        for line in body[1:1 + n_sig]:
+            parts = line.split()
+            fmt_field = parts[1]
+            m = re.match(r"(\d+)(?:x\d+)?(?::\d+)?(?:\+(\d+))?", fmt_field)
+            gain_field = parts[2] if len(parts) > 2 else "200"
+            g = re.match(r"([0-9.eE+-]+)(?:\(([-0-9]+)\))?(?:/(\S+))?", gain_field)
+            gain = float(g.group(1)) or 200.0
+            adc_zero = int(parts[4]) if len(parts) > 4 else 0
+            baseline = int(g.group(2)) if g.group(2) is not None else adc_zero
+            hdr.files.append(parts[0])
+            hdr.fmts.append(int(m.group(1)))
+            hdr.offsets.append(int(m.group(2) or 0))
+            hdr.gains.append(gain)
+            hdr.baselines.append(baseline)
+            hdr.units.append(g.group(3) or "mV")
+            hdr.leads.append(parts[8] if len(parts) > 8 else "")
+    except BadRecordError:
+        raise
+    except (IndexError, ValueError, AttributeError) as exc:
+        raise BadRecordError("unreadable_header", f"{path}: {exc}") from None
+    if len(hdr.files) != n_sig:
+        raise BadRecordError("unreadable_header", f"{path}: {n_sig} signals announced, "
+                             f"{len(hdr.files)} described")
+    for line in lines:
+        # Challenge headers write both "#Dx: ..." and "# Dx: ...".
+        m = re.match(r"#\s*([A-Za-z]+)\s*:\s*(.*)", line)
+        if m:
+            hdr.comments[m.group(1)] = m.group(2).strip()
+    return hdr
+
+
+def canonical_lead(name):
+    """Map a lead label to its canonical spelling (``AVR``, ``avr`` -> ``aVR``), or None."""
+    return _LEAD_ALIASES.get(name.strip().upper())
+
+
+def read_wfdb(hea_path):
+    """Read one WFDB record.
+
+    Returns
+    -------
+    sig : (n_leads, T) float32, millivolts
+    fs : float, Hz
+    leads : list of str, canonical names where known
+    header : Header
+    digest : str, sha256 of header and signal bytes (source checksum)
+    """
+    hea_path = Path(hea_path)
+    try:
+        text = hea_path.read_text(errors="replace")
+    except OSError as exc:
+        raise BadRecordError("unreadable_header", f"{hea_path}: {exc}") from None
+    hdr = parse_header(text, hea_path)
+    digest = hashlib.sha256(text.encode())
+    if hdr.n_samples <= 0:
+        raise BadRecordError("empty_record", f"{hea_path}: header gives {hdr.n_samples} samples")
+    if len(set(hdr.files)) == 1 and set(hdr.fmts) == {16} and len(set(hdr.offsets)) == 1:
+        raw = _read_fmt16(hea_path.parent / hdr.files[0], hdr, digest)
+    else:
+        raw = _read_with_wfdb(hea_path, hdr)
+    gains = np.asarray(hdr.gains, dtype=np.float32)[:, None]
+    baselines = np.asarray(hdr.baselines, dtype=np.float32)[:, None]
+    scale = np.asarray([_unit_scale(u, hea_path) for u in hdr.units], dtype=np.float32)[:, None]
+    sig = (raw.astype(np.float32) - baselines) / gains * scale
+    # WFDB marks an invalid sample with the format's lowest value (-32768 in format 16).
+    sig[raw == _INVALID.get(hdr.fmts[0], np.iinfo(np.int64).min)] = np.nan
+    leads = [canonical_lead(n) or n for n in hdr.leads]
+    return sig, hdr.fs, leads, hdr, digest.hexdigest()
+
+
+def _unit_scale(unit, path):
+    scale = _UNIT_SCALE.get(unit.upper())
+    if scale is None:
+        raise BadRecordError("unknown_units", f"{path}: signal units {unit!r}")
+    return scale
+
+
+def _read_fmt16(dat_path, hdr, digest):
+    try:
+        blob = dat_path.read_bytes()
+    except OSError:
+        raise BadRecordError("missing_signal_file", f"{dat_path} cannot be read") from None
+    digest.update(blob)
+    offset = hdr.offsets[0]
+    need = offset + 2 * hdr.n_samples * hdr.n_sig
+    if len(blob) < need:
+        raise BadRecordError("truncated_signal", f"{dat_path}: {len(blob)} bytes, header needs "
+                             f"{need}")
+    data = np.frombuffer(blob, dtype="<i2", count=hdr.n_samples * hdr.n_sig, offset=offset)
+    # WFDB stores samples interleaved by signal: (T, n_sig) in file order.
+    return data.reshape(hdr.n_samples, hdr.n_sig).T
+
+
+def _read_with_wfdb(hea_path, hdr):
+    import wfdb
+
+    for name in set(hdr.files):
+        if not (hea_path.parent / name).exists():
+            raise BadRecordError("missing_signal_file", f"{hea_path.parent / name} does not exist")
+    try:
+        rec = wfdb.rdrecord(str(hea_path.with_suffix("")), physical=False)
+    except Exception as exc:  # wfdb raises many types for damaged files
+        raise BadRecordError("unreadable_signal", f"{hea_path}: {type(exc).__name__}: {exc}") \
+            from None
+    return np.asarray(rec.d_signal, dtype=np.int64).T
+
+
+def to_canonical_leads(sig, leads, path=""):
+    """Reorder ``(L, T)`` rows to ``LEADS`` by name; a missing or unknown lead is a bad record."""
+    index = {}
+    for i, name in enumerate(leads):
+        canon = canonical_lead(name)
+        if canon is None:
+            raise BadRecordError("unknown_lead", f"{path}: lead name {name!r}")
+        index.setdefault(canon, i)
+    missing = [name for name in LEADS if name not in index]
+    if missing:
+        raise BadRecordError("missing_lead", f"{path}: no {', '.join(missing)}")
+    return sig[[index[name] for name in LEADS]]
+
+
+# ---------------------------------------------------------------- PTB-XL
+
+PTBXL_FILES = ("ptbxl_database.csv", "scp_statements.csv")
+
+
+def check_ptbxl_dir(source_dir):
+    source_dir = Path(source_dir)
+    missing = [f for f in PTBXL_FILES if not (source_dir / f).exists()]
+    if missing:
+        raise ECGShardError(
+            f"{source_dir} is not a PTB-XL directory: {', '.join(missing)} missing. Get PTB-XL "
+            f"1.0.3 from PhysioNet (https://physionet.org/content/ptb-xl/1.0.3/) and point "
+            f"`ecgshard build` at the folder that holds ptbxl_database.csv")
+    return source_dir
+
+
+def load_ptbxl_tables(source_dir):
+    """The two PTB-XL CSVs as pandas frames, ``scp_codes`` parsed into dicts."""
+    import ast
+
+    import pandas as pd
+
+    source_dir = check_ptbxl_dir(source_dir)
+    db = pd.read_csv(source_dir / "ptbxl_database.csv", index_col="ecg_id")
+    for col in ("scp_codes", "strat_fold", "patient_id", "filename_lr", "filename_hr"):
+        if col not in db.columns:
+            raise ECGShardError(f"{source_dir / 'ptbxl_database.csv'} lacks the column {col!r}")
+    db["scp_codes"] = db["scp_codes"].apply(ast.literal_eval)
+    scp = pd.read_csv(source_dir / "scp_statements.csv", index_col=0)
+    return db, scp
+
+
+def record_source_from_name(name, parent=""):
+    """Challenge 2021 source database from a record name (the prefixes are the Challenge's)."""
+    prefixes = (("HR", "PTB-XL"), ("JS", None), ("A", "CPSC2018"), ("Q", "CPSC-Extra"),
+                ("I", "INCART"), ("S", "PTB"), ("E", "Georgia"))
+    for prefix, source in prefixes:
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            if source is None:
+                # Chapman-Shaoxing is JS00001-JS10646; Ningbo continues the numbering.
+                return "Chapman-Shaoxing" if int(name[2:]) <= 10646 else "Ningbo"
+            return source
+    return parent or "unknown"
+
+
+def fold_from_id(key, n_folds=10):
+    """Deterministic fold 1..n_folds from an id (sha256, so it is stable across machines)."""
+    return int(hashlib.sha256(str(key).encode()).hexdigest(), 16) % n_folds + 1

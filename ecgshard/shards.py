@@ -1,0 +1,333 @@
+"""The data contract between stages: every on-disk key, dtype and version lives here.
+
+No other module spells an HDF5 key or a manifest field. ``docs/shards.md`` is the prose
+version of this file; change both together and bump ``SCHEMA_VERSION`` on any change a
+reader would notice.
+
+Artifacts
+---------
+shard directory
+    ``manifest.json`` + ``shard-NNNNN.h5``. Each shard holds N records:
+
+    ==============  ===========  ==================  =========================================
+    key             shape        dtype               meaning
+    ==============  ===========  ==================  =========================================
+    signal          (N, 12, T)   float16             filtered ECG, leads in ``LEADS`` order
+    labels          (N, C)       uint8               multi-hot over the manifest vocabulary
+    likelihood      (N, C)       uint8               PTB-XL statement likelihood (0-100);
+                                                     100 where the source gives none
+    record_id       (N,)         str (utf-8)         source record name, unique in the set
+    patient_id      (N,)         str (utf-8)         patient (or record id where unknown)
+    fold            (N,)         int8                1..10, patient-wise
+    source          (N,)         str (utf-8)         source database of the record
+    age             (N,)         float32             years, NaN when unknown
+    sex             (N,)         int8                0 male, 1 female, -1 unknown
+    length          (N,)         int32               valid samples before padding (<= T)
+    ==============  ===========  ==================  =========================================
+
+    ``signal`` is chunked ``(CHUNK_RECORDS, 12, T)`` so a reader takes whole record blocks.
+text matrix (HDF5)
+    ``emb`` (C, D) float32 L2-normalised rows, ``codes`` and ``texts`` (C,) str, and attributes
+    naming the model, revision, pooling, templates and an input fingerprint.
+checkpoint (torch ``.pt``)
+    a dict with ``schema_version``, model config and state, class codes, text-matrix hash.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SchemaError
+
+SCHEMA_VERSION = 1
+TEXT_SCHEMA_VERSION = 1
+CHECKPOINT_SCHEMA_VERSION = 1
+
+LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+CHUNK_RECORDS = 64
+
+SIGNAL = "signal"
+LABELS = "labels"
+LIKELIHOOD = "likelihood"
+RECORD_ID = "record_id"
+PATIENT_ID = "patient_id"
+FOLD = "fold"
+SOURCE = "source"
+AGE = "age"
+SEX = "sex"
+LENGTH = "length"
+
+SHARD_DTYPES = {
+    SIGNAL: np.float16,
+    LABELS: np.uint8,
+    LIKELIHOOD: np.uint8,
+    FOLD: np.int8,
+    AGE: np.float32,
+    SEX: np.int8,
+    LENGTH: np.int32,
+}
+STRING_KEYS = (RECORD_ID, PATIENT_ID, SOURCE)
+SHARD_KEYS = tuple(SHARD_DTYPES) + STRING_KEYS
+
+MANIFEST = "manifest.json"
+PARTIAL_MANIFEST = "manifest.partial.json"
+REQUIRED_MANIFEST_FIELDS = ("schema_version", "format", "params", "classes", "shards", "skipped",
+                            "n_records", "fs", "n_samples", "leads")
+
+
+def shard_name(index):
+    return f"shard-{index:05d}.h5"
+
+
+# ---------------------------------------------------------------- atomic files and hashes
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds.
+
+    A crash leaves at most a ``.tmp-*`` file, never a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path, obj):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def sha256_file(path, block=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(obj):
+    """A stable sha256 of a JSON-able object (dict key order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+# ---------------------------------------------------------------- shards
+
+def write_shard(path, arrays, attrs, compression=None):
+    """Write one shard atomically and return its sha256.
+
+    Parameters
+    ----------
+    arrays : dict
+        Every key of ``SHARD_KEYS``; numeric arrays are cast to ``SHARD_DTYPES``.
+    attrs : dict
+        Scalar or JSON-able attributes stored on the file (``fs``, ``codes``...).
+    """
+    import h5py
+
+    missing = [k for k in SHARD_KEYS if k not in arrays]
+    if missing:
+        raise SchemaError(f"shard is missing {missing}")
+    n = len(arrays[RECORD_ID])
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            for key, value in attrs.items():
+                f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+            for key, dtype in SHARD_DTYPES.items():
+                data = np.asarray(arrays[key], dtype=dtype)
+                if len(data) != n:
+                    raise SchemaError(f"{key} has {len(data)} rows, expected {n}")
+                chunks = None
+                if key == SIGNAL and n:
+                    chunks = (min(CHUNK_RECORDS, n),) + data.shape[1:]
+                f.create_dataset(key, data=data, chunks=chunks,
+                                 compression=compression if key == SIGNAL else None)
+            for key in STRING_KEYS:
+                f.create_dataset(key, data=np.asarray([str(s) for s in arrays[key]], dtype=object),
+                                 dtype=h5py.string_dtype())
+        digest = sha256_file(tmp)
+    return digest
+
+
+def open_shard(path):
+    """Open a shard read-only after checking its schema version and shapes."""
+    import h5py
+
+    f = h5py.File(path, "r")
+    try:
+        check_shard(f, path)
+    except Exception:
+        f.close()
+        raise
+    return f
+
+
+def check_shard(f, path=""):
+    version = f.attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"{path}: shard schema version {version}, this ecgshard reads "
+                          f"{SCHEMA_VERSION}; rebuild the shards")
+    missing = [k for k in SHARD_KEYS if k not in f]
+    if missing:
+        raise SchemaError(f"{path}: shard lacks datasets {missing}")
+    n = f[SIGNAL].shape[0]
+    if f[SIGNAL].ndim != 3 or f[SIGNAL].shape[1] != len(LEADS):
+        raise SchemaError(f"{path}: signal shape {f[SIGNAL].shape}, expected (N, 12, T)")
+    for key in SHARD_KEYS:
+        if f[key].shape[0] != n:
+            raise SchemaError(f"{path}: {key} has {f[key].shape[0]} rows, signal has {n}")
+
+
+def read_strings(dataset, sel=slice(None)):
+    return np.asarray([s.decode() if isinstance(s, bytes) else s for s in dataset[sel]],
+                      dtype=object)
+
+
+# ---------------------------------------------------------------- manifest
+
+def load_manifest(shard_dir):
+    """Read and check ``manifest.json`` of a shard directory."""
+    path = Path(shard_dir) / MANIFEST
+    if not path.exists():
+        hint = " (an interrupted build: run `ecgshard build` again to resume)" \
+            if (Path(shard_dir) / PARTIAL_MANIFEST).exists() else ""
+        raise SchemaError(f"{shard_dir} has no {MANIFEST}; not a finished shard directory{hint}")
+    manifest = json.loads(path.read_text())
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise SchemaError(f"{path}: schema version {manifest.get('schema_version')}, this "
+                          f"ecgshard reads {SCHEMA_VERSION}; rebuild the shards")
+    missing = [k for k in REQUIRED_MANIFEST_FIELDS if k not in manifest]
+    if missing:
+        raise SchemaError(f"{path}: manifest lacks {missing}")
+    return manifest
+
+
+def class_codes(manifest):
+    return [c["code"] for c in manifest["classes"]]
+
+
+def shard_paths(shard_dir, manifest):
+    return [Path(shard_dir) / s["file"] for s in manifest["shards"]]
+
+
+# ---------------------------------------------------------------- text matrix
+
+@dataclass(frozen=True)
+class TextMatrix:
+    emb: np.ndarray          # (C, D) float32, rows L2-normalised
+    codes: list
+    texts: list
+    names: list
+    attrs: dict
+
+    @property
+    def sha256(self):
+        return self.attrs["content_sha256"]
+
+    def rows(self, codes):
+        """Row indices of ``codes``; a clear error names the codes the matrix lacks."""
+        index = {c: i for i, c in enumerate(self.codes)}
+        missing = [c for c in codes if c not in index]
+        if missing:
+            raise SchemaError(f"text matrix ({self.attrs.get('model_id')}) has no embedding for "
+                              f"{len(missing)} classes: {missing[:10]}; rerun `ecgshard embed-text` "
+                              f"with a vocabulary that covers them")
+        return np.asarray([index[c] for c in codes], dtype=np.int64)
+
+
+def text_content_sha256(emb, codes, texts):
+    h = hashlib.sha256(np.ascontiguousarray(emb, dtype=np.float32).tobytes())
+    h.update(json.dumps([list(codes), list(texts)]).encode())
+    return h.hexdigest()
+
+
+def write_text_matrix(path, emb, codes, texts, names, attrs):
+    import h5py
+
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(codes) or len(codes) != len(texts):
+        raise SchemaError(f"text matrix shape {emb.shape} does not fit {len(codes)} codes")
+    attrs = dict(attrs, schema_version=TEXT_SCHEMA_VERSION,
+                 content_sha256=text_content_sha256(emb, codes, texts))
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("emb", data=emb)
+            for key, values in (("codes", codes), ("texts", texts), ("names", names)):
+                f.create_dataset(key, data=np.asarray(list(values), dtype=object),
+                                 dtype=h5py.string_dtype())
+            for key, value in attrs.items():
+                f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def read_text_matrix(path):
+    import h5py
+
+    if not Path(path).exists():
+        raise SchemaError(f"no text matrix at {path}; create it with `ecgshard embed-text`")
+    with h5py.File(path, "r") as f:
+        attrs = {k: _maybe_json(v) for k, v in f.attrs.items()}
+        if attrs.get("schema_version") != TEXT_SCHEMA_VERSION:
+            raise SchemaError(f"{path}: text matrix schema {attrs.get('schema_version')}, "
+                              f"expected {TEXT_SCHEMA_VERSION}")
+        emb = f["emb"][...]
+        codes, texts, names = (list(read_strings(f[k])) for k in ("codes", "texts", "names"))
+    if text_content_sha256(emb, codes, texts) != attrs["content_sha256"]:
+        raise SchemaError(f"{path}: content hash does not match; the file is damaged")
+    return TextMatrix(emb=emb, codes=codes, texts=texts, names=names, attrs=attrs)
+
+
+def _maybe_json(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path, state):
+    """Atomically save a self-describing checkpoint dict (see module docstring)."""
+    import torch
+
+    state = dict(state, schema_version=CHECKPOINT_SCHEMA_VERSION)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    import torch
+
+    if not Path(path).exists():
+        raise SchemaError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if state.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
+        raise SchemaError(f"{path}: checkpoint schema {state.get('schema_version')}, expected "
+                          f"{CHECKPOINT_SCHEMA_VERSION}")
+    return state
