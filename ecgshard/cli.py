@@ -100,5 +100,45 @@ def synth(out_dir, fmt, records, seed):
     click.echo(f"wrote {len(rows)} synthetic records to {out_dir}")
 
 
+@main.command("embed-text")
+@click.option("--vocab", multiple=True, required=True,
+              help="Shard directory or CSV/JSON of codes and names (repeatable).")
+@click.option("--out", required=True, help="Text matrix file (.h5).")
+@click.option("--model", default="emilyalsentzer/Bio_ClinicalBERT", show_default=True,
+              help="Hugging Face id or local path; 'minilm-offline' for the bundled MiniLM.")
+@click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True,
+              help="Pooling for plain BERT models.")
+@click.option("--template", "templates", multiple=True,
+              help="Prompt template with {name}, e.g. 'an ECG showing {name}' (repeatable: "
+              "averaged). Default: the class text alone.")
+@click.option("--texts", type=click.Choice(["name", "description", "both"]), default="name",
+              show_default=True)
+@click.option("--descriptions", default=None, help="JSON {code: text} instead of the package's.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--force", is_flag=True, help="Recompute even when the cache is up to date.")
+def embed_text(vocab, out, model, pooling, templates, texts, descriptions, device, batch_size,
+               force):
+    """Embed class texts with a frozen text encoder (cached)."""
+    from . import text as stage
+
+    cfg = stage.TextConfig(vocab=tuple(vocab), out=out, model=model, pooling=pooling,
+                           templates=tuple(templates) or ("{name}",), texts=texts,
+                           descriptions=descriptions, device=device, batch_size=batch_size,
+                           force=force)
+    click.echo(f"text matrix: {stage.run(cfg)}")
+
+
+@main.command("text-sim")
+@click.argument("text_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--top", default=20, show_default=True)
+def text_sim(text_file, top):
+    """Print the most similar class-text pairs (what zero-shot cannot separate)."""
+    from . import text as stage
+
+    for line in stage.text_sim_lines(text_file, top):
+        click.echo(line)
+
+
 if __name__ == "__main__":
     main()

