@@ -140,5 +140,115 @@ def text_sim(text_file, top):
         click.echo(line)
 
 
+def _folds(text):
+    """'1-8' or '1,2,3' -> (1, ..., 8)."""
+    out = []
+    for part in str(text).split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return tuple(out)
+
+
+@main.command()
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, help="Run directory.")
+@click.option("--holdout", default="", help="Comma-separated codes to hold out, or 'default' "
+              "(the package's PTB-XL holdout).")
+@click.option("--holdout-file", type=click.Path(exists=True, dir_okay=False),
+              help="Codes to hold out, one per line.")
+@click.option("--holdout-expand", is_flag=True,
+              help="Hold out synonyms, parents and near-duplicates of the held-out codes too.")
+@click.option("--include-heldout-records", is_flag=True,
+              help="NOT zero-shot: train on records that carry held-out labels.")
+@click.option("--arch", type=click.Choice(["resnet1d", "seed-cnn"]), default="resnet1d",
+              show_default=True)
+@click.option("--loss", type=click.Choice(["bce", "clip", "triplet"]), default="bce",
+              show_default=True)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--weight-decay", default=1e-2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--train-folds", default="1-8", show_default=True)
+@click.option("--val-folds", default="9", show_default=True)
+@click.option("--test-folds", default="10", show_default=True)
+@click.option("--min-positives", default=5, show_default=True)
+@click.option("--data", type=click.Choice(["auto", "stream", "preload"]), default="auto",
+              show_default=True)
+@click.option("--workers", default=2, show_default=True, help="Loader processes (stream).")
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True)
+@click.option("--max-steps", type=int, default=None)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoder.")
+def fit(shards, text, out, holdout, holdout_file, holdout_expand, include_heldout_records, arch,
+        loss, epochs, batch_size, lr, weight_decay, device, amp, train_folds, val_folds,
+        test_folds, min_positives, data, workers, augment, seed, resume, max_steps, compile_):
+    """Train the ECG encoder against the fixed text matrix, classes held out."""
+    from . import fit as stage
+
+    codes = [c.strip() for c in holdout.split(",") if c.strip()]
+    if holdout_file:
+        with open(holdout_file) as f:
+            codes += [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+    cfg = stage.FitConfig(shards=shards, text=text, out=out, holdout=tuple(codes),
+                          holdout_expand=holdout_expand,
+                          include_heldout_records=include_heldout_records, arch=arch, loss=loss,
+                          epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                          device=device, amp=amp, train_folds=_folds(train_folds),
+                          val_folds=_folds(val_folds), test_folds=_folds(test_folds),
+                          min_positives=min_positives, data=data, workers=workers,
+                          augment=augment, seed=seed, resume=resume, max_steps=max_steps,
+                          compile=compile_)
+    summary = stage.run(cfg)
+    click.echo(f"best validation macro AUROC (training classes, folds {val_folds}): "
+               f"{summary['best_val_macro_auroc']:.4f}; run in {out}")
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, help="Report directory.")
+@click.option("--classes", default="heldout", show_default=True,
+              help="heldout, all, or comma-separated codes.")
+@click.option("--folds", default=None, help="Default: the run's test folds (same shard set) "
+              "or every fold (another dataset).")
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap replicates.")
+@click.option("--threshold", default="val-seen", show_default=True,
+              help="val-seen, youden (optimistic, labelled) or fixed:X.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+              show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5.")
+@click.option("--no-control", is_flag=True, help="Skip the random-encoder control.")
+@click.option("--seed", default=0, show_default=True)
+def zeroshot(run_dir, shards, text, out, classes, folds, bootstrap, threshold, checkpoint,
+             device, save_embeddings, no_control, seed):
+    """Score classes zero-shot (held-out classes, or another dataset) and write a report."""
+    from . import zeroshot as stage
+
+    cfg = stage.ZeroShotConfig(run=run_dir, shards=shards, text=text, out=out, classes=classes,
+                               folds=_folds(folds) if folds else None, bootstrap=bootstrap,
+                               threshold=threshold, checkpoint=checkpoint, device=device,
+                               save_embeddings=save_embeddings, control=not no_control,
+                               seed=seed)
+    for line in stage.summary_lines(stage.run(cfg)):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("report_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False))
+def report(report_dirs):
+    """Print several zero-shot reports side by side."""
+    from . import zeroshot as stage
+
+    for line in stage.report_table(report_dirs):
+        click.echo(line)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,257 @@
+"""The data path of ``fit`` and ``zeroshot``: records selected by fold and label, streamed from
+shards or preloaded, as batches of ``(signal, labels, heldout)`` tensors.
+
+Selection happens where the labels are read (in the worker, on the raw shard rows), so the
+count of held-out positives that reach a batch is a real check, not a restatement of the plan.
+
+Streaming (``ShardStream``): whole record blocks (a multiple of the HDF5 chunk) are read in a
+shuffled block order (``seed + epoch``), pooled in a shuffle buffer and cut into batches inside
+DataLoader worker processes; HDF5 files are opened lazily in each worker. Preloading
+(``Preloaded``): the selected records are read once into one tensor on the target device and
+batches are index slices of it, which removes the loader from the step entirely.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import shards as S
+from .errors import ECGShardError
+
+log = logging.getLogger(__name__)
+
+BLOCK_RECORDS = 4 * S.CHUNK_RECORDS
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which records of a shard set a stage uses, and how their labels map to classes."""
+    shard_dir: str
+    folds: tuple
+    class_codes: tuple                  # output label columns, in this order
+    exclude_codes: tuple = ()           # records carrying any of these are dropped
+    watch_codes: tuple = ()             # counted per batch ("heldout"), never a label column
+
+
+class _Columns:
+    """Column indices of a Selection in one shard set's label matrix."""
+
+    def __init__(self, sel, manifest):
+        codes = S.class_codes(manifest)
+        index = {c: i for i, c in enumerate(codes)}
+        missing = [c for c in sel.class_codes if c not in index]
+        if missing:
+            raise ECGShardError(f"{sel.shard_dir} has no label column for {missing}")
+        self.out = np.asarray([index[c] for c in sel.class_codes], dtype=np.int64)
+        self.exclude = np.asarray([index[c] for c in sel.exclude_codes if c in index], np.int64)
+        self.watch = np.asarray([index[c] for c in sel.watch_codes if c in index], np.int64)
+        self.folds = np.asarray(sel.folds, dtype=np.int64)
+
+    def apply(self, labels, folds):
+        """Raw shard rows -> (keep mask, output labels, held-out-positive flags)."""
+        keep = np.isin(folds, self.folds)
+        if len(self.exclude):
+            keep &= ~labels[:, self.exclude].any(axis=1)
+        heldout = labels[:, self.watch].any(axis=1) if len(self.watch) else np.zeros(len(labels),
+                                                                                      bool)
+        return keep, labels[:, self.out], heldout
+
+
+def shard_blocks(sel, manifest):
+    """(path, start, stop) blocks of the shards that hold any of the selected folds."""
+    wanted = {str(f) for f in sel.folds}
+    blocks = []
+    for entry in manifest["shards"]:
+        if not wanted & set(entry["folds"]):
+            continue
+        path = str(Path(sel.shard_dir) / entry["file"])
+        for start in range(0, entry["n_records"], BLOCK_RECORDS):
+            blocks.append((path, start, min(start + BLOCK_RECORDS, entry["n_records"])))
+    return blocks
+
+
+def count_selection(sel):
+    """Records kept, records dropped for an excluded label, and positives per output class."""
+    manifest = S.load_manifest(sel.shard_dir)
+    cols = _Columns(sel, manifest)
+    kept = excluded = 0
+    positives = np.zeros(len(sel.class_codes), np.int64)
+    import h5py
+
+    for path in S.shard_paths(sel.shard_dir, manifest):
+        with h5py.File(path, "r") as f:
+            labels, folds = f[S.LABELS][...], f[S.FOLD][...]
+        keep, out, _ = cols.apply(labels, folds)
+        in_folds = np.isin(folds, cols.folds)
+        excluded += int((in_folds & ~keep).sum())
+        kept += int(keep.sum())
+        positives += out[keep].sum(axis=0, dtype=np.int64)
+    return kept, excluded, positives
+
+
+def load_selection(sel, with_ids=False):
+    """All selected records in shard order: float16 signal (N, 12, T), labels (N, C), heldout (N,)
+    and, with ``with_ids``, record ids and sources."""
+    manifest = S.load_manifest(sel.shard_dir)
+    cols = _Columns(sel, manifest)
+    sig, lab, held, ids, sources = [], [], [], [], []
+    for path, start, stop in shard_blocks(sel, manifest):
+        with S.open_shard(path) as f:
+            keep, out, heldout = cols.apply(f[S.LABELS][start:stop], f[S.FOLD][start:stop])
+            if not keep.any():
+                continue
+            sig.append(f[S.SIGNAL][start:stop][keep])
+            if with_ids:
+                ids.append(S.read_strings(f[S.RECORD_ID], slice(start, stop))[keep])
+                sources.append(S.read_strings(f[S.SOURCE], slice(start, stop))[keep])
+        lab.append(out[keep])
+        held.append(heldout[keep])
+    t = manifest["n_samples"]
+    result = {"signal": np.concatenate(sig) if sig else np.zeros((0, 12, t), np.float16),
+              "labels": np.concatenate(lab) if lab else np.zeros((0, len(sel.class_codes)),
+                                                                 np.uint8),
+              "heldout": np.concatenate(held) if held else np.zeros(0, bool)}
+    if with_ids:
+        result["record_id"] = np.concatenate(ids) if ids else np.zeros(0, object)
+        result["source"] = np.concatenate(sources) if sources else np.zeros(0, object)
+    return result
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Yields whole batches (dicts of tensors) of the selected records in shuffled order."""
+
+    def __init__(self, sel, batch_size, seed=0, buffer_records=4096, drop_last=True):
+        super().__init__()
+        self.sel, self.batch_size, self.seed = sel, batch_size, seed
+        self.buffer_records, self.drop_last = buffer_records, drop_last
+        self.manifest = S.load_manifest(sel.shard_dir)
+        self.blocks = shard_blocks(sel, self.manifest)
+        self.epoch = 0
+        self._files = None
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _file(self, path):
+        # Opened lazily, per worker process: an h5py handle must not cross a fork.
+        if self._files is None:
+            self._files = {}
+        if path not in self._files:
+            self._files[path] = S.open_shard(path)
+        return self._files[path]
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks))
+        mine = [self.blocks[i] for i in order[worker::n_workers]]
+        cols = _Columns(self.sel, self.manifest)
+        pool = {"signal": [], "labels": [], "heldout": []}
+        pooled = 0
+        for path, start, stop in mine:
+            f = self._file(path)
+            keep, out, heldout = cols.apply(f[S.LABELS][start:stop], f[S.FOLD][start:stop])
+            if keep.any():
+                pool["signal"].append(f[S.SIGNAL][start:stop][keep])
+                pool["labels"].append(out[keep])
+                pool["heldout"].append(heldout[keep])
+                pooled += int(keep.sum())
+            if pooled >= self.buffer_records:
+                pool, pooled = yield from self._drain(pool, rng, final=False)
+        if pooled:
+            yield from self._drain(pool, rng, final=True)
+
+    def _drain(self, pool, rng, final):
+        arrays = {k: np.concatenate(v) for k, v in pool.items()}
+        perm = rng.permutation(len(arrays["labels"]))
+        n_full = len(perm) // self.batch_size * self.batch_size
+        for i in range(0, n_full, self.batch_size):
+            yield _to_tensors(arrays, perm[i:i + self.batch_size])
+        rest = perm[n_full:]
+        if final:
+            if len(rest) and not self.drop_last:
+                yield _to_tensors(arrays, rest)
+            return {}, 0
+        return {k: [v[rest]] for k, v in arrays.items()}, len(rest)
+
+
+def _to_tensors(arrays, idx):
+    return {"signal": torch.from_numpy(np.ascontiguousarray(arrays["signal"][idx])),
+            "labels": torch.from_numpy(np.ascontiguousarray(arrays["labels"][idx])),
+            "heldout": torch.from_numpy(np.ascontiguousarray(arrays["heldout"][idx]))}
+
+
+class StreamLoader:
+    """DataLoader over a ShardStream: worker processes, pinned memory, non-blocking copies."""
+
+    def __init__(self, sel, batch_size, device, seed=0, workers=2):
+        self.dataset = ShardStream(sel, batch_size, seed=seed)
+        self.device = torch.device(device)
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, num_workers=workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            prefetch_factor=4 if workers else None)
+
+    def epoch(self, epoch):
+        self.dataset.set_epoch(epoch)
+        for batch in self.loader:
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+class Preloaded:
+    """The whole selection as tensors on ``device``; an epoch is a seeded permutation."""
+
+    def __init__(self, sel, batch_size, device, seed=0, arrays=None):
+        arrays = arrays if arrays is not None else load_selection(sel)
+        self.device = torch.device(device)
+        self.signal = torch.from_numpy(arrays["signal"]).to(self.device)
+        self.labels = torch.from_numpy(arrays["labels"]).to(self.device)
+        self.heldout = torch.from_numpy(arrays["heldout"]).to(self.device)
+        self.batch_size, self.seed = batch_size, seed
+
+    def __len__(self):
+        return len(self.labels)
+
+    def epoch(self, epoch):
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        perm = torch.randperm(len(self.labels), generator=g).to(self.device)
+        for i in range(0, len(perm) - self.batch_size + 1, self.batch_size):
+            idx = perm[i:i + self.batch_size]
+            yield {"signal": self.signal[idx], "labels": self.labels[idx],
+                   "heldout": self.heldout[idx]}
+
+
+def selection_bytes(n_records, n_samples):
+    return n_records * 12 * n_samples * 2
+
+
+def fits_in_memory(n_bytes, device):
+    """Whether a float16 selection of ``n_bytes`` may be preloaded on ``device``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return n_bytes < 0.4 * free
+    try:
+        import os
+
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 4 << 30
+    return n_bytes < 0.3 * avail
+
+
+def augment(x, generator, scale=0.15, noise=0.02, lead_dropout=0.1):
+    """On-device augmentation of a float (B, 12, T) batch: amplitude scale, noise, lead dropout.
+
+    Random numbers come from ``generator`` (on x's device) so that a CPU run is reproducible.
+    """
+    b = x.shape[0]
+    amp = 1 + scale * (2 * torch.rand(b, 1, 1, generator=generator, device=x.device) - 1)
+    keep = (torch.rand(b, 12, 1, generator=generator, device=x.device) >= lead_dropout)
+    jitter = noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x * amp + jitter) * keep.to(x.dtype)

@@ -1,0 +1,297 @@
+"""``ecgshard fit``: train the ECG encoder against the fixed text matrix (Experiment A).
+
+Held-out classes are removed from the label space, and every record carrying one is removed
+from training and validation (strict zero-shot), unless the user loudly asks otherwise. The run
+directory is self-describing: config, class lists, exclusion counts, the held-out check,
+a JSONL log per epoch, and checkpoints (best by validation macro AUROC on the training
+classes, and last), all written atomically; ``--resume`` continues from the last one exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import labels as L
+from . import shards as S
+from .errors import ECGShardError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    shards: str
+    text: str
+    out: str
+    holdout: tuple = ()
+    holdout_expand: bool = False
+    include_heldout_records: bool = False    # train on records that carry held-out labels
+    arch: str = "resnet1d"
+    loss: str = "bce"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    warmup: float = 0.05                     # fraction of steps with a linear warm-up
+    device: str = "auto"
+    amp: bool = True                         # bf16 autocast on CUDA; no-op on CPU
+    train_folds: tuple = (1, 2, 3, 4, 5, 6, 7, 8)
+    val_folds: tuple = (9,)
+    test_folds: tuple = (10,)
+    min_positives: int = 5                   # a training class needs this many train positives
+    data: str = "auto"                       # auto | stream | preload
+    workers: int = 2
+    augment: bool = True
+    seed: int = 0
+    resume: bool = False
+    max_steps: int | None = None             # stop early (smoke runs, benchmarks)
+    compile: bool = False
+
+
+def autocast(device, enabled):
+    """bf16 autocast on CUDA; a no-op context elsewhere (CPU autocast would slow convs)."""
+    import torch
+
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_holdout(cfg, classes):
+    codes = list(cfg.holdout)
+    if codes == ["default"]:
+        present = {c["code"] for c in classes}
+        codes = [c for c in L.DEFAULT_PTBXL_HOLDOUT if c in present]
+    return L.resolve_holdout(codes, classes, expand=cfg.holdout_expand) if codes else []
+
+
+def plan(cfg):
+    """Classes, selections and counts of a run, checked before any training starts."""
+    from .data import Selection, count_selection
+
+    for name, folds in (("train", cfg.train_folds), ("val", cfg.val_folds)):
+        overlap = set(folds) & set(cfg.test_folds)
+        if overlap:
+            raise ECGShardError(f"{name} folds {sorted(overlap)} are also test folds; test folds "
+                                f"never steer training")
+    if set(cfg.train_folds) & set(cfg.val_folds):
+        raise ECGShardError("train and validation folds overlap")
+    manifest = S.load_manifest(cfg.shards)
+    text = S.read_text_matrix(cfg.text)
+    holdout = resolve_holdout(cfg, manifest["classes"])
+    exclude = () if cfg.include_heldout_records else tuple(holdout)
+    if cfg.include_heldout_records and holdout:
+        log.warning("!!! --include-heldout-records: records carrying held-out labels ARE TRAINED "
+                    "ON (only the label columns are removed). Results are NOT strict zero-shot.")
+    candidates = tuple(c for c in S.class_codes(manifest) if c not in set(holdout))
+    train_sel = Selection(cfg.shards, tuple(cfg.train_folds), candidates, exclude, tuple(holdout))
+    n_train, n_excluded, positives = count_selection(train_sel)
+    train_codes = tuple(c for c, n in zip(candidates, positives) if n >= cfg.min_positives)
+    if not train_codes or n_train == 0:
+        raise ECGShardError(f"empty training set: {n_train} records in folds {cfg.train_folds}, "
+                            f"{len(train_codes)} classes with >= {cfg.min_positives} positives")
+    text.rows(train_codes)                       # a clear error if the text lacks any of them
+    missing_text = [c for c in holdout if c not in set(text.codes)]
+    if missing_text:
+        log.warning("held-out classes without a text embedding cannot be scored later: %s",
+                    missing_text)
+    train_sel = replace(train_sel, class_codes=train_codes)
+    val_sel = Selection(cfg.shards, tuple(cfg.val_folds), train_codes, exclude, tuple(holdout))
+    n_val, n_val_excluded, _ = count_selection(val_sel)
+    return {"manifest": manifest, "text": text, "holdout": holdout, "train_sel": train_sel,
+            "val_sel": val_sel, "train_codes": list(train_codes), "n_train": n_train,
+            "n_val": n_val, "excluded": {"train": n_excluded, "val": n_val_excluded},
+            "dropped_rare": [c for c, n in zip(candidates, positives) if n < cfg.min_positives]}
+
+
+def run(cfg: FitConfig):
+    """Train; returns the summary dict also written to ``RUN_DIR/summary.json``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data import Preloaded, StreamLoader, augment, fits_in_memory, load_selection, \
+        selection_bytes
+    from .losses import build_loss
+    from .models import build_model
+    from .text import resolve_device
+
+    out = Path(cfg.out)
+    if out.exists() and (out / "checkpoint-last.pt").exists() and not cfg.resume:
+        raise ECGShardError(f"{out} already holds a run; pass --resume to continue it or choose "
+                            f"another --out")
+    p = plan(cfg)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    text_emb = torch.from_numpy(p["text"].emb[p["text"].rows(p["train_codes"])]).to(device)
+    model_cfg = {"arch": cfg.arch, "n_samples": p["manifest"]["n_samples"],
+                 "text_dim": int(text_emb.shape[1]), "proj_hidden": 512,
+                 "input_scale": 1.0, "fs": p["manifest"]["fs"]}
+    model = build_model(model_cfg).to(device)
+    loss_fn = build_loss(cfg.loss).to(device)
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    use_preload = cfg.data == "preload" or (cfg.data == "auto" and fits_in_memory(
+        selection_bytes(p["n_train"], p["manifest"]["n_samples"]), device))
+    train = Preloaded(p["train_sel"], cfg.batch_size, device, cfg.seed) if use_preload else \
+        StreamLoader(p["train_sel"], cfg.batch_size, device, cfg.seed, cfg.workers)
+    val = load_selection(p["val_sel"])
+    steps_per_epoch = max(1, p["n_train"] // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warm = max(1, int(cfg.warmup * total))
+
+    def lr_factor(step):                   # linear warm-up, then cosine decay to zero
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    step_fn = torch.compile(model) if cfg.compile else model
+
+    state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0, "records_seen": 0,
+             "batches": 0}
+    if cfg.resume and (out / "checkpoint-last.pt").exists():
+        ck = S.load_checkpoint(out / "checkpoint-last.pt", map_location=device)
+        model.load_state_dict(ck["model"])
+        loss_fn.load_state_dict(ck["loss"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state = ck["state"]
+        log.info("resuming %s at epoch %d", out, state["epoch"])
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_run_files(out, cfg, p, model_cfg, use_preload)
+
+    log.info("training %s/%s on %s: %d records, %d classes, held out %s (%d train records "
+             "excluded)", cfg.arch, cfg.loss, device, p["n_train"], len(p["train_codes"]),
+             p["holdout"], p["excluded"]["train"])
+    for epoch in range(state["epoch"], cfg.epochs):
+        model.train()
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + epoch)
+        t0, waited, n_seen, losses = time.perf_counter(), 0.0, 0, []
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=None, leave=False)
+        batches = iter(train.epoch(epoch))
+        while True:
+            tw = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - tw
+            if batch is None or (cfg.max_steps and state["step"] >= cfg.max_steps):
+                break
+            x = batch["signal"].float()
+            if cfg.augment:
+                x = augment(x, gen)
+            with autocast(device, cfg.amp):
+                emb = step_fn(x)
+            loss = loss_fn(emb, text_emb, batch["labels"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            state["step"] += 1
+            state["batches"] += 1
+            state["records_seen"] += len(x)
+            state["heldout_seen"] += int(batch["heldout"].sum())
+            n_seen += len(x)
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", rec_s=f"{n_seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        val_auroc = evaluate(model, val, device, cfg.amp, text_emb)
+        state["epoch"] = epoch + 1
+        is_best = val_auroc > state["best_auroc"] or not (out / "checkpoint-best.pt").exists()
+        if is_best:
+            state["best_auroc"] = val_auroc if val_auroc == val_auroc else -1.0
+        record = {"epoch": epoch + 1, "step": state["step"], "loss": float(np.mean(losses))
+                  if losses else float("nan"), "val_macro_auroc": val_auroc,
+                  "samples_per_s": n_seen / elapsed if elapsed else 0.0,
+                  "data_wait_fraction": waited / elapsed if elapsed else 0.0,
+                  "lr": sched.get_last_lr()[0], "seconds": elapsed,
+                  "logit_scale": float(getattr(loss_fn, "logit_scale", torch.tensor(0.)).detach().exp())}
+        log.info("epoch %d: loss %.4f, val macro AUROC %.4f (train classes, folds %s), "
+                 "%.0f samples/s, data wait %.0f%%", epoch + 1, record["loss"], val_auroc,
+                 cfg.val_folds, record["samples_per_s"], 100 * record["data_wait_fraction"])
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        ck = {"model": model.state_dict(), "loss": loss_fn.state_dict(),
+              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state,
+              "model_config": model_cfg, "loss_name": cfg.loss, "train_codes": p["train_codes"],
+              "holdout": p["holdout"], "text_sha256": p["text"].sha256,
+              "text_emb_train": text_emb.cpu().numpy(),
+              "text_model": p["text"].attrs.get("model_id"), "config": asdict(cfg),
+              "val_macro_auroc": val_auroc}
+        if is_best:
+            S.save_checkpoint(out / "checkpoint-best.pt", ck)
+        S.save_checkpoint(out / "checkpoint-last.pt", ck)
+        _write_heldout_check(out, state, p["holdout"], cfg.include_heldout_records)
+        if cfg.max_steps and state["step"] >= cfg.max_steps:
+            break
+    summary = {"run": str(out), "best_val_macro_auroc": state["best_auroc"],
+               "val_folds": list(cfg.val_folds), "train_classes": p["train_codes"],
+               "holdout": p["holdout"], "text_model": p["text"].attrs.get("model_id"),
+               "epochs_done": state["epoch"], "steps": state["step"],
+               "data_path": "preload" if use_preload else "stream"}
+    S.write_json(out / "summary.json", summary)
+    return summary
+
+
+def _write_run_files(out, cfg, p, model_cfg, use_preload):
+    S.write_json(out / "config.json", {"config": asdict(cfg), "model": model_cfg,
+                                       "data_path": "preload" if use_preload else "stream"})
+    S.write_json(out / "classes.json", {
+        "train_codes": p["train_codes"], "holdout": p["holdout"],
+        "holdout_requested": list(cfg.holdout),
+        "dropped_rare_classes": p["dropped_rare"],
+        "records": {"train": p["n_train"], "val": p["n_val"]},
+        "records_excluded_for_heldout_labels": p["excluded"],
+        "strict_zero_shot": not cfg.include_heldout_records,
+        "folds": {"train": list(cfg.train_folds), "val": list(cfg.val_folds),
+                  "test": list(cfg.test_folds)},
+        "shards": str(Path(cfg.shards).resolve()),
+        "shards_fingerprint": p["manifest"]["fingerprint"],
+        "text": str(Path(cfg.text).resolve()), "text_sha256": p["text"].sha256,
+        "text_model": p["text"].attrs.get("model_id")})
+
+
+def _write_heldout_check(out, state, holdout, allowed):
+    ok = state["heldout_seen"] == 0 or allowed
+    S.write_json(out / "heldout_check.json", {
+        "holdout": holdout, "batches": state["batches"], "records_seen": state["records_seen"],
+        "records_with_heldout_label_seen": state["heldout_seen"], "passed": ok})
+    if not ok:
+        raise ECGShardError(f"{state['heldout_seen']} training records carried a held-out label; "
+                            f"the run is not zero-shot (see {out / 'heldout_check.json'})")
+
+
+def embed(model, signal, device, amp, batch_size=512):
+    """Embeddings (N, D) float32 numpy of a float16 (N, 12, T) numpy array."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(signal), batch_size):
+            x = torch.from_numpy(signal[i:i + batch_size]).to(device, non_blocking=True).float()
+            with autocast(device, amp):
+                out.append(model(x).float().cpu().numpy())
+    dim = model.head[-1].out_features
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+
+def evaluate(model, val, device, amp, text_emb):
+    """Validation macro AUROC over the training classes (cosine similarity as the score)."""
+    from .metrics import macro, per_class
+
+    if len(val["labels"]) == 0:
+        return float("nan")
+    scores = embed(model, val["signal"], device, amp) @ text_emb.float().cpu().numpy().T
+    auroc, _ = per_class(scores, val["labels"])
+    return macro(auroc)

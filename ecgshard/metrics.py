@@ -1,0 +1,108 @@
+"""Per-class and macro metrics of scores against multi-hot labels (scikit-learn underneath).
+
+A class without positives (or without negatives) among the evaluated records has no AUROC:
+it is reported as such and left out of every macro average, never counted as 0 or 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+
+def evaluable(labels):
+    """Boolean (C,): classes with at least one positive and one negative."""
+    pos = labels.sum(axis=0)
+    return (pos > 0) & (pos < labels.shape[0])
+
+
+def per_class(scores, labels):
+    """AUROC and AP per class; NaN where the class is not evaluable.
+
+    Parameters
+    ----------
+    scores : (N, C) float, higher = more likely
+    labels : (N, C) {0, 1}
+    """
+    ok = evaluable(labels)
+    auroc = np.full(labels.shape[1], np.nan)
+    ap = np.full(labels.shape[1], np.nan)
+    for c in np.flatnonzero(ok):
+        auroc[c] = roc_auc_score(labels[:, c], scores[:, c])
+        ap[c] = average_precision_score(labels[:, c], scores[:, c])
+    return auroc, ap
+
+
+def macro(values):
+    """Mean over the classes that have a value (NaN = not evaluable); NaN if none has."""
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def micro_auroc(scores, labels, classes=None):
+    cols = np.flatnonzero(evaluable(labels)) if classes is None else classes
+    if len(cols) == 0:
+        return float("nan")
+    return float(roc_auc_score(labels[:, cols].ravel(), scores[:, cols].ravel()))
+
+
+def at_threshold(scores, labels, threshold):
+    """Sensitivity, specificity and F1 per class at ``threshold`` (scalar or (C,))."""
+    pred = scores >= np.broadcast_to(threshold, scores.shape[1:])
+    y = labels.astype(bool)
+    tp = (pred & y).sum(0)
+    fp = (pred & ~y).sum(0)
+    fn = (~pred & y).sum(0)
+    tn = (~pred & ~y).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
+        spec = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    ok = evaluable(labels)
+    return (np.where(ok, sens, np.nan), np.where(ok, spec, np.nan), np.where(ok, f1, np.nan))
+
+
+def youden_threshold(scores, labels):
+    """Per-class threshold maximising sensitivity + specificity - 1 (NaN if not evaluable)."""
+    out = np.full(labels.shape[1], np.nan)
+    for c in np.flatnonzero(evaluable(labels)):
+        fpr, tpr, thr = roc_curve(labels[:, c], scores[:, c])
+        out[c] = thr[np.argmax(tpr - fpr)]
+    return out
+
+
+def pooled_youden_threshold(scores, labels):
+    """One threshold for all classes: the one maximising mean Youden J over the evaluable
+    classes. Used to carry a threshold from the training classes to unseen ones."""
+    cols = np.flatnonzero(evaluable(labels))
+    if len(cols) == 0:
+        return float("nan")
+    candidates = np.quantile(scores[:, cols], np.linspace(0.01, 0.99, 197))
+    best, best_j = candidates[0], -np.inf
+    for t in candidates:
+        sens, spec, _ = at_threshold(scores[:, cols], labels[:, cols], t)
+        j = np.nanmean(sens + spec - 1)
+        if j > best_j:
+            best, best_j = t, j
+    return float(best)
+
+
+def bootstrap_macro(scores, labels, n_boot=1000, seed=0, classes=None):
+    """95% percentile bootstrap intervals (records resampled) of macro AUROC and macro AP.
+
+    Each replicate averages over the classes evaluable in that replicate. Returns
+    ``{"auroc": (lo, hi), "ap": (lo, hi)}``; NaN bounds when nothing is evaluable.
+    """
+    cols = np.arange(labels.shape[1]) if classes is None else np.asarray(classes)
+    if n_boot <= 0 or len(cols) == 0:
+        return {"auroc": (float("nan"),) * 2, "ap": (float("nan"),) * 2}
+    rng = np.random.default_rng(seed)
+    s, y = scores[:, cols], labels[:, cols]
+    stats = {"auroc": [], "ap": []}
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        auroc, ap = per_class(s[idx], y[idx])
+        if np.isfinite(auroc).any():
+            stats["auroc"].append(np.nanmean(auroc))
+            stats["ap"].append(np.nanmean(ap))
+    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v
+            else (float("nan"),) * 2 for k, v in stats.items()}
