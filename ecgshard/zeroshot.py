@@ -228,10 +228,9 @@ def _evaluate(scores, labels, targets, seen, names, threshold, n_boot, seed):
             "classes": [classes[i]["code"] for i in ok],
             "n_classes": len(ok),
             "macro_auroc": _num(M.macro(auroc[cols])),
-            "macro_auroc_ci": _ci(np.nanmean(boot["auroc"][:, cols], axis=1)) if boot and ok
-            else None,
+            "macro_auroc_ci": _ci(_row_means(boot["auroc"][:, cols])) if boot and ok else None,
             "macro_ap": _num(M.macro(ap[cols])),
-            "macro_ap_ci": _ci(np.nanmean(boot["ap"][:, cols], axis=1)) if boot and ok else None,
+            "macro_ap_ci": _ci(_row_means(boot["ap"][:, cols])) if boot and ok else None,
             "micro_auroc": _num(M.micro_auroc(scores, labels, [i for i in ok])) if ok else None,
             "macro_sensitivity": _num(M.macro(sens[cols])),
             "macro_specificity": _num(M.macro(spec[cols])),
@@ -254,6 +253,13 @@ def _bootstrap(scores, labels, n_boot, seed):
             idx = rng.integers(0, len(labels), len(labels))
             a[b], p[b] = M.per_class(scores[idx], labels[idx])
     return {"auroc": a, "ap": p}
+
+
+def _row_means(a):
+    """Mean of each replicate over its evaluable classes (NaN when a replicate has none)."""
+    ok = np.isfinite(a)
+    with np.errstate(invalid="ignore"):
+        return np.where(ok, a, 0).sum(1) / ok.sum(1)
 
 
 def _per_source(scores, labels, sources, targets, seen):

@@ -78,3 +78,26 @@ def demo_data(tmp_path_factory):
     build.run(build.BuildConfig(source_dir=str(root / "cinc"), out_dir=str(root / "s-cinc"),
                                 format="cinc2021", shard_size=128, workers=1))
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_text(demo_data):
+    """The offline MiniLM text matrix of both demo vocabularies."""
+    from ecgshard import text
+
+    out = demo_data / "text.h5"
+    text.run(text.TextConfig(vocab=(str(demo_data / "s-ptbxl"), str(demo_data / "s-cinc")),
+                             out=str(out), model="minilm-offline", device="cpu"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_data, demo_text):
+    """A short fit on the demo PTB-XL shards with LVOLT held out."""
+    from ecgshard import fit
+
+    out = demo_data / "run"
+    fit.run(fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), out=str(out),
+                          holdout=("LVOLT",), epochs=10, batch_size=64, device="cpu",
+                          min_positives=3))
+    return out

@@ -1,0 +1,133 @@
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from ecgshard import data, fit, labels, shards
+from ecgshard.errors import ECGShardError
+
+
+def test_short_fit_beats_chance_on_training_classes(demo_run):
+    summary = json.loads((demo_run / "summary.json").read_text())
+    assert summary["best_val_macro_auroc"] > 0.75
+    log = [json.loads(line) for line in (demo_run / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 10 and log[-1]["loss"] < log[0]["loss"]
+    assert all(0 <= r["data_wait_fraction"] < 1 and r["samples_per_s"] > 0 for r in log)
+    classes = json.loads((demo_run / "classes.json").read_text())
+    assert classes["holdout"] == ["LVOLT"] and "LVOLT" not in classes["train_codes"]
+    assert classes["records_excluded_for_heldout_labels"]["train"] > 0
+    check = json.loads((demo_run / "heldout_check.json").read_text())
+    assert check["passed"] and check["records_with_heldout_label_seen"] == 0
+    assert check["records_seen"] > 0
+    ck = shards.load_checkpoint(demo_run / "checkpoint-best.pt")
+    assert ck["holdout"] == ["LVOLT"] and ck["text_model"].startswith("sentence-transformers")
+
+
+def _digest(sig):
+    return hashlib.sha256(np.ascontiguousarray(sig, dtype=np.float16).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("path", ["stream", "preload"])
+def test_heldout_records_never_reach_a_batch(demo_data, path):
+    """Batches are matched back to shard records by their signal bytes, and the records' labels
+    are read independently from the shard files."""
+    shard_dir = demo_data / "s-ptbxl"
+    manifest = shards.load_manifest(shard_dir)
+    codes = shards.class_codes(manifest)
+    by_digest = {}
+    for p in shards.shard_paths(shard_dir, manifest):
+        with h5py.File(p, "r") as f:
+            sig, lab, fold = f["signal"][...], f["labels"][...], f["fold"][...]
+        for i in range(len(sig)):
+            by_digest[_digest(sig[i])] = (lab[i], fold[i])
+    held = codes.index("CLBBB")
+    train_codes = tuple(c for c in codes if c != "CLBBB")
+    sel = data.Selection(str(shard_dir), (1, 2, 3, 4, 5, 6, 7, 8), train_codes, ("CLBBB",),
+                         ("CLBBB",))
+    loader = data.StreamLoader(sel, 32, "cpu", workers=2) if path == "stream" else \
+        data.Preloaded(sel, 32, "cpu")
+    seen = 0
+    for batch in loader.epoch(0):
+        assert batch["labels"].shape[1] == len(train_codes)
+        for sig in batch["signal"].numpy():
+            lab, fold = by_digest[_digest(sig)]
+            assert lab[held] == 0 and 1 <= fold <= 8
+            seen += 1
+    n_train, n_excluded, _ = data.count_selection(sel)
+    assert n_excluded > 0 and seen >= n_train - 32 and seen <= n_train
+
+
+def test_stream_covers_every_record_once_per_epoch_in_a_new_order(demo_data):
+    sel = data.Selection(str(demo_data / "s-ptbxl"), tuple(range(1, 11)), ("NORM",))
+    stream = data.ShardStream(sel, batch_size=16, seed=3, drop_last=False, buffer_records=100)
+    orders = []
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        orders.append([_digest(s) for b in stream for s in b["signal"].numpy()])
+    assert len(orders[0]) == shards.load_manifest(demo_data / "s-ptbxl")["n_records"]
+    assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
+    assert len(set(orders[0])) == len(orders[0])
+
+
+def test_resume_continues_to_the_same_state(demo_data, demo_text, tmp_path):
+    common = dict(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), holdout=("LVOLT",),
+                  epochs=2, batch_size=64, device="cpu", min_positives=3, seed=1)
+    fit.run(fit.FitConfig(out=str(tmp_path / "full"), **common))
+    steps = json.loads((tmp_path / "full" / "log.jsonl").read_text().splitlines()[0])["step"]
+    fit.run(fit.FitConfig(out=str(tmp_path / "cut"), max_steps=steps, **common))
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["epochs_done"] == 1
+    with pytest.raises(ECGShardError, match="--resume"):
+        fit.run(fit.FitConfig(out=str(tmp_path / "cut"), **common))
+    fit.run(fit.FitConfig(out=str(tmp_path / "cut"), resume=True, **common))
+    a = shards.load_checkpoint(tmp_path / "full" / "checkpoint-last.pt")
+    b = shards.load_checkpoint(tmp_path / "cut" / "checkpoint-last.pt")
+    assert a["state"] == b["state"]
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-6), key
+
+
+def test_clear_errors(demo_data, demo_text, tmp_path):
+    common = dict(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), device="cpu",
+                  epochs=1)
+    with pytest.raises(ECGShardError, match="empty training set"):
+        fit.run(fit.FitConfig(out=str(tmp_path / "a"), train_folds=(11,), **common))
+    with pytest.raises(ECGShardError, match="test folds never steer"):
+        fit.run(fit.FitConfig(out=str(tmp_path / "b"), val_folds=(10,), **common))
+    with pytest.raises(ECGShardError, match="not in the vocabulary"):
+        fit.run(fit.FitConfig(out=str(tmp_path / "c"), holdout=("LBBB",), **common))
+    # a text matrix that lacks training classes
+    from ecgshard import text
+
+    vocab = tmp_path / "v.csv"
+    vocab.write_text("code,name\nNORM,normal ECG\n")
+    small = text.run(text.TextConfig(vocab=(str(vocab),), out=str(tmp_path / "t.h5"),
+                                     model="minilm-offline"))
+    with pytest.raises(ECGShardError, match="has no embedding for"):
+        fit.run(fit.FitConfig(out=str(tmp_path / "d"), **{**common, "text": str(small)}))
+
+
+def test_holdout_groups_are_refused_or_expanded():
+    classes = [{"code": c, "subclass": s} for c, s in
+               [("PVC", ""), ("PRC(S)", ""), ("BIGU", ""), ("TRIGU", ""), ("IMI", "IMI"),
+                ("ILMI", "IMI"), ("NDT", "STTC"), ("DIG", "STTC"), ("SBRAD", "")]]
+    with pytest.raises(ECGShardError, match="PVC -> .*PRC"):
+        labels.resolve_holdout(["PVC"], classes)
+    assert labels.resolve_holdout(["PVC"], classes, expand=True) == ["BIGU", "PRC(S)", "PVC",
+                                                                     "TRIGU"]
+    with pytest.raises(ECGShardError, match="IMI -> \\['ILMI'\\]"):
+        labels.resolve_holdout(["IMI"], classes)
+    # catch-all subclasses (STTC) do not tie unrelated statements together
+    assert labels.resolve_holdout(["NDT", "SBRAD"], classes) == ["NDT", "SBRAD"]
+    snomed = [{"code": "164909002"}, {"code": "733534002"}]
+    with pytest.raises(ECGShardError):
+        labels.resolve_holdout(["164909002"], snomed)
+
+
+def test_seen_status_maps_concepts_not_substrings():
+    status = labels.seen_status(["164909002", "426627000", "59118001", "CLBBB"],
+                                ["CLBBB", "CRBBB", "SBRAD"])
+    assert status == {"164909002": "CLBBB", "426627000": None, "59118001": "CRBBB",
+                      "CLBBB": "CLBBB"}

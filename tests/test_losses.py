@@ -1,0 +1,66 @@
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ecgshard.losses import MultiLabelCLIPLoss, SigmoidLoss, TripletLoss, build_loss
+
+ECG = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]]), dim=1)
+TEXT = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.6, 0.8]]), dim=1)
+Y = torch.tensor([[1, 0, 0], [1, 1, 0]])
+SIM = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.48]])     # ECG @ TEXT.T by hand
+
+
+def _logsig(x):
+    return -math.log1p(math.exp(-x))
+
+
+def test_sigmoid_loss_by_hand():
+    loss = SigmoidLoss(init_scale=10.0, init_bias=-2.0)
+    got = loss(ECG, TEXT, Y).item()
+    y = Y.numpy()
+    want = -sum(_logsig((2 * y[i, c] - 1) * (10 * SIM[i, c] - 2))
+                for i in range(2) for c in range(3)) / 2
+    assert math.isclose(got, want, rel_tol=1e-5)
+
+
+def test_multilabel_clip_loss_by_hand():
+    loss = MultiLabelCLIPLoss(init_scale=10.0)
+    got = loss(ECG, TEXT, Y).item()
+    logits = 10 * SIM
+    lsm_rows = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    e2t = np.mean([-lsm_rows[0, 0], -(lsm_rows[1, 0] + lsm_rows[1, 1]) / 2])
+    lsm_cols = logits - np.log(np.exp(logits).sum(0, keepdims=True))
+    # classes 0 and 1 have positives; class 2 has none and contributes nothing
+    t2e = np.mean([-(lsm_cols[0, 0] + lsm_cols[1, 0]) / 2, -lsm_cols[1, 1]])
+    assert math.isclose(got, (e2t + t2e) / 2, rel_tol=1e-5)
+
+
+def test_clip_loss_with_one_label_per_row_is_plain_clip():
+    ecg = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    text = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    loss = MultiLabelCLIPLoss(init_scale=5.0)
+    logits = 5.0 * ecg @ text.T
+    target = torch.arange(4)
+    plain = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    assert torch.allclose(loss(ecg, text, torch.eye(4)), plain, atol=1e-6)
+
+
+def test_triplet_loss_by_hand():
+    loss = TripletLoss(margin=0.2)
+    got = loss(ECG, TEXT, Y).item()
+    terms = [max(0, 0.2 - SIM[0, 0] + SIM[0, 1]), max(0, 0.2 - SIM[0, 0] + SIM[0, 2]),
+             max(0, 0.2 - SIM[1, 0] + SIM[1, 2]), max(0, 0.2 - SIM[1, 1] + SIM[1, 2])]
+    assert math.isclose(got, np.mean(terms), rel_tol=1e-5)
+
+
+def test_a_gradient_step_lowers_every_loss():
+    start = F.normalize(torch.tensor([[0.2, 0.5, 0.8], [0.1, 0.1, 1.0]]), dim=1)
+    for name in ("bce", "clip", "triplet"):
+        loss = build_loss(name)
+        ecg = start.clone().requires_grad_(True)
+        before = loss(F.normalize(ecg, dim=1), TEXT, Y)
+        before.backward()
+        after = loss(F.normalize(ecg.detach() - 0.05 * ecg.grad, dim=1), TEXT, Y)
+        assert after.item() < before.item(), name

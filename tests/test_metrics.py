@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from ecgshard import metrics as M
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 4)) < [0.3, 0.1, 0.5, 0.0]).astype(np.uint8)   # class 3: none
+    scores = labels * rng.uniform(0.2, 1.0, labels.shape) + rng.normal(0, 0.4, labels.shape)
+    return scores, labels
+
+
+def test_per_class_matches_sklearn_and_skips_classes_without_positives(scored):
+    scores, labels = scored
+    auroc, ap = M.per_class(scores, labels)
+    for c in range(3):
+        assert auroc[c] == pytest.approx(roc_auc_score(labels[:, c], scores[:, c]))
+        assert ap[c] == pytest.approx(average_precision_score(labels[:, c], scores[:, c]))
+    assert np.isnan(auroc[3]) and np.isnan(ap[3])
+    # the empty class is left out of the macro, not counted as 0 or 1
+    assert M.macro(auroc) == pytest.approx(np.mean(auroc[:3]))
+
+
+def test_threshold_metrics_match_sklearn(scored):
+    scores, labels = scored
+    sens, spec, f1 = M.at_threshold(scores, labels, 0.3)
+    for c in range(3):
+        pred = scores[:, c] >= 0.3
+        assert f1[c] == pytest.approx(f1_score(labels[:, c], pred))
+        assert sens[c] == pytest.approx(pred[labels[:, c] == 1].mean())
+        assert spec[c] == pytest.approx((~pred)[labels[:, c] == 0].mean())
+    assert np.isnan(sens[3]) and np.isnan(f1[3])
+
+
+def test_youden_thresholds_separate_a_perfect_class():
+    labels = np.array([[0], [0], [1], [1]])
+    scores = np.array([[0.1], [0.2], [0.7], [0.9]])
+    t = M.youden_threshold(scores, labels)[0]
+    assert 0.2 < t <= 0.7
+    assert 0.2 < M.pooled_youden_threshold(scores, labels) <= 0.7
+
+
+def test_bootstrap_interval_brackets_the_estimate(scored):
+    scores, labels = scored
+    auroc, _ = M.per_class(scores, labels)
+    ci = M.bootstrap_macro(scores, labels, n_boot=200, seed=1)
+    assert ci["auroc"][0] < M.macro(auroc) < ci["auroc"][1]
+    assert ci["auroc"][1] - ci["auroc"][0] < 0.2

@@ -1,0 +1,118 @@
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ecgshard import zeroshot
+from ecgshard.cli import main
+from ecgshard.errors import ECGShardError
+
+
+def _zs(demo_data, demo_run, demo_text, out, **kw):
+    kw.setdefault("bootstrap", 50)
+    return zeroshot.run(zeroshot.ZeroShotConfig(run=str(demo_run), text=str(demo_text),
+                                                out=str(out), device="cpu", **kw))
+
+
+def test_heldout_classes_on_the_test_fold(demo_data, demo_run, demo_text, tmp_path):
+    report = _zs(demo_data, demo_run, demo_text, tmp_path / "a",
+                 shards=str(demo_data / "s-ptbxl"))
+    p = report["provenance"]
+    assert p["folds"] == [10] and p["same_shard_set_as_training"] and p["strict_zero_shot"]
+    assert "all-MiniLM-L6-v2" in p["text_model"] and "validation folds [9]" in p["threshold_rule"]
+    assert [c["code"] for c in report["classes"]] == ["LVOLT"]
+    assert report["classes"][0]["group"] == "unseen"
+    unseen = report["groups"]["unseen"]
+    assert unseen["macro_auroc_ci"][0] <= unseen["macro_auroc"] <= unseen["macro_auroc_ci"][1]
+    assert report["references"]["trained_classes_same_folds"]["macro_auroc"] > 0.7
+    assert "random_encoder_control" in report["references"]
+    rows = list(csv.DictReader(open(tmp_path / "a" / "per_class.csv")))
+    assert rows[0]["code"] == "LVOLT" and float(rows[0]["auroc"]) == pytest.approx(
+        report["classes"][0]["auroc"], abs=1e-5)
+    assert (tmp_path / "a" / "roc_pr.png").stat().st_size > 1000
+    assert (tmp_path / "a" / "auroc_per_class.png").stat().st_size > 1000
+
+
+def test_experiment_b_unseen_class_near_a_learned_one(demo_data, demo_run, demo_text, tmp_path):
+    """'myocardial infarction' (SNOMED, no PTB-XL code of the same concept) is unseen, its text
+    sits next to the trained 'inferior myocardial infarction' and its records carry that
+    morphology: zero-shot ranks them well above chance."""
+    report = _zs(demo_data, demo_run, demo_text, tmp_path / "b",
+                 shards=str(demo_data / "s-cinc"), save_embeddings=True)
+    by_code = {c["code"]: c for c in report["classes"]}
+    mi = by_code["164865005"]
+    assert mi["group"] == "unseen" and mi["n_pos"] > 5
+    assert mi["auroc"] > 0.75
+    assert by_code["164909002"]["group"] == "seen" and by_code["164909002"]["seen_as"] == "CLBBB"
+    assert by_code["251146004"]["group"] == "unseen"       # LVOLT's concept was held out
+    assert report["groups"]["seen"]["macro_auroc"] > 0.7
+    assert set(report["per_source"]) == {"CPSC2018", "Georgia", "INCART", "Ningbo", "PTB"}
+    assert report["provenance"]["folds"] == list(range(1, 11))
+    assert (tmp_path / "b" / "embeddings.h5").exists()
+
+
+def test_class_without_positives_is_listed_not_averaged(demo_data, demo_run, demo_text,
+                                                        tmp_path):
+    report = _zs(demo_data, demo_run, demo_text, tmp_path / "c",
+                 shards=str(demo_data / "s-ptbxl"), classes="LVOLT,NORM", folds=(10,),
+                 bootstrap=0, control=False)
+    assert report["not_evaluable"] == []
+    # PTB-XL synthetic records never carry an unused statement such as SBRAD+NORM together;
+    # a fold subset without positives of a class must exclude it from the macro
+    report = _zs(demo_data, demo_run, demo_text, tmp_path / "d",
+                 shards=str(demo_data / "s-cinc"), classes="426627000,164909002",
+                 folds=(3,), bootstrap=0, control=False)
+    empty = [c for c in report["classes"] if c["n_pos"] == 0]
+    for c in empty:
+        assert c["auroc"] is None and c["code"] in report["not_evaluable"]
+    evaluable = [c["auroc"] for c in report["classes"] if c["auroc"] is not None]
+    if evaluable:
+        assert report["groups"]["all"]["macro_auroc"] == pytest.approx(
+            sum(evaluable) / len(evaluable), abs=1e-6)
+
+
+def test_youden_threshold_is_labelled_optimistic(demo_data, demo_run, demo_text, tmp_path):
+    report = _zs(demo_data, demo_run, demo_text, tmp_path / "e",
+                 shards=str(demo_data / "s-ptbxl"), threshold="youden", bootstrap=0)
+    assert report["provenance"]["threshold_rule"].startswith("OPTIMISTIC")
+
+
+def test_text_of_another_model_is_refused(demo_data, demo_run, tmp_path):
+    from ecgshard import shards
+
+    m = shards.read_text_matrix(demo_data / "text.h5")
+    attrs = {k: v for k, v in m.attrs.items() if k not in ("schema_version", "content_sha256")}
+    shards.write_text_matrix(tmp_path / "other.h5", m.emb, m.codes, m.texts, m.names,
+                             dict(attrs, model_id="some/other-model"))
+    with pytest.raises(ECGShardError, match="do not share a space"):
+        _zs(demo_data, demo_run, tmp_path / "other.h5", tmp_path / "f",
+            shards=str(demo_data / "s-ptbxl"))
+
+
+def test_cli_end_to_end(tmp_path):
+    r = CliRunner()
+
+    def ok(*args):
+        result = r.invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    ok("synth", tmp_path / "raw", "--format", "ptbxl", "-n", "160")
+    ok("build", tmp_path / "raw", "--format", "ptbxl", "--out", tmp_path / "shards",
+       "--workers", "1")
+    assert "records in" in ok("inspect", tmp_path / "shards")
+    ok("embed-text", "--vocab", tmp_path / "shards", "--model", "minilm-offline", "--out",
+       tmp_path / "text.h5")
+    assert "most similar" in ok("text-sim", tmp_path / "text.h5", "--top", "3")
+    ok("fit", "--shards", tmp_path / "shards", "--text", tmp_path / "text.h5", "--out",
+       tmp_path / "run", "--holdout", "SBRAD", "--epochs", "1", "--max-steps", "2",
+       "--device", "cpu", "--min-positives", "2", "--batch-size", "16", "--data", "stream",
+       "--workers", "0")
+    out = ok("zeroshot", "--run", tmp_path / "run", "--shards", tmp_path / "shards", "--text",
+             tmp_path / "text.h5", "--out", tmp_path / "report", "--bootstrap", "10")
+    assert "unseen" in out and "macro AUROC" in out
+    table = ok("report", tmp_path / "report")
+    assert "unseen macro_auroc" in table
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["provenance"]["holdout"] == ["SBRAD"]
