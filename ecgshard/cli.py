@@ -250,5 +250,47 @@ def report(report_dirs):
         click.echo(line)
 
 
+@main.command()
+@click.argument("which", type=click.Choice(["a", "b"]))
+@click.option("--ptbxl", required=True, type=click.Path(exists=True, file_okay=False),
+              help="PTB-XL directory (with ptbxl_database.csv).")
+@click.option("--cinc", type=click.Path(exists=True, file_okay=False),
+              help="Challenge 2021 directory (experiment b).")
+@click.option("--work", required=True, help="Working directory (shards, text, runs, reports).")
+@click.option("--text-model", default="emilyalsentzer/Bio_ClinicalBERT", show_default=True)
+@click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True)
+@click.option("--splits", default=3, show_default=True, help="Holdout splits (a).")
+@click.option("--holdout-size", default=4, show_default=True)
+@click.option("--min-test-positives", default=5, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--arch", type=click.Choice(["resnet1d", "seed-cnn"]), default="resnet1d",
+              show_default=True)
+@click.option("--loss", type=click.Choice(["bce", "clip", "triplet"]), default="bce",
+              show_default=True)
+@click.option("--min-positives", default=5, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--bootstrap", default=1000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--results", default="docs/results.md", show_default=True,
+              help="Markdown file whose section this experiment (re)writes.")
+@click.option("--label", default="", help="What the data is (heading and section key).")
+def experiment(which, ptbxl, cinc, work, text_model, pooling, splits, holdout_size,
+               min_test_positives, epochs, batch_size, arch, loss, min_positives, device,
+               bootstrap, seed, results, label):
+    """Run Experiment A (held-out PTB-XL classes) or B (Challenge 2021) end to end."""
+    from . import experiments as stage
+
+    cfg = stage.ExperimentConfig(work=work, ptbxl=ptbxl, cinc=cinc, text_model=text_model,
+                                 pooling=pooling, splits=splits, holdout_size=holdout_size,
+                                 min_test_positives=min_test_positives, epochs=epochs,
+                                 batch_size=batch_size, arch=arch, loss=loss,
+                                 min_positives=min_positives, device=device,
+                                 bootstrap=bootstrap, seed=seed, results=results, label=label)
+    result = (stage.run_a if which == "a" else stage.run_b)(cfg)
+    click.echo(result["markdown"])
+    click.echo(f"(written to {results})")
+
+
 if __name__ == "__main__":
     main()

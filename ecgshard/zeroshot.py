@@ -330,7 +330,7 @@ def _plots(out, scores, labels, targets, seen, names, classes):
     plt.close(fig)
 
     ok = [c for c in classes if c["auroc"] is not None]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(ok) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(ok) + 2), 6))
     x = np.arange(len(ok))
     vals = [c["auroc"] for c in ok]
     lo = [c["auroc"] - c["auroc_ci"][0] if c["auroc_ci"] else 0 for c in ok]
@@ -338,7 +338,8 @@ def _plots(out, scores, labels, targets, seen, names, classes):
     colors = ["tab:blue" if c["group"] == "seen" else "tab:orange" for c in ok]
     ax.bar(x, vals, yerr=[lo, hi], color=colors, capsize=3)
     ax.axhline(0.5, color="k", ls=":", lw=1)
-    ax.set_xticks(x, [c["code"] for c in ok], rotation=70, fontsize=7)
+    ax.set_xticks(x, [c["code"] if c["code"] == c["name"] else f"{c['name'][:26]} ({c['code']})"
+                      for c in ok], rotation=75, ha="right", fontsize=7)
     ax.set(ylim=(0, 1), ylabel="AUROC (95% bootstrap CI)",
            title="per-class zero-shot AUROC (orange: unseen, blue: seen)")
     fig.tight_layout()
