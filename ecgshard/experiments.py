@@ -115,7 +115,8 @@ def holdout_splits(shard_dir, manifest, n_splits, size, min_test_pos, seed, test
     tries = 0
     while len(splits) < n_splits and tries < 100:
         tries += 1
-        pick = sorted(rng.choice(eligible, size=min(size, len(eligible)), replace=False))
+        pick = sorted(str(c) for c in rng.choice(eligible, size=min(size, len(eligible)),
+                                                 replace=False))
         full = labels.resolve_holdout(list(pick), classes, expand=True)
         # Keep most of the label space for training: at most a third of the eligible classes.
         if full not in splits and len(full) <= max(size, len(eligible) // 3):
@@ -162,7 +163,11 @@ def run_b(cfg: ExperimentConfig):
 # ---------------------------------------------------------------- markdown
 
 def _command():
-    return "ecgshard " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+    # The bin/ runners pass the command the user typed; otherwise the ecgshard command line.
+    import os
+
+    typed = os.environ.get("ECGSHARD_COMMAND")
+    return typed or "ecgshard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def _f(x, digits=3):
