@@ -256,6 +256,12 @@ def plan_ptbxl(cfg):
                                  f"{cfg.min_likelihood}"))
         else:
             items.append(it)
+    n_missing = sum(s["reason"] == "missing_record_file" for s in skipped)
+    if n_missing:
+        log.warning("%d of %d records listed in ptbxl_database.csv are missing from records%d/: "
+                    "the directory is not a complete database. `ecgshard download ptbxl %s "
+                    "--rate %d` completes it (it resumes and verifies checksums)", n_missing,
+                    len(db), rate, source, rate)
     if unknown:
         log.warning("%d statements in ptbxl_database.csv are not in scp_statements.csv and were "
                     "ignored: %s", sum(unknown.values()), dict(unknown))
@@ -278,8 +284,8 @@ def _ptbxl_rate(cfg, source):
     else:
         have = [r for r in (100, 500) if (source / f"records{r}").is_dir()]
         if not have:
-            raise ECGShardError(f"{source} has neither records100/ nor records500/; download "
-                                f"the PTB-XL record folders next to ptbxl_database.csv")
+            raise ECGShardError(f"{source} has neither records100/ nor records500/; get them "
+                                f"with `ecgshard download ptbxl {source} --rate 100` (or 500)")
         # The rate that needs no resampling, else the higher one (resampling down is exact).
         rate = cfg.fs if cfg.fs in have else max(have)
     if not (source / f"records{rate}").is_dir():
@@ -293,7 +299,8 @@ def plan_cinc2021(cfg):
     heas = sorted(source.rglob("*.hea"))
     if not heas:
         raise ECGShardError(f"{source} holds no WFDB .hea files; point --format cinc2021 at the "
-                            f"Challenge 2021 training/ folder (or one source inside it)")
+                            f"Challenge 2021 training/ folder (or one source inside it), which "
+                            f"`ecgshard download cinc2021 DEST` fetches")
     items, skipped = [], []
     counts, unknown = Counter(), Counter()
     seen_ids = {}

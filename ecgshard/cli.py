@@ -251,6 +251,30 @@ def report(report_dirs):
 
 
 @main.command()
+@click.argument("database", type=click.Choice(["ptbxl", "cinc2021"]))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--version", "db_version", default=None, help="Database version (PTB-XL 1.0.3, "
+              "Challenge 2021 1.0.3 by default).")
+@click.option("--base-url", default=None, help="Base of the file tree (PhysioNet by default).")
+@click.option("--workers", default=4, show_default=True, help="Parallel transfers.")
+@click.option("--rate", type=click.Choice(["100", "500", "all"]), default="100",
+              show_default=True, help="PTB-XL record folders to fetch.")
+@click.option("--sources", default="", help="Challenge: comma-separated training/ folders "
+              "(e.g. georgia,ptb-xl); all by default.")
+@click.option("--retries", default=5, show_default=True)
+def download(database, dest, db_version, base_url, workers, rate, sources, retries):
+    """Download a database, verified against its SHA256SUMS.txt (resumable)."""
+    from . import download as stage
+
+    cfg = stage.DownloadConfig(database=database, dest=dest, version=db_version,
+                               base_url=base_url, workers=workers, rate=rate,
+                               sources=tuple(s for s in sources.split(",") if s), retries=retries)
+    s = stage.run(cfg)
+    click.echo(f"{s['files']} files, {s['bytes'] / 1e6:.1f} MB, {s['verified']} verified "
+               f"({s['already_present']} already present), {len(s['failed'])} failed -> {dest}")
+
+
+@main.command()
 @click.argument("which", type=click.Choice(["a", "b"]))
 @click.option("--ptbxl", required=True, type=click.Path(exists=True, file_okay=False),
               help="PTB-XL directory (with ptbxl_database.csv).")

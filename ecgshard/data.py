@@ -122,11 +122,12 @@ def load_selection(sel, with_ids=False):
 
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """Yields whole batches (dicts of tensors) of the selected records in shuffled order."""
+    """Yields the selected records in shuffled order as dicts of tensors of ``batch_size``
+    records, or of up to ``group`` batches laid end to end."""
 
-    def __init__(self, sel, batch_size, seed=0, buffer_records=4096, drop_last=True):
+    def __init__(self, sel, batch_size, seed=0, buffer_records=4096, drop_last=True, group=1):
         super().__init__()
-        self.sel, self.batch_size, self.seed = sel, batch_size, seed
+        self.sel, self.batch_size, self.seed, self.group = sel, batch_size, seed, group
         self.buffer_records, self.drop_last = buffer_records, drop_last
         self.manifest = S.load_manifest(sel.shard_dir)
         self.blocks = shard_blocks(sel, self.manifest)
@@ -157,9 +158,11 @@ class ShardStream(torch.utils.data.IterableDataset):
             f = self._file(path)
             keep, out, heldout = cols.apply(f[S.LABELS][start:stop], f[S.FOLD][start:stop])
             if keep.any():
-                pool["signal"].append(f[S.SIGNAL][start:stop][keep])
-                pool["labels"].append(out[keep])
-                pool["heldout"].append(heldout[keep])
+                # Shards are in fold order, so most blocks are kept whole: no mask copy then.
+                rows = slice(None) if keep.all() else keep
+                pool["signal"].append(f[S.SIGNAL][start:stop][rows])
+                pool["labels"].append(out[rows])
+                pool["heldout"].append(heldout[rows])
                 pooled += int(keep.sum())
             if pooled >= self.buffer_records:
                 pool, pooled = yield from self._drain(pool, rng, final=False)
@@ -170,8 +173,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         arrays = {k: np.concatenate(v) for k, v in pool.items()}
         perm = rng.permutation(len(arrays["labels"]))
         n_full = len(perm) // self.batch_size * self.batch_size
-        for i in range(0, n_full, self.batch_size):
-            yield _to_tensors(arrays, perm[i:i + self.batch_size])
+        # Several batches leave a worker as one contiguous item: one shared-memory transfer
+        # instead of `group`; StreamLoader cuts them apart again (views, no copy).
+        step = self.batch_size * self.group
+        for i in range(0, n_full, step):
+            yield _to_tensors(arrays, perm[i:min(i + step, n_full)])
         rest = perm[n_full:]
         if final:
             if len(rest) and not self.drop_last:
@@ -190,7 +196,8 @@ class StreamLoader:
     """DataLoader over a ShardStream: worker processes, pinned memory, non-blocking copies."""
 
     def __init__(self, sel, batch_size, device, seed=0, workers=2):
-        self.dataset = ShardStream(sel, batch_size, seed=seed)
+        self.dataset = ShardStream(sel, batch_size, seed=seed, group=8 if workers else 1)
+        self.batch_size = batch_size
         self.device = torch.device(device)
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, num_workers=workers,
@@ -199,8 +206,10 @@ class StreamLoader:
 
     def epoch(self, epoch):
         self.dataset.set_epoch(epoch)
-        for batch in self.loader:
-            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        for group in self.loader:
+            for i in range(0, len(group["labels"]), self.batch_size):
+                yield {k: v[i:i + self.batch_size].to(self.device, non_blocking=True)
+                       for k, v in group.items()}
 
 
 class Preloaded:

@@ -189,8 +189,8 @@ def check_ptbxl_dir(source_dir):
     if missing:
         raise ECGShardError(
             f"{source_dir} is not a PTB-XL directory: {', '.join(missing)} missing. Get PTB-XL "
-            f"1.0.3 from PhysioNet (https://physionet.org/content/ptb-xl/1.0.3/) and point "
-            f"`ecgshard build` at the folder that holds ptbxl_database.csv")
+            f"1.0.3 with `ecgshard download ptbxl DEST` (checksum-verified, resumable) and "
+            f"point `ecgshard build` at DEST, the folder that holds ptbxl_database.csv")
     return source_dir
 
 
