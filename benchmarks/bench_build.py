@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import synthetic_tree
 
 
 def baseline(paths, fs_out=100, band=(0.5, 40.0)):
@@ -84,15 +85,12 @@ def main():
     ap.add_argument("--rate", default="auto", choices=["auto", "100", "500"])
     args = ap.parse_args()
 
-    from ecgshard import build, readers, synth
+    from ecgshard import build, readers
 
     work = Path(args.work)
     tree = Path(args.tree) if args.tree else work / f"ptbxl-{args.records}"
-    if not args.tree and not (tree / "ptbxl_database.csv").exists():
-        t0 = time.perf_counter()
-        synth.write_ptbxl(tree, n_records=args.records, rates=(100,), seed=0)
-        print(f"generated {args.records} synthetic PTB-XL records in "
-              f"{time.perf_counter() - t0:.0f} s at {tree}")
+    if not args.tree:
+        synthetic_tree(work, args.records)
     db, _ = readers.load_ptbxl_tables(tree)
     column = "filename_hr" if args.rate == "500" else "filename_lr"
     paths = [tree / f"{f}.hea" for f in db[column]]

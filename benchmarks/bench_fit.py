@@ -11,20 +11,16 @@ path with bf16 autocast (``--device cuda``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from _common import parser, shard_set
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shards", default=None)
-    ap.add_argument("--records", type=int, default=21799)
-    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ecgshard-bench"))
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap = parser(__doc__)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=2)
@@ -32,15 +28,10 @@ def main():
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
 
-    from ecgshard import build, fit, shards, synth, text
+    from ecgshard import fit, text
 
     work = Path(args.work)
-    shard_dir = Path(args.shards) if args.shards else work / f"shards-{args.records}"
-    if not (shard_dir / shards.MANIFEST).exists():
-        tree = work / f"ptbxl-{args.records}"
-        if not (tree / "ptbxl_database.csv").exists():
-            synth.write_ptbxl(tree, n_records=args.records, rates=(100,), seed=0)
-        build.run(build.BuildConfig(source_dir=str(tree), out_dir=str(shard_dir)))
+    shard_dir = shard_set(args)
     text_file = work / "text-minilm.h5"
     text.run(text.TextConfig(vocab=(str(shard_dir),), out=str(text_file), model="minilm-offline"))
 

@@ -9,34 +9,23 @@ DataLoader path (worker processes, shuffled block order, shuffle buffer), all me
 """
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import parser, shard_set
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shards", default=None)
-    ap.add_argument("--records", type=int, default=21799)
-    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ecgshard-bench"))
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap = parser(__doc__)
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args()
 
     import torch
 
-    from ecgshard import build, data, shards, synth
+    from ecgshard import data, shards
 
-    shard_dir = Path(args.shards) if args.shards else Path(args.work) / f"shards-{args.records}"
-    if not (shard_dir / shards.MANIFEST).exists():
-        tree = Path(args.work) / f"ptbxl-{args.records}"
-        if not (tree / "ptbxl_database.csv").exists():
-            synth.write_ptbxl(tree, n_records=args.records, rates=(100,), seed=0)
-        build.run(build.BuildConfig(source_dir=str(tree), out_dir=str(shard_dir)))
+    shard_dir = shard_set(args)
     manifest = shards.load_manifest(shard_dir)
     sel = data.Selection(str(shard_dir), tuple(range(1, 11)), tuple(shards.class_codes(manifest)))
     arrays = data.load_selection(sel)

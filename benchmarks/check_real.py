@@ -52,6 +52,18 @@ def reference_signal(hea, spec, n_samples, seconds):
     return np.pad(x, ((0, 0), (0, n_samples - x.shape[1])))
 
 
+def signal_difference(hea, sig, cfg):
+    """Worst absolute difference relative to the record's amplitude (at least 1 mV)."""
+    ref = reference_signal(hea, cfg.filter_spec, cfg.n_samples, cfg.seconds)
+    return np.abs(sig - ref).max() / max(1.0, np.abs(ref).max())
+
+
+def _judge(worst, name, problems, tolerance=2e-3):
+    if worst > tolerance:
+        problems.append(f"{name}: signal differs from the reference by {worst:.2e}")
+    return worst
+
+
 def shard_records(shard_dir):
     from ecgshard import shards as S
 
@@ -87,14 +99,9 @@ def check_ptbxl(src, work, rate, problems):
         if r["fold"] != int(row["strat_fold"]) or r["patient_id"] != str(int(row["patient_id"])):
             problems.append(f"PTB-XL {r['record_id']}: fold/patient differ from the csv")
         column = "filename_lr" if rate == 100 else "filename_hr"
-        ref = reference_signal(Path(src) / f"{row[column]}.hea", cfg.filter_spec,
-                               cfg.n_samples, cfg.seconds)
-        diff = np.abs(r["signal"] - ref).max() / max(1.0, np.abs(ref).max())
-        worst = max(worst, diff)
+        worst = max(worst, signal_difference(Path(src) / f"{row[column]}.hea", r["signal"], cfg))
         n += 1
-    if worst > 2e-3:
-        problems.append(f"PTB-XL records{rate}: signal differs from the reference by {worst:.2e}")
-    return manifest, n, worst
+    return manifest, n, _judge(worst, f"PTB-XL records{rate}", problems)
 
 
 def check_cinc(src, work, problems):
@@ -115,13 +122,9 @@ def check_cinc(src, work, problems):
         got = {codes[j] for j in np.flatnonzero(r["labels"])}
         if got != want:
             problems.append(f"Challenge {r['record_id']}: labels {got} != header {want}")
-        ref = reference_signal(hea, cfg.filter_spec, cfg.n_samples, cfg.seconds)
-        diff = np.abs(r["signal"] - ref).max() / max(1.0, np.abs(ref).max())
-        worst = max(worst, diff)
+        worst = max(worst, signal_difference(hea, r["signal"], cfg))
         n += 1
-    if worst > 2e-3:
-        problems.append(f"Challenge: signal differs from the reference by {worst:.2e}")
-    return manifest, n, worst
+    return manifest, n, _judge(worst, "Challenge", problems)
 
 
 def main():

@@ -42,7 +42,7 @@ class BuildConfig:
     workers: int = 0                    # 0: one per CPU core
     shard_size: int = 2048
     min_likelihood: float = 0.0         # PTB-XL: statements with a lower likelihood are dropped
-    ptbxl_rate: str = "auto"            # records100, records500, or auto (whichever needs no resampling)
+    ptbxl_rate: str = "auto"            # "100", "500", or auto: the folder needing no resampling
     dx_map: str | None = None           # Challenge: SNOMED table CSV(s); default the package's
     compression: str | None = None
     limit: int | None = None            # first N records only (quick looks)

@@ -262,7 +262,8 @@ def markdown_b(cfg, manifest, report):
         lines.append(f"| {source} | {e['n_records']} | {e['seen']['n_classes']}, "
                      f"{_f(e['seen']['macro_auroc'])} | {e['unseen']['n_classes']}, "
                      f"{_f(e['unseen']['macro_auroc'])} |")
-    lines += ["", "Per class:", "", "| code | name | group (as) | positives | AUROC [95% CI] | AP |",
+    lines += ["", "Per class:", "",
+              "| code | name | group (as) | positives | AUROC [95% CI] | AP |",
               "|---|---|---|---|---|---|"]
     for c in sorted(report["classes"], key=lambda c: (c["group"], -(c["auroc"] or 0))):
         ci = c["auroc_ci"]

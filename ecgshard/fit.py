@@ -202,7 +202,8 @@ def run(cfg: FitConfig):
             n_seen += len(x)
             losses.append(loss.item())
             bar.update()
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", rec_s=f"{n_seen / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}",
+                            rec_s=f"{n_seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         elapsed = time.perf_counter() - t0
         val_auroc = evaluate(model, val, device, cfg.amp, text_emb)
@@ -215,7 +216,8 @@ def run(cfg: FitConfig):
                   "samples_per_s": n_seen / elapsed if elapsed else 0.0,
                   "data_wait_fraction": waited / elapsed if elapsed else 0.0,
                   "lr": sched.get_last_lr()[0], "seconds": elapsed,
-                  "logit_scale": float(getattr(loss_fn, "logit_scale", torch.tensor(0.)).detach().exp())}
+                  "logit_scale": float(loss_fn.logit_scale.detach().exp())
+                  if hasattr(loss_fn, "logit_scale") else None}
         log.info("epoch %d: loss %.4f, val macro AUROC %.4f (train classes, folds %s), "
                  "%.0f samples/s, data wait %.0f%%", epoch + 1, record["loss"], val_auroc,
                  cfg.val_folds, record["samples_per_s"], 100 * record["data_wait_fraction"])

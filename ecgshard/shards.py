@@ -251,7 +251,8 @@ class TextMatrix:
         missing = [c for c in codes if c not in index]
         if missing:
             raise SchemaError(f"text matrix ({self.attrs.get('model_id')}) has no embedding for "
-                              f"{len(missing)} classes: {missing[:10]}; rerun `ecgshard embed-text` "
+                              f"{len(missing)} classes: {missing[:10]}; rerun "
+                              f"`ecgshard embed-text` "
                               f"with a vocabulary that covers them")
         return np.asarray([index[c] for c in codes], dtype=np.int64)
 

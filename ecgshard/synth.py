@@ -175,7 +175,8 @@ def synth_signal(codes, fs, seconds, rng):
     sig += np.outer(b.t, _gauss(t, normal + 0.5 * q + 0.12 + 0.1 * min(b.rr, 1.2), 0.045))
     if pvc_peaks:
         pvc = np.asarray(pvc_peaks)
-        sig += np.outer(-1.1 * np.sign(_R + 1e-3) * np.maximum(np.abs(_R), .5), _gauss(t, pvc, 0.035))
+        wide = -1.1 * np.sign(_R + 1e-3) * np.maximum(np.abs(_R), .5)   # wide, discordant QRS
+        sig += np.outer(wide, _gauss(t, pvc, 0.035))
         sig += np.outer(0.35 * np.sign(_R + 1e-3), _gauss(t, pvc + 0.3, 0.06))
     if b.irregular:  # fibrillatory waves
         phase = np.cumsum(rng.normal(2 * np.pi * 6.0 / fs, 0.05, n))

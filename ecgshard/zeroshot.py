@@ -93,7 +93,8 @@ def run(cfg: ZeroShotConfig):
         "provenance": {
             "run": str(run_dir.resolve()), "checkpoint": str(ck_path.resolve()),
             "checkpoint_val_macro_auroc": ck.get("val_macro_auroc"),
-            "shards": str(Path(cfg.shards).resolve()), "shards_fingerprint": manifest["fingerprint"],
+            "shards": str(Path(cfg.shards).resolve()),
+            "shards_fingerprint": manifest["fingerprint"],
             "same_shard_set_as_training": same_set, "folds": list(folds),
             "n_records": int(len(data["labels"])), "text": str(Path(cfg.text).resolve()),
             "text_model": text.attrs.get("model_id"), "text_pooling": text.attrs.get("pooling"),

@@ -115,7 +115,8 @@ def test_descriptions_mode(tiny_bert, vocab_file, tmp_path):
     out = text.run(text.TextConfig(vocab=(str(vocab_file),), out=str(tmp_path / "t.h5"),
                                    model=str(tiny_bert), texts="both", device="cpu"))
     m = shards.read_text_matrix(out)
-    assert m.texts[1] == "sinus bradycardia: sinus rhythm slower than 60 beats per minute with long RR intervals"
+    assert m.texts[1] == ("sinus bradycardia: sinus rhythm slower than 60 beats per minute "
+                          "with long RR intervals")
 
 
 def test_vocabulary_from_shards_skips_unnamed_codes(demo_data, tiny_bert, tmp_path):
