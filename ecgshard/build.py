@@ -25,7 +25,7 @@ from .filters import FilterSpec, fit_length, preprocess
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("ptbxl", "cinc2021")
+FORMATS = ("ptbxl", "cinc2021", "sph", "code15")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class BuildConfig:
     dx_map: str | None = None           # Challenge: SNOMED table CSV(s); default the package's
     compression: str | None = None
     limit: int | None = None            # first N records only (quick looks)
+    flat_leads: str = "skip"            # skip a record with a flat lead, or keep it (noted)
 
     @property
     def filter_spec(self):
@@ -61,13 +62,14 @@ class BuildConfig:
 class Item:
     """One record to build: where it is and what the metadata says about it."""
     record_id: str
-    path: str                 # the .hea file
+    path: str                 # the .hea file (WFDB), the record's .h5 (SPH), the part file (CODE-15)
     patient_id: str
     fold: int
     source: str
     age: float
     sex: int
     codes: dict = field(default_factory=dict)     # code -> likelihood (100 where none given)
+    index: int = -1           # row in a multi-record HDF5 file (CODE-15)
 
 
 def run(cfg: BuildConfig):
@@ -84,7 +86,10 @@ def run(cfg: BuildConfig):
     for stale in out.glob(".tmp-*"):
         stale.unlink()
 
-    plan = plan_ptbxl(cfg) if cfg.format == "ptbxl" else plan_cinc2021(cfg)
+    if cfg.flat_leads not in ("skip", "keep"):
+        raise ECGShardError("--flat-leads must be skip or keep")
+    plan = {"ptbxl": plan_ptbxl, "cinc2021": plan_cinc2021, "sph": plan_sph,
+            "code15": plan_code15}[cfg.format](cfg)
     items = sorted(plan["items"], key=lambda it: (it.fold, it.source, _natural(it.record_id)))
     if cfg.limit:
         items = items[:cfg.limit]
@@ -149,11 +154,11 @@ def build_shard(index, items, task_fp, cfg, code_index):
     spec = cfg.filter_spec
     n_classes = len(code_index)
     cols = {k: [] for k in S.SHARD_KEYS}
-    skipped = []
+    skipped, notes = [], []
     source_digest = hashlib.sha256()
     for it in items:
         try:
-            sig, length, digest = load_record(it, cfg, spec)
+            sig, length, digest = load_record(it, cfg, spec, notes)
         except BadRecordError as exc:
             skipped.append(_skip(it, exc.reason, exc.detail))
             continue
@@ -173,7 +178,7 @@ def build_shard(index, items, task_fp, cfg, code_index):
                            (S.SEX, it.sex), (S.LENGTH, length)):
             cols[key].append(value)
     res = {"index": index, "task_fingerprint": task_fp, "n_planned": len(items),
-           "n_records": len(cols[S.RECORD_ID]), "skipped": skipped,
+           "n_records": len(cols[S.RECORD_ID]), "skipped": skipped, "notes": notes,
            "source_sha256": source_digest.hexdigest(),
            "folds": dict(Counter(str(f) for f in cols[S.FOLD])),
            "sources": dict(Counter(cols[S.SOURCE])),
@@ -189,9 +194,20 @@ def build_shard(index, items, task_fp, cfg, code_index):
     return res
 
 
-def load_record(it, cfg, spec):
-    """One record through the signal path: ``(float16 (12, T), valid length, source sha256)``."""
-    sig, fs, leads, hdr, digest = readers.read_wfdb(it.path)
+def read_source(it, cfg):
+    """The raw record of an Item: ``(sig (L, T) mV, fs, lead names, sha256)``."""
+    if cfg.format == "sph":
+        return readers.read_sph(it.path)
+    if cfg.format == "code15":
+        return readers.read_code15(it.path, it.index)
+    sig, fs, leads, _, digest = readers.read_wfdb(it.path)
+    return sig, fs, leads, digest
+
+
+def load_record(it, cfg, spec, notes):
+    """One record through the signal path: ``(float16 (12, T), valid length, source sha256)``.
+    Records kept despite a problem (``--flat-leads keep``) are appended to ``notes``."""
+    sig, fs, leads, digest = read_source(it, cfg)
     if not fs or fs <= 0:
         raise BadRecordError("bad_sampling_rate", f"{it.path}: fs={fs}")
     sig = readers.to_canonical_leads(sig, leads, it.path)
@@ -203,7 +219,10 @@ def load_record(it, cfg, spec):
         raise BadRecordError("too_short", f"{it.path}: {seconds:.2f} s < {cfg.min_seconds} s")
     flat = np.flatnonzero(np.ptp(sig, axis=1) < 1e-3)
     if len(flat):
-        raise BadRecordError("flat_lead", f"{it.path}: no signal in {[S.LEADS[i] for i in flat]}")
+        detail = f"{it.path}: no signal in {[S.LEADS[i] for i in flat]}"
+        if cfg.flat_leads == "skip":
+            raise BadRecordError("flat_lead", detail)
+        notes.append(_skip(it, "flat_lead_kept", detail))
     if seconds > cfg.seconds * 1.5:
         # Long records (PTB's 2-minute ones): cut the central window first, with a margin for
         # the filters, so that resampling and filtering work on what is kept.
@@ -326,7 +345,7 @@ def plan_cinc2021(cfg):
             skipped.append(_skip(it, "no_labels", "header has no #Dx codes"))
             continue
         it.codes = {c: 100.0 for c in dx}
-        counts.update(it.codes)
+        counts.update(list(it.codes))
         unknown.update(c for c in it.codes if c not in table)
         items.append(it)
     if unknown:
@@ -341,6 +360,119 @@ def plan_cinc2021(cfg):
             "unknown_codes": dict(unknown), "rate": None, "checksums": checksums}
 
 
+def _read_csv(path, what):
+    import pandas as pd
+
+    if not Path(path).exists():
+        raise ECGShardError(f"{path} does not exist: {what}")
+    return pd.read_csv(path)
+
+
+def _coded_vocabulary(names, counts, unknown_note):
+    """Classes of a dataset with its own code table: every table entry, then unknown codes."""
+    classes = [{"code": c, "name": n, "known": True} for c, n in names.items()]
+    classes += [{"code": c, "name": c, "known": False} for c in sorted(counts)
+                if c not in names]
+    if any(not c["known"] for c in classes):
+        log.warning("%s: %s", unknown_note, {c["code"]: counts[c["code"]] for c in classes
+                                             if not c["known"]})
+    return classes
+
+
+def plan_sph(cfg):
+    """SPH (Shandong): ``metadata.csv`` (ECG_ID, AHA_Code, Patient_ID, Age, Sex, N, Date),
+    ``code.csv`` (Code, Description) and ``records/<ECG_ID>.h5``. Labels are the primary AHA
+    statements of ``AHA_Code`` (``;``-separated; modifiers after ``+`` are dropped)."""
+    source = Path(cfg.source_dir)
+    meta = _read_csv(source / "metadata.csv", "the SPH metadata table")
+    table = _read_csv(source / "code.csv", "the SPH AHA code table")
+    for col in ("ECG_ID", "AHA_Code", "Patient_ID"):
+        if col not in meta.columns:
+            raise ECGShardError(f"{source / 'metadata.csv'} lacks the column {col!r}")
+    names = {str(c).strip(): str(d).strip() for c, d in zip(table["Code"], table["Description"])}
+    items, skipped, counts, listed = [], [], Counter(), set()
+    for _, row in meta.iterrows():
+        rec = str(row["ECG_ID"]).strip()
+        path = source / "records" / f"{rec}.h5"
+        listed.add(rec)
+        codes = {part.split("+")[0].strip(): 100.0 for part in str(row["AHA_Code"]).split(";")
+                 if part.split("+")[0].strip() not in ("", "nan")}
+        it = Item(record_id=rec, path=str(path), patient_id=_id_text(row["Patient_ID"]),
+                  fold=readers.fold_from_id(_id_text(row["Patient_ID"])), source="SPH",
+                  age=_float_or(row.get("Age")),
+                  sex={"M": 0, "F": 1}.get(str(row.get("Sex", "")).strip().upper(), -1),
+                  codes=codes)
+        if not path.exists():
+            skipped.append(_skip(it, "missing_signal_file", f"{path} listed in metadata.csv "
+                                 f"does not exist"))
+        elif not codes:
+            skipped.append(_skip(it, "no_labels", "empty AHA_Code"))
+        else:
+            counts.update(list(codes))
+            items.append(it)
+    for h5 in sorted((source / "records").glob("*.h5")):
+        if h5.stem not in listed:
+            skipped.append({"record_id": h5.stem, "path": str(h5), "source": "SPH",
+                            "reason": "no_metadata_row",
+                            "detail": "signal file has no row in metadata.csv"})
+    classes = _coded_vocabulary(names, counts, "AHA codes not in code.csv (kept by code)")
+    return {"classes": classes, "items": items, "skipped": skipped,
+            "unknown_codes": {c["code"]: counts[c["code"]] for c in classes if not c["known"]},
+            "rate": None, "checksums": {f: S.sha256_file(source / f)
+                                        for f in ("metadata.csv", "code.csv")}}
+
+
+def plan_code15(cfg):
+    """CODE-15%: ``exams.csv`` (exam_id, patient_id, age, is_male, the six label columns,
+    trace_file) and ``exams_part*.hdf5`` (``tracings`` (N, 4096, 12), ``exam_id`` (N,)).
+    The six labels are definitive 0/1, so an exam with none is a negative, not unlabelled."""
+    import h5py
+
+    source = Path(cfg.source_dir)
+    exams = _read_csv(source / "exams.csv", "the CODE-15 exam table")
+    label_cols = [c for c, _ in readers.CODE15_CLASSES]
+    missing = [c for c in ["exam_id", "patient_id", "trace_file"] + label_cols
+               if c not in exams.columns]
+    if missing:
+        raise ECGShardError(f"{source / 'exams.csv'} lacks the columns {missing}")
+    where = {}
+    for part in sorted(source.glob("exams_part*.hdf5")):
+        try:
+            with h5py.File(part, "r") as f:
+                ids = f["exam_id"][...]
+        except (OSError, KeyError) as exc:
+            raise ECGShardError(f"{part}: not a CODE-15 part file ({exc})") from None
+        for i, exam in enumerate(ids):
+            where[int(exam)] = (part.name, i)
+    items, skipped, counts, listed = [], [], Counter(), set()
+    for _, row in exams.iterrows():
+        exam = int(row["exam_id"])
+        listed.add(exam)
+        codes = {c: 100.0 for c in label_cols if str(row[c]).strip().lower() in ("true", "1")}
+        found = where.get(exam)
+        it = Item(record_id=str(exam), path=str(source / str(row["trace_file"])),
+                  patient_id=_id_text(row["patient_id"]),
+                  fold=readers.fold_from_id(_id_text(row["patient_id"])), source="CODE-15",
+                  age=_float_or(row.get("age")),
+                  sex={"true": 0, "false": 1}.get(str(row.get("is_male")).strip().lower(), -1),
+                  codes=codes)
+        if found is None or found[0] != str(row["trace_file"]):
+            skipped.append(_skip(it, "missing_signal_file",
+                                 f"exam {exam} is not in {row['trace_file']}"))
+            continue
+        it.index = found[1]
+        counts.update(list(codes))
+        items.append(it)
+    for exam, (part, i) in where.items():
+        if exam not in listed:
+            skipped.append({"record_id": str(exam), "path": f"{source / part}[{i}]",
+                            "source": "CODE-15", "reason": "no_metadata_row",
+                            "detail": "tracing has no row in exams.csv"})
+    classes = [{"code": c, "name": n, "known": True} for c, n in readers.CODE15_CLASSES]
+    return {"classes": classes, "items": items, "skipped": skipped, "unknown_codes": {},
+            "rate": None, "checksums": {"exams.csv": S.sha256_file(source / "exams.csv")}}
+
+
 # ---------------------------------------------------------------- manifest and resume
 
 def _params(cfg):
@@ -353,11 +485,17 @@ def _params(cfg):
     p["resampling"] = "scipy.signal.resample_poly (polyphase, Kaiser anti-aliasing)"
     p["length_rule"] = ("central window of `seconds`; shorter records zero-padded at the end, "
                         "valid length stored")
-    p["label_rule"] = (f"a statement is a label when present with likelihood >= "
-                       f"{cfg.min_likelihood}" if cfg.format == "ptbxl"
-                       else "every SNOMED CT code in #Dx is a label")
-    p["fold_rule"] = ("PTB-XL strat_fold (patient-wise)" if cfg.format == "ptbxl" else
-                      "1 + sha256(record name) mod 10 (Challenge headers carry no patient id)")
+    p["label_rule"] = {
+        "ptbxl": f"a statement is a label when present with likelihood >= {cfg.min_likelihood}",
+        "cinc2021": "every SNOMED CT code in #Dx is a label",
+        "sph": "every primary AHA statement of AHA_Code (modifiers after '+' dropped)",
+        "code15": "the six exams.csv label columns; an exam with none is negative for all"}[
+            cfg.format]
+    p["fold_rule"] = {
+        "ptbxl": "PTB-XL strat_fold (patient-wise)",
+        "cinc2021": "1 + sha256(record name) mod 10 (Challenge headers carry no patient id)",
+        "sph": "1 + sha256(Patient_ID) mod 10 (patient-wise)",
+        "code15": "1 + sha256(patient_id) mod 10 (patient-wise)"}[cfg.format]
     return p
 
 
@@ -415,11 +553,12 @@ def _manifest(cfg, plan, results, params):
         "n_skipped": len(skipped),
         "skip_counts": dict(Counter(s["reason"] for s in skipped)),
         "skipped": skipped,
+        "kept_with_notes": [n for res in results for n in res.get("notes", [])],
         "folds": {str(k): folds[k] for k in sorted(folds)},
         "sources": dict(sum((Counter(r["sources"]) for r in results), Counter())),
         "shards": [{k: r[k] for k in ("index", "file", "sha256", "n_records", "folds",
                                       "source_sha256", "task_fingerprint", "n_planned", "sources",
-                                      "class_counts", "skipped")} for r in shards],
+                                      "class_counts", "skipped", "notes")} for r in shards],
         "fingerprint": S.fingerprint([params, [r["sha256"] for r in shards]]),
     }
 
@@ -437,6 +576,9 @@ def summary_lines(manifest):
                  f"vocabulary)")
     for c in sorted(present, key=lambda c: -c["count"])[:15]:
         lines.append(f"    {c['code']:>14}  {c['count']:6d}  {c['name']}")
+    if manifest.get("kept_with_notes"):
+        lines.append(f"  kept with notes: {len(manifest['kept_with_notes'])} "
+                     f"({dict(Counter(n['reason'] for n in manifest['kept_with_notes']))})")
     if manifest.get("unknown_codes"):
         lines.append(f"  codes not in the code table: {manifest['unknown_codes']}")
     return lines

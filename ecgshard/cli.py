@@ -35,7 +35,8 @@ def _floats(text):
 
 @main.command()
 @click.argument("source_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["ptbxl", "cinc2021"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["ptbxl", "cinc2021", "sph", "code15"]),
+              required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
 @click.option("--fs", default=100, show_default=True, help="Target sampling rate, Hz.")
 @click.option("--seconds", default=10.0, show_default=True, help="Samples kept per record / fs.")
@@ -57,8 +58,12 @@ def _floats(text):
               "(the package's table by default; the official dx_mapping_*.csv work too).")
 @click.option("--compression", type=click.Choice(["lzf", "gzip"]), default=None)
 @click.option("--limit", type=int, default=None, help="Only the first N records.")
+@click.option("--flat-leads", type=click.Choice(["skip", "keep"]), default="skip",
+              show_default=True, help="A record with a flat (missing) lead: a named skip, or "
+              "kept and listed under kept_with_notes.")
 def build(source_dir, fmt, out, fs, seconds, min_seconds, band, no_band, notch, normalize,
-          workers, shard_size, min_likelihood, ptbxl_rate, dx_map, compression, limit):
+          workers, shard_size, min_likelihood, ptbxl_rate, dx_map, compression, limit,
+          flat_leads):
     """Read raw records and write HDF5 shards and a manifest."""
     from . import build as stage
 
@@ -67,7 +72,8 @@ def build(source_dir, fmt, out, fs, seconds, min_seconds, band, no_band, notch, 
                             band=None if no_band else band, notch=notch, normalize=normalize,
                             workers=workers, shard_size=shard_size,
                             min_likelihood=min_likelihood, ptbxl_rate=ptbxl_rate,
-                            dx_map=dx_map, compression=compression, limit=limit)
+                            dx_map=dx_map, compression=compression, limit=limit,
+                            flat_leads=flat_leads)
     manifest = stage.run(cfg)
     for line in stage.summary_lines(manifest):
         click.echo(line)

@@ -199,10 +199,16 @@ SNOMED_TO_SCP = {
 }
 
 
+# CODE-15's six label columns -> SCP.
+CODE15_TO_SCP = {"1dAVb": "1AVB", "RBBB": "CRBBB", "LBBB": "CLBBB", "SB": "SBRAD", "AF": "AFIB",
+                 "ST": "STACH"}
+SAME_CONCEPT_AS_SCP = {**SNOMED_TO_SCP, **CODE15_TO_SCP}
+
+
 def seen_status(target_codes, train_codes):
     """For each target code: the training code of the same concept, or None (unseen).
 
-    A target is seen if it is itself a training code, or maps (``SNOMED_TO_SCP``) to one, or is
+    A target is seen if it is itself a training code, or maps (``SAME_CONCEPT_AS_SCP``) to one, or is
     a synonym (``SNOMED_SYNONYMS``) of one.
     """
     train = set(train_codes)
@@ -211,8 +217,8 @@ def seen_status(target_codes, train_codes):
         match = None
         if code in train:
             match = code
-        elif SNOMED_TO_SCP.get(code) in train:
-            match = SNOMED_TO_SCP[code]
+        elif SAME_CONCEPT_AS_SCP.get(code) in train:
+            match = SAME_CONCEPT_AS_SCP[code]
         else:
             for group in SNOMED_SYNONYMS:
                 if code in group:

@@ -226,3 +226,61 @@ def record_source_from_name(name, parent=""):
 def fold_from_id(key, n_folds=10):
     """Deterministic fold 1..n_folds from an id (sha256, so it is stable across machines)."""
     return int(hashlib.sha256(str(key).encode()).hexdigest(), 16) % n_folds + 1
+
+
+# ---------------------------------------------------------------- HDF5-native databases
+
+SPH_FS = 500.0
+CODE15_FS = 400.0
+# CODE-15's six labels (exams.csv columns) and their names.
+CODE15_CLASSES = (("1dAVb", "1st degree AV block"), ("RBBB", "right bundle branch block"),
+                  ("LBBB", "left bundle branch block"), ("SB", "sinus bradycardia"),
+                  ("AF", "atrial fibrillation"), ("ST", "sinus tachycardia"))
+_h5_cache = {}
+
+
+def _h5(path):
+    """An open read-only HDF5 file, kept open per process (build workers read many records
+    from one CODE-15 part file)."""
+    import h5py
+
+    f = _h5_cache.get(path)
+    if f is None:
+        try:
+            f = _h5_cache[path] = h5py.File(path, "r")
+        except OSError as exc:
+            raise BadRecordError("unreadable_signal", f"{path}: {exc}") from None
+    return f
+
+
+def read_sph(path):
+    """One SPH record: ``records/<ECG_ID>.h5`` with ``ecg`` (12, N) in mV at 500 Hz, leads in
+    the standard order. Returns (sig, fs, leads, sha256 of the samples)."""
+    path = Path(path)
+    if not path.exists():
+        raise BadRecordError("missing_signal_file", f"{path} does not exist")
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            sig = np.asarray(f["ecg"][...], dtype=np.float32)
+    except (OSError, KeyError) as exc:
+        raise BadRecordError("unreadable_signal", f"{path}: {exc}") from None
+    if sig.ndim != 2 or sig.shape[0] != 12:
+        raise BadRecordError("missing_lead", f"{path}: ecg has shape {sig.shape}, not (12, N)")
+    return sig, SPH_FS, list(LEADS), hashlib.sha256(sig.tobytes()).hexdigest()
+
+
+def read_code15(path, index):
+    """One CODE-15 exam: row ``index`` of ``tracings`` (N, 4096, 12), in mV at 400 Hz, with the
+    zero padding the dataset adds on both sides removed. Returns (sig, fs, leads, sha256)."""
+    f = _h5(str(path))
+    try:
+        trace = np.asarray(f["tracings"][index], dtype=np.float32).T      # (12, 4096)
+    except (KeyError, IndexError, OSError) as exc:
+        raise BadRecordError("unreadable_signal", f"{path}[{index}]: {exc}") from None
+    nonzero = np.flatnonzero(np.any(trace != 0, axis=0))
+    if not len(nonzero):
+        raise BadRecordError("empty_record", f"{path}[{index}]: all samples are zero")
+    trace = trace[:, nonzero[0]:nonzero[-1] + 1]
+    return trace, CODE15_FS, list(LEADS), hashlib.sha256(trace.tobytes()).hexdigest()

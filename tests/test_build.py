@@ -209,3 +209,21 @@ def test_reader_rejects_a_newer_schema(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(SchemaError, match="schema version 99"):
         shards.load_manifest(tmp_path / "out")
+
+
+def test_flat_precordial_leads_as_in_real_ningbo_records(tmp_path):
+    """Real Ningbo records (JS45542...) have flat V1-V6: a named skip by default, kept and
+    listed with --flat-leads keep."""
+    sig = identity_signal(3, 500)
+    sig[6:] = 0.0
+    synth.write_fmt16(tmp_path / "src/training/ningbo/g1/JS45542.mat", sig, 500, shards.LEADS,
+                      mat=True, comments=["#Dx: 426783006"])
+    synth.write_fmt16(tmp_path / "src/training/ningbo/g1/JS45543.mat", identity_signal(2, 500),
+                      500, shards.LEADS, mat=True, comments=["#Dx: 426783006"])
+    skipped = build.run(_cfg(tmp_path / "src", tmp_path / "a", format="cinc2021"))
+    assert [s["reason"] for s in skipped["skipped"]] == ["flat_lead"]
+    assert "V1" in skipped["skipped"][0]["detail"] and skipped["n_records"] == 1
+    kept = build.run(_cfg(tmp_path / "src", tmp_path / "b", format="cinc2021",
+                          flat_leads="keep"))
+    assert kept["n_records"] == 2 and kept["n_skipped"] == 0
+    assert [n["record_id"] for n in kept["kept_with_notes"]] == ["JS45542"]
