@@ -124,6 +124,10 @@ def run(cfg: BuildConfig):
         bar.close()
 
     manifest = _manifest(cfg, plan, [results[i] for i in range(len(tasks))], params)
+    # Which records of which database, whatever the build parameters: two shard sets of the
+    # same records (e.g. built at 100 and 500 Hz) are the same dataset for fold bookkeeping.
+    manifest["dataset_fingerprint"] = S.fingerprint([cfg.format,
+                                                     sorted(it.record_id for it in items)])
     S.write_json(out / S.MANIFEST, manifest)
     if (out / S.PARTIAL_MANIFEST).exists():
         (out / S.PARTIAL_MANIFEST).unlink()

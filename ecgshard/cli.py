@@ -189,9 +189,12 @@ def _folds(text):
 @click.option("--resume", is_flag=True)
 @click.option("--max-steps", type=int, default=None)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoder.")
+@click.option("--learn-class-embeddings", is_flag=True,
+              help="Supervised reference: class vectors train too (not zero-shot).")
 def fit(shards, text, out, holdout, holdout_file, holdout_expand, include_heldout_records, arch,
         loss, epochs, batch_size, lr, weight_decay, device, amp, train_folds, val_folds,
-        test_folds, min_positives, data, workers, augment, seed, resume, max_steps, compile_):
+        test_folds, min_positives, data, workers, augment, seed, resume, max_steps, compile_,
+        learn_class_embeddings):
     """Train the ECG encoder against the fixed text matrix, classes held out."""
     from . import fit as stage
 
@@ -207,7 +210,7 @@ def fit(shards, text, out, holdout, holdout_file, holdout_expand, include_heldou
                           val_folds=_folds(val_folds), test_folds=_folds(test_folds),
                           min_positives=min_positives, data=data, workers=workers,
                           augment=augment, seed=seed, resume=resume, max_steps=max_steps,
-                          compile=compile_)
+                          compile=compile_, learn_class_embeddings=learn_class_embeddings)
     summary = stage.run(cfg)
     click.echo(f"best validation macro AUROC (training classes, folds {val_folds}): "
                f"{summary['best_val_macro_auroc']:.4f}; run in {out}")

@@ -290,7 +290,8 @@ def write_section(path, key, body):
 
 
 def _key(name, cfg):
-    return f"{name}-{_slug(cfg.label).lower()}" if cfg.label else name
+    label = "".join(ch if ch.isalnum() else "-" for ch in cfg.label.lower())[:60].strip("-")
+    return f"{name}-{label}" if label else name
 
 
 def _slug(model):

@@ -53,6 +53,7 @@ class FitConfig:
     resume: bool = False
     max_steps: int | None = None             # stop early (smoke runs, benchmarks)
     compile: bool = False
+    learn_class_embeddings: bool = False     # supervised reference: not a zero-shot model
 
 
 def autocast(device, enabled):
@@ -136,6 +137,19 @@ def run(cfg: FitConfig):
     model = build_model(model_cfg).to(device)
     loss_fn = build_loss(cfg.loss).to(device)
     params = list(model.parameters()) + list(loss_fn.parameters())
+    if cfg.learn_class_embeddings:
+        # The supervised reference: the same encoder and loss, but the class vectors train too
+        # (initialised at the text embeddings), so nothing ties a class to its text any more.
+        class_param = torch.nn.Parameter(text_emb.clone())
+        params.append(class_param)
+        log.warning("--learn-class-embeddings: a supervised reference run; it cannot score "
+                    "unseen classes and zeroshot refuses it")
+
+    def class_emb():
+        if cfg.learn_class_embeddings:
+            return torch.nn.functional.normalize(class_param, dim=-1)
+        return text_emb
+
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     use_preload = cfg.data == "preload" or (cfg.data == "auto" and fits_in_memory(
@@ -190,7 +204,7 @@ def run(cfg: FitConfig):
                 x = augment(x, gen)
             with autocast(device, cfg.amp):
                 emb = step_fn(x)
-            loss = loss_fn(emb, text_emb, batch["labels"])
+            loss = loss_fn(emb, class_emb(), batch["labels"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -206,7 +220,7 @@ def run(cfg: FitConfig):
                             rec_s=f"{n_seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         elapsed = time.perf_counter() - t0
-        val_auroc = evaluate(model, val, device, cfg.amp, text_emb)
+        val_auroc = evaluate(model, val, device, cfg.amp, class_emb().detach())
         state["epoch"] = epoch + 1
         is_best = val_auroc > state["best_auroc"] or not (out / "checkpoint-best.pt").exists()
         if is_best:
@@ -228,6 +242,8 @@ def run(cfg: FitConfig):
               "model_config": model_cfg, "loss_name": cfg.loss, "train_codes": p["train_codes"],
               "holdout": p["holdout"], "text_sha256": p["text"].sha256,
               "text_emb_train": text_emb.cpu().numpy(),
+              "learned_class_emb": class_emb().detach().cpu().numpy()
+              if cfg.learn_class_embeddings else None,
               "text_model": p["text"].attrs.get("model_id"), "config": asdict(cfg),
               "val_macro_auroc": val_auroc}
         if is_best:
@@ -259,6 +275,8 @@ def _write_run_files(out, cfg, p, model_cfg, use_preload):
                   "test": list(cfg.test_folds)},
         "shards": str(Path(cfg.shards).resolve()),
         "shards_fingerprint": p["manifest"]["fingerprint"],
+        "dataset_fingerprint": p["manifest"].get("dataset_fingerprint"),
+        "shard_sources": sorted(p["manifest"]["sources"]),
         "text": str(Path(cfg.text).resolve()), "text_sha256": p["text"].sha256,
         "text_model": p["text"].attrs.get("model_id")})
 

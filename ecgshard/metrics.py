@@ -32,6 +32,34 @@ def per_class(scores, labels):
     return auroc, ap
 
 
+def per_class_fast(scores, labels):
+    """``per_class`` without scikit-learn's per-call overhead (for bootstrap replicates).
+
+    AUROC from average ranks (Mann-Whitney U, ties counted half), AP as scikit-learn defines
+    it (precision at each distinct threshold, weighted by the recall step). Equal to
+    ``per_class`` to rounding (tested).
+    """
+    from scipy.stats import rankdata
+
+    labels = labels.astype(bool)
+    n_pos = labels.sum(axis=0)
+    n_neg = labels.shape[0] - n_pos
+    ok = (n_pos > 0) & (n_neg > 0)
+    ranks = rankdata(scores, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = ((ranks * labels).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    ap = np.full(labels.shape[1], np.nan)
+    for c in np.flatnonzero(ok):
+        order = np.argsort(-scores[:, c], kind="mergesort")
+        s, y = scores[order, c], labels[order, c]
+        last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]     # end of each tie group
+        tp = np.cumsum(y)[last]
+        precision = tp / (last + 1)
+        recall_step = np.diff(np.r_[0, tp]) / n_pos[c]
+        ap[c] = (recall_step * precision).sum()
+    return np.where(ok, auroc, np.nan), ap
+
+
 def macro(values):
     """Mean over the classes that have a value (NaN = not evaluable); NaN if none has."""
     values = np.asarray(values, dtype=float)
@@ -100,7 +128,7 @@ def bootstrap_macro(scores, labels, n_boot=1000, seed=0, classes=None):
     stats = {"auroc": [], "ap": []}
     for _ in range(n_boot):
         idx = rng.integers(0, len(y), len(y))
-        auroc, ap = per_class(s[idx], y[idx])
+        auroc, ap = per_class_fast(s[idx], y[idx])
         if np.isfinite(auroc).any():
             stats["auroc"].append(np.nanmean(auroc))
             stats["ap"].append(np.nanmean(ap))

@@ -65,6 +65,7 @@ CINC_SOURCES = (
     ("ningbo", "JS", 10647, 500, (10, 10)),
     ("st_petersburg_incart", "I", 1, 257, (30, 30)),
     ("ptb", "S", 1, 1000, (12, 30)),
+    ("ptb-xl", "HR", 1, 500, (10, 10)),     # PTB-XL records inside the Challenge collection
 )
 
 _I, _II, _III, _AVR, _AVL, _AVF, _V1, _V2, _V3, _V4, _V5, _V6 = range(12)
@@ -297,7 +298,7 @@ def write_cinc2021(root, n_per_source=60, seed=1, sources=None):
     for directory, prefix, first, fs, (lo, hi) in CINC_SOURCES:
         if sources and directory not in sources:
             continue
-        width = 5 if prefix in ("JS", "E") else 4
+        width = 5 if prefix in ("JS", "E", "HR") else 4
         for k in range(n_per_source):
             name = f"{prefix}{first + k:0{width}d}"
             scp = sample_codes(rng)

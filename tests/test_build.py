@@ -168,7 +168,7 @@ def test_challenge_tree_sources_rates_lengths_and_unknown_codes(tmp_path):
     manifest = build.run(_cfg(tmp_path / "src", tmp_path / "out", format="cinc2021"))
     assert manifest["n_records"] == len(truth) + 1 and manifest["n_skipped"] == 0
     assert manifest["sources"] == {"CPSC2018": 6, "Georgia": 7, "Ningbo": 6, "INCART": 6,
-                                   "PTB": 6}
+                                   "PTB": 6, "PTB-XL": 6}
     assert manifest["unknown_codes"] == {"999999999": 1}
     unknown = [c for c in manifest["classes"] if c["code"] == "999999999"][0]
     assert unknown["known"] is False and unknown["count"] == 1

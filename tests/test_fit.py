@@ -131,3 +131,18 @@ def test_seen_status_maps_concepts_not_substrings():
                                 ["CLBBB", "CRBBB", "SBRAD"])
     assert status == {"164909002": "CLBBB", "426627000": None, "59118001": "CRBBB",
                       "CLBBB": "CLBBB"}
+
+
+def test_supervised_reference_run_is_refused_by_zeroshot(demo_data, demo_text, tmp_path):
+    from ecgshard import zeroshot
+
+    out = tmp_path / "sup"
+    fit.run(fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), out=str(out),
+                          holdout=("LVOLT",), epochs=1, max_steps=2, batch_size=32,
+                          device="cpu", learn_class_embeddings=True))
+    ck = shards.load_checkpoint(out / "checkpoint-last.pt")
+    assert ck["learned_class_emb"].shape == ck["text_emb_train"].shape
+    assert not np.allclose(ck["learned_class_emb"], ck["text_emb_train"])
+    with pytest.raises(ECGShardError, match="learned its class embeddings"):
+        zeroshot.run(zeroshot.ZeroShotConfig(run=str(out), shards=str(demo_data / "s-ptbxl"),
+                                             text=str(demo_text), out=str(tmp_path / "r")))

@@ -49,3 +49,13 @@ def test_bootstrap_interval_brackets_the_estimate(scored):
     ci = M.bootstrap_macro(scores, labels, n_boot=200, seed=1)
     assert ci["auroc"][0] < M.macro(auroc) < ci["auroc"][1]
     assert ci["auroc"][1] - ci["auroc"][0] < 0.2
+
+
+def test_fast_per_class_equals_sklearn_with_ties(scored):
+    scores, labels = scored
+    rounded = np.round(scores, 1)                  # many ties
+    for s in (scores, rounded):
+        fast_auroc, fast_ap = M.per_class_fast(s, labels)
+        auroc, ap = M.per_class(s, labels)
+        np.testing.assert_allclose(fast_auroc, auroc, atol=1e-12)
+        np.testing.assert_allclose(fast_ap, ap, atol=1e-12)

@@ -47,9 +47,26 @@ def test_experiment_b_unseen_class_near_a_learned_one(demo_data, demo_run, demo_
     assert by_code["164909002"]["group"] == "seen" and by_code["164909002"]["seen_as"] == "CLBBB"
     assert by_code["251146004"]["group"] == "unseen"       # LVOLT's concept was held out
     assert report["groups"]["seen"]["macro_auroc"] > 0.7
+    # the Challenge's PTB-XL records are the training database itself: not scored
     assert set(report["per_source"]) == {"CPSC2018", "Georgia", "INCART", "Ningbo", "PTB"}
+    assert report["provenance"]["excluded_sources_same_as_training"] == {"PTB-XL": 40}
     assert report["provenance"]["folds"] == list(range(1, 11))
     assert (tmp_path / "b" / "embeddings.h5").exists()
+
+
+def test_same_records_built_differently_are_the_same_dataset(demo_data, demo_run, demo_text,
+                                                            tmp_path):
+    """Shards of the training records built with other parameters must still be evaluated on
+    the run's test folds only, never on the folds it trained on."""
+    from ecgshard import build
+
+    other = tmp_path / "zscore"
+    build.run(build.BuildConfig(source_dir=str(demo_data / "ptbxl"), out_dir=str(other),
+                                normalize="zscore", workers=1))
+    report = _zs(demo_data, demo_run, demo_text, tmp_path / "z", shards=str(other),
+                 bootstrap=0, control=False)
+    assert report["provenance"]["same_shard_set_as_training"]
+    assert report["provenance"]["folds"] == [10]
 
 
 def test_class_without_positives_is_listed_not_averaged(demo_data, demo_run, demo_text,
