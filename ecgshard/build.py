@@ -62,7 +62,7 @@ class BuildConfig:
 class Item:
     """One record to build: where it is and what the metadata says about it."""
     record_id: str
-    path: str                 # the .hea file (WFDB), the record's .h5 (SPH), the part file (CODE-15)
+    path: str                 # .hea (WFDB), the record's .h5 (SPH), the part file (CODE-15)
     patient_id: str
     fold: int
     source: str

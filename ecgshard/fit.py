@@ -115,12 +115,8 @@ def plan(cfg):
 def run(cfg: FitConfig):
     """Train; returns the summary dict also written to ``RUN_DIR/summary.json``."""
     import torch
-    from tqdm.auto import tqdm
 
-    from .data import Preloaded, StreamLoader, augment, fits_in_memory, load_selection, \
-        selection_bytes
-    from .losses import build_loss
-    from .models import build_model
+    from .data import Preloaded, StreamLoader, fits_in_memory, load_selection, selection_bytes
     from .text import resolve_device
 
     out = Path(cfg.out)
@@ -130,122 +126,38 @@ def run(cfg: FitConfig):
     p = plan(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    text_emb = torch.from_numpy(p["text"].emb[p["text"].rows(p["train_codes"])]).to(device)
-    model_cfg = {"arch": cfg.arch, "n_samples": p["manifest"]["n_samples"],
-                 "text_dim": int(text_emb.shape[1]), "proj_hidden": 512,
-                 "input_scale": 1.0, "fs": p["manifest"]["fs"]}
-    model = build_model(model_cfg).to(device)
-    loss_fn = build_loss(cfg.loss).to(device)
-    params = list(model.parameters()) + list(loss_fn.parameters())
-    if cfg.learn_class_embeddings:
-        # The supervised reference: the same encoder and loss, but the class vectors train too
-        # (initialised at the text embeddings), so nothing ties a class to its text any more.
-        class_param = torch.nn.Parameter(text_emb.clone())
-        params.append(class_param)
-        log.warning("--learn-class-embeddings: a supervised reference run; it cannot score "
-                    "unseen classes and zeroshot refuses it")
-
-    def class_emb():
-        if cfg.learn_class_embeddings:
-            return torch.nn.functional.normalize(class_param, dim=-1)
-        return text_emb
-
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
+    t = Trainer(cfg, p, device)
     use_preload = cfg.data == "preload" or (cfg.data == "auto" and fits_in_memory(
         selection_bytes(p["n_train"], p["manifest"]["n_samples"]), device))
     train = Preloaded(p["train_sel"], cfg.batch_size, device, cfg.seed) if use_preload else \
         StreamLoader(p["train_sel"], cfg.batch_size, device, cfg.seed, cfg.workers)
     val = load_selection(p["val_sel"])
-    steps_per_epoch = max(1, p["n_train"] // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    warm = max(1, int(cfg.warmup * total))
-
-    def lr_factor(step):                   # linear warm-up, then cosine decay to zero
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    step_fn = torch.compile(model) if cfg.compile else model
-
     state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0, "records_seen": 0,
              "batches": 0}
     if cfg.resume and (out / "checkpoint-last.pt").exists():
-        ck = S.load_checkpoint(out / "checkpoint-last.pt", map_location=device)
-        model.load_state_dict(ck["model"])
-        loss_fn.load_state_dict(ck["loss"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        state = ck["state"]
+        state = t.restore(S.load_checkpoint(out / "checkpoint-last.pt", map_location=device))
         log.info("resuming %s at epoch %d", out, state["epoch"])
     else:
         out.mkdir(parents=True, exist_ok=True)
-        _write_run_files(out, cfg, p, model_cfg, use_preload)
+        _write_run_files(out, cfg, p, t.model_cfg, use_preload)
 
     log.info("training %s/%s on %s: %d records, %d classes, held out %s (%d train records "
              "excluded)", cfg.arch, cfg.loss, device, p["n_train"], len(p["train_codes"]),
              p["holdout"], p["excluded"]["train"])
     for epoch in range(state["epoch"], cfg.epochs):
-        model.train()
-        gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + epoch)
-        t0, waited, n_seen, losses = time.perf_counter(), 0.0, 0, []
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=None, leave=False)
-        batches = iter(train.epoch(epoch))
-        while True:
-            tw = time.perf_counter()
-            batch = next(batches, None)
-            waited += time.perf_counter() - tw
-            if batch is None or (cfg.max_steps and state["step"] >= cfg.max_steps):
-                break
-            x = batch["signal"].float()
-            if cfg.augment:
-                x = augment(x, gen)
-            with autocast(device, cfg.amp):
-                emb = step_fn(x)
-            loss = loss_fn(emb, class_emb(), batch["labels"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            state["step"] += 1
-            state["batches"] += 1
-            state["records_seen"] += len(x)
-            state["heldout_seen"] += int(batch["heldout"].sum())
-            n_seen += len(x)
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{losses[-1]:.3f}",
-                            rec_s=f"{n_seen / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        elapsed = time.perf_counter() - t0
-        val_auroc = evaluate(model, val, device, cfg.amp, class_emb().detach())
+        record = t.train_epoch(train, epoch, state)
+        record["val_macro_auroc"] = val_auroc = evaluate(t.model, val, device, cfg.amp,
+                                                         t.class_emb().detach())
         state["epoch"] = epoch + 1
         is_best = val_auroc > state["best_auroc"] or not (out / "checkpoint-best.pt").exists()
         if is_best:
             state["best_auroc"] = val_auroc if val_auroc == val_auroc else -1.0
-        record = {"epoch": epoch + 1, "step": state["step"], "loss": float(np.mean(losses))
-                  if losses else float("nan"), "val_macro_auroc": val_auroc,
-                  "samples_per_s": n_seen / elapsed if elapsed else 0.0,
-                  "data_wait_fraction": waited / elapsed if elapsed else 0.0,
-                  "lr": sched.get_last_lr()[0], "seconds": elapsed,
-                  "logit_scale": float(loss_fn.logit_scale.detach().exp())
-                  if hasattr(loss_fn, "logit_scale") else None}
         log.info("epoch %d: loss %.4f, val macro AUROC %.4f (train classes, folds %s), "
                  "%.0f samples/s, data wait %.0f%%", epoch + 1, record["loss"], val_auroc,
                  cfg.val_folds, record["samples_per_s"], 100 * record["data_wait_fraction"])
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        ck = {"model": model.state_dict(), "loss": loss_fn.state_dict(),
-              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state,
-              "model_config": model_cfg, "loss_name": cfg.loss, "train_codes": p["train_codes"],
-              "holdout": p["holdout"], "text_sha256": p["text"].sha256,
-              "text_emb_train": text_emb.cpu().numpy(),
-              "learned_class_emb": class_emb().detach().cpu().numpy()
-              if cfg.learn_class_embeddings else None,
-              "text_model": p["text"].attrs.get("model_id"), "config": asdict(cfg),
-              "val_macro_auroc": val_auroc}
+        ck = t.checkpoint(state, val_auroc)
         if is_best:
             S.save_checkpoint(out / "checkpoint-best.pt", ck)
         S.save_checkpoint(out / "checkpoint-last.pt", ck)
@@ -259,6 +171,126 @@ def run(cfg: FitConfig):
                "data_path": "preload" if use_preload else "stream"}
     S.write_json(out / "summary.json", summary)
     return summary
+
+
+class Trainer:
+    """Model, loss, optimiser and schedule of one run, and one epoch of training."""
+
+    def __init__(self, cfg, p, device):
+        import torch
+
+        from .losses import build_loss
+        from .models import build_model
+
+        self.cfg, self.p, self.device = cfg, p, device
+        self.text_emb = torch.from_numpy(p["text"].emb[p["text"].rows(p["train_codes"])]).to(
+            device)
+        self.model_cfg = {"arch": cfg.arch, "n_samples": p["manifest"]["n_samples"],
+                          "text_dim": int(self.text_emb.shape[1]), "proj_hidden": 512,
+                          "input_scale": 1.0, "fs": p["manifest"]["fs"]}
+        self.model = build_model(self.model_cfg).to(device)
+        self.loss_fn = build_loss(cfg.loss).to(device)
+        params = list(self.model.parameters()) + list(self.loss_fn.parameters())
+        self.class_param = None
+        if cfg.learn_class_embeddings:
+            # The supervised reference: the same encoder and loss, but the class vectors train
+            # too (initialised at the text embeddings): nothing ties a class to its text.
+            self.class_param = torch.nn.Parameter(self.text_emb.clone())
+            params.append(self.class_param)
+            log.warning("--learn-class-embeddings: a supervised reference run; it cannot score "
+                        "unseen classes and zeroshot refuses it")
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(1, p["n_train"] // cfg.batch_size)
+        total = cfg.epochs * self.steps_per_epoch
+        warm = max(1, int(cfg.warmup * total))
+
+        def lr_factor(step):                   # linear warm-up, then cosine decay to zero
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+
+    def class_emb(self):
+        import torch
+
+        if self.class_param is not None:
+            return torch.nn.functional.normalize(self.class_param, dim=-1)
+        return self.text_emb
+
+    def train_epoch(self, train, epoch, state):
+        """One pass over the training batches; updates ``state``, returns the epoch's log."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from .data import augment
+
+        cfg = self.cfg
+        self.model.train()
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + epoch)
+        t0, waited, n_seen, losses = time.perf_counter(), 0.0, 0, []
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="batch", disable=None, leave=False)
+        batches = iter(train.epoch(epoch))
+        while not (cfg.max_steps and state["step"] >= cfg.max_steps):
+            tw = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - tw
+            if batch is None:
+                break
+            x = batch["signal"].float()
+            if cfg.augment:
+                x = augment(x, gen)
+            with autocast(self.device, cfg.amp):
+                emb = self.forward(x)                       # (B, 12, T) -> (B, D)
+            loss = self.loss_fn(emb, self.class_emb(), batch["labels"])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            state["step"] += 1
+            state["batches"] += 1
+            state["records_seen"] += len(x)
+            state["heldout_seen"] += int(batch["heldout"].sum())
+            n_seen += len(x)
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}",
+                            rec_s=f"{n_seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        scale = getattr(self.loss_fn, "logit_scale", None)
+        return {"epoch": epoch + 1, "step": state["step"],
+                "loss": float(np.mean(losses)) if losses else float("nan"),
+                "samples_per_s": n_seen / elapsed if elapsed else 0.0,
+                "data_wait_fraction": waited / elapsed if elapsed else 0.0,
+                "lr": self.sched.get_last_lr()[0], "seconds": elapsed,
+                "logit_scale": float(scale.detach().exp()) if scale is not None else None}
+
+    def checkpoint(self, state, val_auroc):
+        p = self.p
+        return {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "state": state, "model_config": self.model_cfg, "loss_name": self.cfg.loss,
+                "train_codes": p["train_codes"], "holdout": p["holdout"],
+                "text_sha256": p["text"].sha256, "text_emb_train": self.text_emb.cpu().numpy(),
+                "learned_class_emb": self.class_param.detach().cpu().numpy()
+                if self.class_param is not None else None,
+                "text_model": p["text"].attrs.get("model_id"), "config": asdict(self.cfg),
+                "val_macro_auroc": val_auroc}
+
+    def restore(self, ck):
+        import torch
+
+        self.model.load_state_dict(ck["model"])
+        self.loss_fn.load_state_dict(ck["loss"])
+        if self.class_param is not None:
+            with torch.no_grad():
+                self.class_param.copy_(torch.from_numpy(ck["learned_class_emb"]))
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        return ck["state"]
 
 
 def _write_run_files(out, cfg, p, model_cfg, use_preload):

@@ -208,8 +208,8 @@ SAME_CONCEPT_AS_SCP = {**SNOMED_TO_SCP, **CODE15_TO_SCP}
 def seen_status(target_codes, train_codes):
     """For each target code: the training code of the same concept, or None (unseen).
 
-    A target is seen if it is itself a training code, or maps (``SAME_CONCEPT_AS_SCP``) to one, or is
-    a synonym (``SNOMED_SYNONYMS``) of one.
+    A target is seen if it is itself a training code, or maps (``SAME_CONCEPT_AS_SCP``) to one,
+    or is a synonym (``SNOMED_SYNONYMS``) of one.
     """
     train = set(train_codes)
     status = {}
