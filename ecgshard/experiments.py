@@ -243,6 +243,10 @@ def markdown_b(cfg, manifest, report):
         f"`{p['text_model']}`. A class is *seen* when its concept was a PTB-XL training class "
         f"(`ecgshard.labels.SNOMED_TO_SCP`), else *unseen*. Threshold: {p['threshold_rule']}.",
         "",
+        *(["Not scored: " + ", ".join(f"{n} {src} records" for src, n in
+                                       p["excluded_sources_same_as_training"].items()) +
+           " (the training database itself, inside this collection).", ""]
+          if p.get("excluded_sources_same_as_training") else []),
         "| group | classes | macro AUROC [95% CI] | macro AP | macro F1 | published |",
         "|---|---|---|---|---|---|"]
     for name, published in (("unseen", PUBLISHED["b_unseen_macro_auroc"]),
