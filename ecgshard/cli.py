@@ -169,7 +169,7 @@ def _folds(text):
               help="NOT zero-shot: train on records that carry held-out labels.")
 @click.option("--arch", type=click.Choice(["resnet1d", "seed-cnn"]), default="resnet1d",
               show_default=True)
-@click.option("--loss", type=click.Choice(["bce", "clip", "triplet"]), default="bce",
+@click.option("--loss", type=click.Choice(["bce", "clip", "triplet"]), default="clip",
               show_default=True)
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=128, show_default=True)
@@ -299,7 +299,7 @@ def download(database, dest, db_version, base_url, workers, rate, sources, retri
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--arch", type=click.Choice(["resnet1d", "seed-cnn"]), default="resnet1d",
               show_default=True)
-@click.option("--loss", type=click.Choice(["bce", "clip", "triplet"]), default="bce",
+@click.option("--loss", type=click.Choice(["bce", "clip", "triplet"]), default="clip",
               show_default=True)
 @click.option("--min-positives", default=5, show_default=True)
 @click.option("--device", default="auto", show_default=True)

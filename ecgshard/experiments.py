@@ -50,7 +50,7 @@ class ExperimentConfig:
     epochs: int = 30
     batch_size: int = 128
     arch: str = "resnet1d"
-    loss: str = "bce"
+    loss: str = "clip"
     device: str = "auto"
     bootstrap: int = 1000
     build_workers: int = 0
