@@ -292,6 +292,9 @@ def download(database, dest, db_version, base_url, workers, rate, sources, retri
 @click.option("--work", required=True, help="Working directory (shards, text, runs, reports).")
 @click.option("--text-model", default="emilyalsentzer/Bio_ClinicalBERT", show_default=True)
 @click.option("--pooling", type=click.Choice(["mean", "cls"]), default="mean", show_default=True)
+@click.option("--texts", type=click.Choice(["name", "description", "both"]), default="name",
+              show_default=True, help="Class texts (see embed-text).")
+@click.option("--template", "templates", multiple=True, help="Prompt template(s) with {name}.")
 @click.option("--splits", default=3, show_default=True, help="Holdout splits (a).")
 @click.option("--holdout-size", default=4, show_default=True)
 @click.option("--min-test-positives", default=5, show_default=True)
@@ -308,14 +311,17 @@ def download(database, dest, db_version, base_url, workers, rate, sources, retri
 @click.option("--results", default="docs/results.md", show_default=True,
               help="Markdown file whose section this experiment (re)writes.")
 @click.option("--label", default="", help="What the data is (heading and section key).")
-def experiment(which, ptbxl, cinc, work, text_model, pooling, splits, holdout_size,
+def experiment(which, ptbxl, cinc, work, text_model, pooling, texts, templates, splits,
+               holdout_size,
                min_test_positives, epochs, batch_size, arch, loss, min_positives, device,
                bootstrap, seed, results, label):
     """Run Experiment A (held-out PTB-XL classes) or B (Challenge 2021) end to end."""
     from . import experiments as stage
 
     cfg = stage.ExperimentConfig(work=work, ptbxl=ptbxl, cinc=cinc, text_model=text_model,
-                                 pooling=pooling, splits=splits, holdout_size=holdout_size,
+                                 pooling=pooling, texts=texts,
+                                 templates=tuple(templates) or ("{name}",), splits=splits,
+                                 holdout_size=holdout_size,
                                  min_test_positives=min_test_positives, epochs=epochs,
                                  batch_size=batch_size, arch=arch, loss=loss,
                                  min_positives=min_positives, device=device,

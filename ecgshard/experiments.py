@@ -44,6 +44,8 @@ class ExperimentConfig:
     cinc: str | None = None
     text_model: str = text.DEFAULT_MODEL
     pooling: str = "mean"
+    texts: str = "name"                 # name | description | both (see docs/text.md)
+    templates: tuple = ("{name}",)
     splits: int = 3
     holdout_size: int = 4              # classes drawn per random split (before expansion)
     min_test_positives: int = 5
@@ -71,11 +73,14 @@ def _prepare(cfg, with_cinc):
     for name, (src, fmt) in sets.items():
         build.run(build.BuildConfig(source_dir=src, out_dir=str(work / "shards" / name),
                                     format=fmt, workers=cfg.build_workers))
-    text_file = work / "text" / f"{_slug(cfg.text_model)}-{cfg.pooling}.h5"
+    variant = "" if cfg.texts == "name" and tuple(cfg.templates) == ("{name}",) else \
+        "-" + S.fingerprint([cfg.texts, list(cfg.templates)])[:8]
+    text_file = work / "text" / f"{_slug(cfg.text_model)}-{cfg.pooling}{variant}.h5"
     text.run(text.TextConfig(vocab=tuple(str(work / "shards" / n) for n in sets),
                              out=str(text_file), model=cfg.text_model, pooling=cfg.pooling,
+                             texts=cfg.texts, templates=tuple(cfg.templates),
                              device=cfg.device))
-    return work, text_file
+    return work, text_file, variant
 
 
 def _fit(cfg, shards, text_file, out, holdout):
@@ -127,37 +132,38 @@ def holdout_splits(shard_dir, manifest, n_splits, size, min_test_pos, seed, test
 
 
 def run_a(cfg: ExperimentConfig):
-    work, text_file = _prepare(cfg, with_cinc=False)
+    work, text_file, variant = _prepare(cfg, with_cinc=False)
     shards = work / "shards" / "ptbxl"
     manifest = S.load_manifest(shards)
     splits = holdout_splits(shards, manifest, cfg.splits, cfg.holdout_size, cfg.min_test_positives,
                             cfg.seed)
     reports = []
     for i, holdout in enumerate(splits):
-        run_dir = work / "runs" / f"a-split{i}"
+        run_dir = work / "runs" / f"a-split{i}{variant}"
         _fit(cfg, shards, text_file, run_dir, holdout)
         reports.append(zeroshot.run(zeroshot.ZeroShotConfig(
             run=str(run_dir), shards=str(shards), text=str(text_file),
-            out=str(work / "reports" / f"a-split{i}"), bootstrap=cfg.bootstrap,
+            out=str(work / "reports" / f"a-split{i}{variant}"), bootstrap=cfg.bootstrap,
             device=cfg.device, seed=cfg.seed)))
     section = markdown_a(cfg, manifest, splits, reports)
     write_section(cfg.results, _key("experiment-a", cfg), section)
-    return {"splits": splits, "reports": [str(work / "reports" / f"a-split{i}")
+    return {"splits": splits, "reports": [str(work / "reports" / f"a-split{i}{variant}")
                                           for i in range(len(splits))], "markdown": section}
 
 
 def run_b(cfg: ExperimentConfig):
-    work, text_file = _prepare(cfg, with_cinc=True)
-    run_dir = work / "runs" / "b-all-ptbxl"
+    work, text_file, variant = _prepare(cfg, with_cinc=True)
+    run_dir = work / "runs" / f"b-all-ptbxl{variant}"
     _fit(cfg, work / "shards" / "ptbxl", text_file, run_dir, ())
     report = zeroshot.run(zeroshot.ZeroShotConfig(
         run=str(run_dir), shards=str(work / "shards" / "cinc2021"), text=str(text_file),
-        out=str(work / "reports" / "b-cinc2021"), classes="all", bootstrap=cfg.bootstrap,
+        out=str(work / "reports" / f"b-cinc2021{variant}"), classes="all",
+        bootstrap=cfg.bootstrap,
         device=cfg.device, seed=cfg.seed))
     cinc_manifest = S.load_manifest(work / "shards" / "cinc2021")
     section = markdown_b(cfg, cinc_manifest, report)
     write_section(cfg.results, _key("experiment-b", cfg), section)
-    return {"report": str(work / "reports" / "b-cinc2021"), "markdown": section}
+    return {"report": str(work / "reports" / f"b-cinc2021{variant}"), "markdown": section}
 
 
 # ---------------------------------------------------------------- markdown
@@ -198,7 +204,8 @@ def markdown_a(cfg, manifest, splits, reports):
         "",
         f"Data: {manifest['n_records']} records from `{manifest['source_dir']}` "
         f"({manifest['fs']} Hz, {manifest['n_skipped']} skipped). Text model: "
-        f"`{p0['text_model']}` ({p0['text_pooling']}). Encoder `{cfg.arch}`, loss `{cfg.loss}`, "
+        f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.texts}, templates "
+        f"{list(cfg.templates)}). Encoder `{cfg.arch}`, loss `{cfg.loss}`, "
         f"{cfg.epochs} epochs. Train folds 1-8, validation fold 9 (checkpoint choice and "
         f"threshold), test fold {p0['folds']}. Strict zero-shot: every record carrying a "
         f"held-out label is excluded from training and validation.",

@@ -135,7 +135,11 @@ def run(cfg: FitConfig):
     state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0, "records_seen": 0,
              "batches": 0}
     if cfg.resume and (out / "checkpoint-last.pt").exists():
-        state = t.restore(S.load_checkpoint(out / "checkpoint-last.pt", map_location=device))
+        ck = S.load_checkpoint(out / "checkpoint-last.pt", map_location=device)
+        if ck["text_sha256"] != p["text"].sha256 or ck["train_codes"] != p["train_codes"]:
+            raise ECGShardError(f"{out} was trained against another text matrix or class list; "
+                                f"resume it with the same --text and holdout, or use a new --out")
+        state = t.restore(ck)
         log.info("resuming %s at epoch %d", out, state["epoch"])
     else:
         out.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,14 @@ def test_resume_continues_to_the_same_state(demo_data, demo_text, tmp_path):
     assert a["state"] == b["state"]
     for key in a["model"]:
         assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-6), key
+    # resuming against another text matrix is refused, not silently mixed
+    m = shards.read_text_matrix(demo_text)
+    attrs = {k: v for k, v in m.attrs.items() if k not in ("schema_version", "content_sha256")}
+    shards.write_text_matrix(tmp_path / "other.h5", m.emb, m.codes, [t + "." for t in m.texts],
+                             m.names, attrs)
+    with pytest.raises(ECGShardError, match="another text matrix"):
+        fit.run(fit.FitConfig(out=str(tmp_path / "cut"), resume=True,
+                              **{**common, "text": str(tmp_path / "other.h5")}))
 
 
 def test_clear_errors(demo_data, demo_text, tmp_path):
