@@ -227,7 +227,8 @@ def fit(shards, text, out, holdout, holdout_file, holdout_expand, include_heldou
               "or every fold (another dataset).")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap replicates.")
 @click.option("--threshold", default="val-seen", show_default=True,
-              help="val-seen, youden (optimistic, labelled) or fixed:X.")
+              help="val-seen, val-z (per-class scale from validation inputs), youden "
+              "(optimistic, labelled) or fixed:X.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               show_default=True)
 @click.option("--device", default="auto", show_default=True)

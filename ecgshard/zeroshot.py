@@ -37,7 +37,7 @@ class ZeroShotConfig:
     classes: str = "heldout"            # heldout | all | CODE,CODE,...
     folds: tuple | None = None          # default: the run's test folds (same shards) or all
     bootstrap: int = 1000
-    threshold: str = "val-seen"         # val-seen | youden | fixed:X
+    threshold: str = "val-seen"         # val-seen | val-z | youden | fixed:X
     checkpoint: str = "best"
     device: str = "auto"
     save_embeddings: bool = False
@@ -100,7 +100,8 @@ def run(cfg: ZeroShotConfig):
     emb = embed(model, data["signal"], device, amp=True)
     scores = emb @ text_rows.T
 
-    threshold, rule = _threshold(cfg, ck, run_classes, model, device, scores, data["labels"])
+    threshold, rule = _threshold(cfg, ck, run_classes, model, device, scores, data["labels"],
+                                 text_rows)
     report = {
         "provenance": {
             "run": str(run_dir.resolve()), "checkpoint": str(ck_path.resolve()),
@@ -162,6 +163,10 @@ def _check_text_space(text, ck):
         raise ECGShardError("this run learned its class embeddings (--learn-class-embeddings, a "
                             "supervised reference); its classes are not tied to text, so it "
                             "cannot score classes zero-shot")
+    dim = ck["model_config"]["text_dim"]
+    if text.emb.shape[1] != dim:
+        raise ECGShardError(f"text matrix has {text.emb.shape[1]}-dimensional embeddings, the "
+                            f"run's encoder outputs {dim}: they come from different text models")
     if text.attrs.get("model_id") != ck.get("text_model"):
         raise ECGShardError(f"text matrix model {text.attrs.get('model_id')!r} differs from the "
                             f"run's {ck.get('text_model')!r}: embeddings of different models do "
@@ -199,7 +204,8 @@ def _target_classes(spec, manifest, text, train_codes, holdout, same_set):
     return targets
 
 
-def _threshold(cfg, ck, run_classes, model, device, scores, labels):
+def _threshold(cfg, ck, run_classes, model, device, scores, labels, text_rows):
+    """The decision threshold(s) and a sentence saying where they come from."""
     from .data import Selection, load_selection
     from .fit import embed
 
@@ -209,17 +215,30 @@ def _threshold(cfg, ck, run_classes, model, device, scores, labels):
     if cfg.threshold.startswith("fixed:"):
         value = float(cfg.threshold.split(":", 1)[1])
         return value, f"fixed cosine threshold {value}"
-    if cfg.threshold != "val-seen":
-        raise ECGShardError("--threshold must be val-seen, youden or fixed:X")
-    # One cosine threshold from the training classes on the run's validation folds; the
-    # evaluated labels never see it being chosen.
+    if cfg.threshold not in ("val-seen", "val-z"):
+        raise ECGShardError("--threshold must be val-seen, val-z, youden or fixed:X")
+    # Both rules are chosen on the run's validation folds with the training classes' labels;
+    # the evaluated labels never see them being chosen.
     val_sel = Selection(run_classes["shards"], tuple(run_classes["folds"]["val"]),
                         tuple(ck["train_codes"]), tuple(ck["holdout"]))
     val = load_selection(val_sel)
-    v_scores = embed(model, val["signal"], device, amp=True) @ np.asarray(ck["text_emb_train"]).T
-    value = M.pooled_youden_threshold(v_scores, val["labels"])
-    return value, (f"cosine threshold {value:.4f}: mean-Youden optimum over the training "
-                   f"classes on validation folds {run_classes['folds']['val']}")
+    v_emb = embed(model, val["signal"], device, amp=True)
+    v_scores = v_emb @ np.asarray(ck["text_emb_train"]).T
+    folds = run_classes["folds"]["val"]
+    if cfg.threshold == "val-seen":
+        value = M.pooled_youden_threshold(v_scores, val["labels"])
+        return value, (f"cosine threshold {value:.4f}: mean-Youden optimum over the training "
+                       f"classes on validation folds {folds}")
+    # val-z: each class's cosine is standardised by its mean and spread over the validation
+    # records (inputs only, so unseen classes get a scale too), and one z threshold is chosen
+    # on the training classes there.
+    z_train = (v_scores - v_scores.mean(0)) / v_scores.std(0).clip(min=1e-6)
+    z = M.pooled_youden_threshold(z_train, val["labels"])
+    target_val = v_emb @ text_rows.T
+    value = target_val.mean(0) + z * target_val.std(0).clip(min=1e-6)
+    return value, (f"per-class cosine thresholds mean + {z:.3f} sd of each class's scores on the "
+                   f"validation folds {folds} (z chosen by mean Youden over the training classes "
+                   f"there; no evaluated labels used)")
 
 
 def _evaluate(scores, labels, targets, seen, names, threshold, n_boot, seed):

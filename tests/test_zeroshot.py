@@ -133,3 +133,14 @@ def test_cli_end_to_end(tmp_path):
     assert "unseen macro_auroc" in table
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["provenance"]["holdout"] == ["SBRAD"]
+
+
+def test_val_z_threshold_gives_each_class_its_own_scale(demo_data, demo_run, demo_text,
+                                                        tmp_path):
+    report = _zs(demo_data, demo_run, demo_text, tmp_path / "vz", shards=str(demo_data / "s-cinc"),
+                 threshold="val-z", bootstrap=0, control=False)
+    thresholds = {c["threshold"] for c in report["classes"]}
+    assert len(thresholds) > 1
+    assert "no evaluated labels used" in report["provenance"]["threshold_rule"]
+    unseen = report["groups"]["unseen"]
+    assert unseen["macro_sensitivity"] is not None and 0 <= unseen["macro_f1"] <= 1
