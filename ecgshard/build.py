@@ -245,6 +245,12 @@ def _skip(it, reason, detail=""):
             "reason": reason, "detail": detail}
 
 
+def _orphan(record_id, path, source, table):
+    """A signal on disk that its database's metadata table does not list."""
+    return {"record_id": record_id, "path": str(path), "source": source,
+            "reason": "no_metadata_row", "detail": f"signal has no row in {table}"}
+
+
 # ---------------------------------------------------------------- plans
 
 def plan_ptbxl(cfg):
@@ -291,9 +297,7 @@ def plan_ptbxl(cfg):
     records_dir = source / f"records{rate}"
     for hea in sorted(records_dir.rglob("*.hea")):
         if hea.resolve() not in listed:
-            skipped.append({"record_id": hea.stem, "path": str(hea), "source": "PTB-XL",
-                            "reason": "no_metadata_row",
-                            "detail": "record on disk has no row in ptbxl_database.csv"})
+            skipped.append(_orphan(hea.stem, hea, "PTB-XL", "ptbxl_database.csv"))
     if not items and not skipped:
         raise ECGShardError(f"{source}: ptbxl_database.csv lists no records")
     return {"classes": classes, "items": items, "skipped": skipped,
@@ -416,9 +420,7 @@ def plan_sph(cfg):
             items.append(it)
     for h5 in sorted((source / "records").glob("*.h5")):
         if h5.stem not in listed:
-            skipped.append({"record_id": h5.stem, "path": str(h5), "source": "SPH",
-                            "reason": "no_metadata_row",
-                            "detail": "signal file has no row in metadata.csv"})
+            skipped.append(_orphan(h5.stem, h5, "SPH", "metadata.csv"))
     classes = _coded_vocabulary(names, counts, "AHA codes not in code.csv (kept by code)")
     return {"classes": classes, "items": items, "skipped": skipped,
             "unknown_codes": {c["code"]: counts[c["code"]] for c in classes if not c["known"]},
@@ -469,9 +471,7 @@ def plan_code15(cfg):
         items.append(it)
     for exam, (part, i) in where.items():
         if exam not in listed:
-            skipped.append({"record_id": str(exam), "path": f"{source / part}[{i}]",
-                            "source": "CODE-15", "reason": "no_metadata_row",
-                            "detail": "tracing has no row in exams.csv"})
+            skipped.append(_orphan(str(exam), f"{source / part}[{i}]", "CODE-15", "exams.csv"))
     classes = [{"code": c, "name": n, "known": True} for c, n in readers.CODE15_CLASSES]
     return {"classes": classes, "items": items, "skipped": skipped, "unknown_codes": {},
             "rate": None, "checksums": {"exams.csv": S.sha256_file(source / "exams.csv")}}

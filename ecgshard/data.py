@@ -60,6 +60,16 @@ class _Columns:
                                                                                       bool)
         return keep, labels[:, self.out], heldout
 
+    def read_block(self, f, start, stop):
+        """The selected rows of one block of an open shard: (signal, labels, heldout, rows),
+        or None when no row is selected. Shards are in fold order, so most blocks are kept
+        whole and then no mask copy is made."""
+        keep, out, heldout = self.apply(f[S.LABELS][start:stop], f[S.FOLD][start:stop])
+        if not keep.any():
+            return None
+        rows = slice(None) if keep.all() else keep
+        return f[S.SIGNAL][start:stop][rows], out[rows], heldout[rows], rows
+
 
 def shard_blocks(sel, manifest):
     """(path, start, stop) blocks of the shards that hold any of the selected folds."""
@@ -101,15 +111,16 @@ def load_selection(sel, with_ids=False):
     sig, lab, held, ids, sources = [], [], [], [], []
     for path, start, stop in shard_blocks(sel, manifest):
         with S.open_shard(path) as f:
-            keep, out, heldout = cols.apply(f[S.LABELS][start:stop], f[S.FOLD][start:stop])
-            if not keep.any():
+            block = cols.read_block(f, start, stop)
+            if block is None:
                 continue
-            sig.append(f[S.SIGNAL][start:stop][keep])
+            signal, out, heldout, rows = block
             if with_ids:
-                ids.append(S.read_strings(f[S.RECORD_ID], slice(start, stop))[keep])
-                sources.append(S.read_strings(f[S.SOURCE], slice(start, stop))[keep])
-        lab.append(out[keep])
-        held.append(heldout[keep])
+                ids.append(S.read_strings(f[S.RECORD_ID], slice(start, stop))[rows])
+                sources.append(S.read_strings(f[S.SOURCE], slice(start, stop))[rows])
+        sig.append(signal)
+        lab.append(out)
+        held.append(heldout)
     t = manifest["n_samples"]
     result = {"signal": np.concatenate(sig) if sig else np.zeros((0, 12, t), np.float16),
               "labels": np.concatenate(lab) if lab else np.zeros((0, len(sel.class_codes)),
@@ -156,14 +167,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         pooled = 0
         for path, start, stop in mine:
             f = self._file(path)
-            keep, out, heldout = cols.apply(f[S.LABELS][start:stop], f[S.FOLD][start:stop])
-            if keep.any():
-                # Shards are in fold order, so most blocks are kept whole: no mask copy then.
-                rows = slice(None) if keep.all() else keep
-                pool["signal"].append(f[S.SIGNAL][start:stop][rows])
-                pool["labels"].append(out[rows])
-                pool["heldout"].append(heldout[rows])
-                pooled += int(keep.sum())
+            block = cols.read_block(f, start, stop)
+            if block is not None:
+                for key, value in zip(("signal", "labels", "heldout"), block):
+                    pool[key].append(value)
+                pooled += len(block[1])
             if pooled >= self.buffer_records:
                 pool, pooled = yield from self._drain(pool, rng, final=False)
         if pooled:

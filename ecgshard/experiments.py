@@ -181,6 +181,10 @@ def _f(x, digits=3):
         f"{x:.{digits}f}"
 
 
+def _ci(ci):
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
 def _ms(values):
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if not len(v):
@@ -228,10 +232,9 @@ def markdown_a(cfg, manifest, splits, reports):
         "|---|---|---|---|---|---|---|"]
     for i, (holdout, r) in enumerate(zip(splits, reports)):
         for c in r["classes"]:
-            ci = c["auroc_ci"]
-            ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             lines.append(f"| {i} | {', '.join(holdout)} | {c['code']} | {c['name']} | "
-                         f"{c['n_pos']} | {_f(c['auroc'])}{ci_text} | {_f(c['ap'])} |")
+                         f"{c['n_pos']} | {_f(c['auroc'])}{_ci(c['auroc_ci'])} | "
+                         f"{_f(c['ap'])} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -259,11 +262,10 @@ def markdown_b(cfg, manifest, report):
     for name, published in (("unseen", PUBLISHED["b_unseen_macro_auroc"]),
                             ("seen", PUBLISHED["b_seen_macro_auroc"]), ("all", "—")):
         if name in g:
-            ci = g[name]["macro_auroc_ci"]
-            ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-            lines.append(f"| {name} | {g[name]['n_classes']} | {_f(g[name]['macro_auroc'])}"
-                         f"{ci_text} | {_f(g[name]['macro_ap'])} | {_f(g[name]['macro_f1'])} | "
-                         f"{published} |")
+            row = g[name]
+            lines.append(f"| {name} | {row['n_classes']} | {_f(row['macro_auroc'])}"
+                         f"{_ci(row['macro_auroc_ci'])} | {_f(row['macro_ap'])} | "
+                         f"{_f(row['macro_f1'])} | {published} |")
     ctrl = report["references"].get("random_encoder_control", {}).get("macro_auroc")
     lines += [f"| random-encoder control (all) | | {_f(ctrl)} | | | |", "",
               "Per source database (macro AUROC over the classes with positives there):", "",
@@ -277,11 +279,9 @@ def markdown_b(cfg, manifest, report):
               "| code | name | group (as) | positives | AUROC [95% CI] | AP |",
               "|---|---|---|---|---|---|"]
     for c in sorted(report["classes"], key=lambda c: (c["group"], -(c["auroc"] or 0))):
-        ci = c["auroc_ci"]
-        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         lines.append(f"| {c['code']} | {c['name']} | {c['group']}"
                      f"{' (' + c['seen_as'] + ')' if c['seen_as'] else ''} | {c['n_pos']} | "
-                     f"{_f(c['auroc'])}{ci_text} | {_f(c['ap'])} |")
+                     f"{_f(c['auroc'])}{_ci(c['auroc_ci'])} | {_f(c['ap'])} |")
     lines.append("")
     return "\n".join(lines)
 
