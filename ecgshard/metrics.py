@@ -114,23 +114,35 @@ def pooled_youden_threshold(scores, labels):
     return float(best)
 
 
-def bootstrap_macro(scores, labels, n_boot=1000, seed=0, classes=None):
-    """95% percentile bootstrap intervals (records resampled) of macro AUROC and macro AP.
+def bootstrap_per_class(scores, labels, n_boot=1000, seed=0):
+    """Per-class AUROC and AP on ``n_boot`` bootstrap resamples of the records.
 
-    Each replicate averages over the classes evaluable in that replicate. Returns
-    ``{"auroc": (lo, hi), "ap": (lo, hi)}``; NaN bounds when nothing is evaluable.
+    Returns ``{"auroc": (n_boot, C), "ap": (n_boot, C)}``, NaN where a replicate holds no
+    positive (or no negative) of a class; intervals of a macro figure come from the
+    replicates' ``macro_rows``.
     """
-    cols = np.arange(labels.shape[1]) if classes is None else np.asarray(classes)
-    if n_boot <= 0 or len(cols) == 0:
-        return {"auroc": (float("nan"),) * 2, "ap": (float("nan"),) * 2}
     rng = np.random.default_rng(seed)
-    s, y = scores[:, cols], labels[:, cols]
-    stats = {"auroc": [], "ap": []}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        auroc, ap = per_class_fast(s[idx], y[idx])
-        if np.isfinite(auroc).any():
-            stats["auroc"].append(np.nanmean(auroc))
-            stats["ap"].append(np.nanmean(ap))
-    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v
-            else (float("nan"),) * 2 for k, v in stats.items()}
+    shape = (n_boot, labels.shape[1])
+    out = {"auroc": np.full(shape, np.nan), "ap": np.full(shape, np.nan)}
+    for b in range(n_boot):
+        idx = rng.integers(0, len(labels), len(labels))
+        out["auroc"][b], out["ap"][b] = per_class_fast(scores[idx], labels[idx])
+    return out
+
+
+def macro_rows(replicates):
+    """Macro of each replicate over the classes evaluable in it (NaN where none is)."""
+    ok = np.isfinite(replicates)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, replicates, 0).sum(1) / ok.sum(1)
+
+
+def percentile_ci(samples, level=0.95):
+    """Percentile interval of the finite samples, or None when there are none."""
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[np.isfinite(samples)]
+    if not len(samples):
+        return None
+    tail = 100 * (1 - level) / 2
+    return [round(float(np.percentile(samples, tail)), 6),
+            round(float(np.percentile(samples, 100 - tail)), 6)]

@@ -244,14 +244,22 @@ def _threshold(cfg, ck, run_classes, model, device, scores, labels, text_rows):
 def _evaluate(scores, labels, targets, seen, names, threshold, n_boot, seed):
     auroc, ap = M.per_class(scores, labels)
     sens, spec, f1 = M.at_threshold(scores, labels, threshold)
-    boot = _bootstrap(scores, labels, n_boot, seed)
+    boot = M.bootstrap_per_class(scores, labels, n_boot, seed) if n_boot > 0 else None
+
+    def interval(metric, cols, macro=False):
+        """95% bootstrap interval of one class, or of the macro over ``cols``."""
+        if boot is None:
+            return None
+        replicates = boot[metric][:, cols]
+        return M.percentile_ci(M.macro_rows(replicates) if macro else replicates)
+
     classes = []
     for i, code in enumerate(targets):
         classes.append({
             "code": code, "name": names.get(code, code),
             "group": "seen" if seen.get(code) else "unseen", "seen_as": seen.get(code),
             "n_pos": int(labels[:, i].sum()), "n": int(len(labels)),
-            "auroc": _num(auroc[i]), "auroc_ci": _ci(boot["auroc"][:, i]) if boot else None,
+            "auroc": _num(auroc[i]), "auroc_ci": interval("auroc", i),
             "ap": _num(ap[i]), "prevalence": float(labels[:, i].mean()),
             "sensitivity": _num(sens[i]), "specificity": _num(spec[i]), "f1": _num(f1[i]),
             "threshold": _num(np.broadcast_to(threshold, (len(targets),))[i])})
@@ -265,38 +273,14 @@ def _evaluate(scores, labels, targets, seen, names, threshold, n_boot, seed):
             "classes": [classes[i]["code"] for i in ok],
             "n_classes": len(ok),
             "macro_auroc": _num(M.macro(auroc[cols])),
-            "macro_auroc_ci": _ci(_row_means(boot["auroc"][:, cols])) if boot and ok else None,
+            "macro_auroc_ci": interval("auroc", cols, macro=True) if ok else None,
             "macro_ap": _num(M.macro(ap[cols])),
-            "macro_ap_ci": _ci(_row_means(boot["ap"][:, cols])) if boot and ok else None,
-            "micro_auroc": _num(M.micro_auroc(scores, labels, [i for i in ok])) if ok else None,
+            "macro_ap_ci": interval("ap", cols, macro=True) if ok else None,
+            "micro_auroc": _num(M.micro_auroc(scores, labels, ok)) if ok else None,
             "macro_sensitivity": _num(M.macro(sens[cols])),
             "macro_specificity": _num(M.macro(spec[cols])),
             "macro_f1": _num(M.macro(f1[cols]))}
     return classes, groups
-
-
-def _bootstrap(scores, labels, n_boot, seed):
-    """Per-replicate, per-class AUROC and AP (n_boot, C); NaN where a replicate has no
-    positives of a class."""
-    if n_boot <= 0:
-        return None
-    import warnings
-
-    rng = np.random.default_rng(seed)
-    a, p = np.full((n_boot, labels.shape[1]), np.nan), np.full((n_boot, labels.shape[1]), np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for b in range(n_boot):
-            idx = rng.integers(0, len(labels), len(labels))
-            a[b], p[b] = M.per_class_fast(scores[idx], labels[idx])
-    return {"auroc": a, "ap": p}
-
-
-def _row_means(a):
-    """Mean of each replicate over its evaluable classes (NaN when a replicate has none)."""
-    ok = np.isfinite(a)
-    with np.errstate(invalid="ignore"):
-        return np.where(ok, a, 0).sum(1) / ok.sum(1)
 
 
 def _per_source(scores, labels, sources, targets, seen):
@@ -318,15 +302,6 @@ def _per_source(scores, labels, sources, targets, seen):
 def _num(x):
     x = float(x)
     return None if not np.isfinite(x) else round(x, 6)
-
-
-def _ci(samples):
-    samples = np.asarray(samples, dtype=float)
-    samples = samples[np.isfinite(samples)]
-    if not len(samples):
-        return None
-    return [round(float(np.percentile(samples, 2.5)), 6),
-            round(float(np.percentile(samples, 97.5)), 6)]
 
 
 def _write_per_class_csv(path, classes):

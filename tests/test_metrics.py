@@ -46,9 +46,13 @@ def test_youden_thresholds_separate_a_perfect_class():
 def test_bootstrap_interval_brackets_the_estimate(scored):
     scores, labels = scored
     auroc, _ = M.per_class(scores, labels)
-    ci = M.bootstrap_macro(scores, labels, n_boot=200, seed=1)
-    assert ci["auroc"][0] < M.macro(auroc) < ci["auroc"][1]
-    assert ci["auroc"][1] - ci["auroc"][0] < 0.2
+    boot = M.bootstrap_per_class(scores, labels, n_boot=200, seed=1)
+    assert boot["auroc"].shape == (200, 4) and np.isnan(boot["auroc"][:, 3]).all()
+    lo, hi = M.percentile_ci(M.macro_rows(boot["auroc"]))
+    assert lo < M.macro(auroc) < hi and hi - lo < 0.2
+    for c in range(3):
+        lo, hi = M.percentile_ci(boot["auroc"][:, c])
+        assert lo < auroc[c] < hi
 
 
 def test_fast_per_class_equals_sklearn_with_ties(scored):
