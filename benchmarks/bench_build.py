@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--baseline-records", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rate", default="auto", choices=["auto", "100", "500"])
+    ap.add_argument("--shard-size", type=int, default=2048,
+                    help="records per shard; workers share out whole shards")
     args = ap.parse_args()
 
     from ecgshard import build, readers
@@ -113,7 +115,7 @@ def main():
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         m = build.run(build.BuildConfig(source_dir=str(tree), out_dir=str(out), workers=workers,
-                                        ptbxl_rate=args.rate))
+                                        ptbxl_rate=args.rate, shard_size=args.shard_size))
         rate = m["n_records"] / (time.perf_counter() - t0)
         rows.append((f"ecgshard build, {workers} worker(s), HDF5 shards + manifest",
                      m["n_records"], rate))
