@@ -90,10 +90,8 @@ def count_selection(sel):
     cols = _Columns(sel, manifest)
     kept = excluded = 0
     positives = np.zeros(len(sel.class_codes), np.int64)
-    import h5py
-
     for path in S.shard_paths(sel.shard_dir, manifest):
-        with h5py.File(path, "r") as f:
+        with S.open_shard(path) as f:
             labels, folds = f[S.LABELS][...], f[S.FOLD][...]
         keep, out, _ = cols.apply(labels, folds)
         in_folds = np.isin(folds, cols.folds)

@@ -185,6 +185,11 @@ def _ci(ci):
     return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
+def _class_cells(c):
+    """The positives | AUROC [CI] | AP cells every per-class table ends with."""
+    return f"{c['n_pos']} | {_f(c['auroc'])}{_ci(c['auroc_ci'])} | {_f(c['ap'])} |"
+
+
 def _ms(values):
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if not len(v):
@@ -233,8 +238,7 @@ def markdown_a(cfg, manifest, splits, reports):
     for i, (holdout, r) in enumerate(zip(splits, reports)):
         for c in r["classes"]:
             lines.append(f"| {i} | {', '.join(holdout)} | {c['code']} | {c['name']} | "
-                         f"{c['n_pos']} | {_f(c['auroc'])}{_ci(c['auroc_ci'])} | "
-                         f"{_f(c['ap'])} |")
+                         f"{_class_cells(c)}")
     lines.append("")
     return "\n".join(lines)
 
@@ -251,7 +255,7 @@ def markdown_b(cfg, manifest, report):
         f"Model trained on all PTB-XL classes (folds 1-8, checkpoint by fold 9); scored on "
         f"{p['n_records']} records of `{manifest['source_dir']}` (all folds). Text model "
         f"`{p['text_model']}`. A class is *seen* when its concept was a PTB-XL training class "
-        f"(`ecgshard.labels.SNOMED_TO_SCP`), else *unseen*. Threshold: {p['threshold_rule']}.",
+        f"(`ecgshard.labels.seen_status`), else *unseen*. Threshold: {p['threshold_rule']}.",
         "",
         *(["Not scored: " + ", ".join(f"{n} {src} records" for src, n in
                                        p["excluded_sources_same_as_training"].items()) +
@@ -280,8 +284,7 @@ def markdown_b(cfg, manifest, report):
               "|---|---|---|---|---|---|"]
     for c in sorted(report["classes"], key=lambda c: (c["group"], -(c["auroc"] or 0))):
         lines.append(f"| {c['code']} | {c['name']} | {c['group']}"
-                     f"{' (' + c['seen_as'] + ')' if c['seen_as'] else ''} | {c['n_pos']} | "
-                     f"{_f(c['auroc'])}{_ci(c['auroc_ci'])} | {_f(c['ap'])} |")
+                     f"{' (' + c['seen_as'] + ')' if c['seen_as'] else ''} | {_class_cells(c)}")
     lines.append("")
     return "\n".join(lines)
 
