@@ -400,8 +400,8 @@ def report_table(report_dirs):
     """``ecgshard report``: several reports side by side, one row per figure."""
     reports = [json.loads((Path(d) / "report.json").read_text()) for d in report_dirs]
     rows = [("records", lambda r: str(r["provenance"]["n_records"])),
-            ("folds", lambda r: ",".join(map(str, r["provenance"]["folds"]))),
-            ("text model", lambda r: str(r["provenance"]["text_model"])[:28])]
+            ("folds", lambda r: _fold_ranges(r["provenance"]["folds"])),
+            ("text model", lambda r: str(r["provenance"]["text_model"]).split(" (")[0])]
     for group in ("unseen", "seen", "all"):
         for key in ("n_classes", "macro_auroc", "macro_ap", "macro_f1"):
             rows.append((f"{group} {key}", lambda r, g=group, k=key: _cell(r["groups"].get(g, {})
@@ -411,11 +411,24 @@ def report_table(report_dirs):
     rows.append(("random control AUROC", lambda r: _cell(
         r["references"].get("random_encoder_control", {}).get("macro_auroc"))))
     names = [Path(d).name for d in report_dirs]
-    width = max([12] + [len(n) for n in names]) + 2
+    cells = [[get(r) for r in reports] for _, get in rows]
+    width = max(len(x) for x in names + [c for row in cells for c in row]) + 2
     lines = [f"{'':<24}" + "".join(f"{n:>{width}}" for n in names)]
-    for label, get in rows:
-        lines.append(f"{label:<24}" + "".join(f"{get(r)[:width - 2]:>{width}}" for r in reports))
+    for (label, _), row in zip(rows, cells):
+        lines.append(f"{label:<24}" + "".join(f"{c:>{width}}" for c in row))
     return lines
+
+
+def _fold_ranges(folds):
+    """[1, 2, 3, 5] -> '1-3,5'."""
+    out, start = [], None
+    for i, f in enumerate(folds):
+        if start is None:
+            start = f
+        if i + 1 == len(folds) or folds[i + 1] != f + 1:
+            out.append(str(start) if start == f else f"{start}-{f}")
+            start = None
+    return ",".join(out)
 
 
 def _cell(x):

@@ -144,3 +144,8 @@ def test_val_z_threshold_gives_each_class_its_own_scale(demo_data, demo_run, dem
     assert "no evaluated labels used" in report["provenance"]["threshold_rule"]
     unseen = report["groups"]["unseen"]
     assert unseen["macro_sensitivity"] is not None and 0 <= unseen["macro_f1"] <= 1
+
+
+def test_report_table_folds_compact():
+    assert zeroshot._fold_ranges([1, 2, 3, 5, 7, 8]) == "1-3,5,7-8"
+    assert zeroshot._fold_ranges([10]) == "10"
