@@ -100,7 +100,9 @@ def run(cfg: BuildConfig):
     previous = _previous_shards(out)
     results, todo = {}, []
     for index, task in enumerate(tasks):
-        task_fp = S.fingerprint([params, [asdict(it) for it in task], list(code_index)])
+        # The schema version is part of the key: a shard of an older contract is rebuilt.
+        task_fp = S.fingerprint([S.SCHEMA_VERSION, params, [asdict(it) for it in task],
+                                 list(code_index)])
         old = previous.get(index)
         if old and old["task_fingerprint"] == task_fp and _shard_intact(out, old):
             results[index] = old
@@ -173,10 +175,13 @@ def build_shard(index, items, task_fp, cfg, code_index):
         source_digest.update(digest.encode())
         label = np.zeros(n_classes, np.uint8)
         likelihood = np.zeros(n_classes, np.uint8)
+        mentioned = np.zeros(n_classes, np.uint8)
         for code, lik in it.codes.items():
-            label[code_index[code]] = 1
+            label[code_index[code]] = lik >= cfg.min_likelihood
             likelihood[code_index[code]] = int(round(lik))
+            mentioned[code_index[code]] = 1
         for key, value in ((S.SIGNAL, sig), (S.LABELS, label), (S.LIKELIHOOD, likelihood),
+                           (S.MENTIONED, mentioned),
                            (S.RECORD_ID, it.record_id), (S.PATIENT_ID, it.patient_id),
                            (S.FOLD, it.fold), (S.SOURCE, it.source), (S.AGE, it.age),
                            (S.SEX, it.sex), (S.LENGTH, length)):
@@ -188,7 +193,7 @@ def build_shard(index, items, task_fp, cfg, code_index):
            "sources": dict(Counter(cols[S.SOURCE])),
            "class_counts": [0] * n_classes, "file": None, "sha256": None}
     if cols[S.RECORD_ID]:
-        arrays = {k: np.stack(v) if k in (S.SIGNAL, S.LABELS, S.LIKELIHOOD) else v
+        arrays = {k: np.stack(v) if k in (S.SIGNAL, S.LABELS, S.LIKELIHOOD, S.MENTIONED) else v
                   for k, v in cols.items()}
         res["class_counts"] = arrays[S.LABELS].sum(axis=0, dtype=np.int64).tolist()
         res["file"] = S.shard_name(index)
@@ -266,11 +271,13 @@ def plan_ptbxl(cfg):
         rec_path = source / f"{row[column]}.hea"
         listed.add(rec_path.resolve())
         rec_id = str(ecg_id)
+        # Every statement is kept with its likelihood: the shard's labels hold those at or
+        # above --min-likelihood, and the rest still exclude a record when held out.
         codes = {}
         for code, lik in row["scp_codes"].items():
             if code not in known:
                 unknown[code] += 1
-            elif float(lik) >= cfg.min_likelihood:
+            else:
                 codes[code] = float(lik)
         it = Item(record_id=rec_id, path=str(rec_path), patient_id=_id_text(row["patient_id"]),
                   fold=_int_or(row["strat_fold"], 0), source="PTB-XL",
@@ -280,7 +287,7 @@ def plan_ptbxl(cfg):
                                  f"ptbxl_database.csv does not exist"))
         elif not 1 <= it.fold <= 10:
             skipped.append(_skip(it, "no_fold", f"strat_fold={row['strat_fold']!r}"))
-        elif not codes:
+        elif not any(lik >= cfg.min_likelihood for lik in codes.values()):
             skipped.append(_skip(it, "no_labels", f"no statement at likelihood >= "
                                  f"{cfg.min_likelihood}"))
         else:

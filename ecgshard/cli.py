@@ -29,10 +29,6 @@ def main(verbose, quiet):
     logging.getLogger("numba").setLevel(logging.WARNING)
 
 
-def _floats(text):
-    return tuple(float(x) for x in text.replace(",", " ").split()) if text else None
-
-
 @main.command()
 @click.argument("source_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["ptbxl", "cinc2021", "sph", "code15"]),
@@ -146,6 +142,33 @@ def text_sim(text_file, top):
         click.echo(line)
 
 
+@main.command()
+@click.argument("codes", nargs=-1, required=True)
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
+              help="A run: print each code's status (seen, related, unseen) against its "
+              "training classes.")
+@click.option("--vocab", type=click.Path(exists=True, file_okay=False),
+              help="A shard directory: print each code's holdout closure in its vocabulary.")
+def relations(codes, run_dir, vocab):
+    """Why a class is seen, related or unseen: its synonyms, parents, children, near-siblings."""
+    from . import concepts
+
+    trained = None
+    if run_dir:
+        import json
+        from pathlib import Path
+
+        trained = json.loads((Path(run_dir) / "classes.json").read_text())["train_codes"]
+    vocabulary = None
+    if vocab:
+        from . import shards
+
+        vocabulary = shards.class_codes(shards.load_manifest(vocab))
+    for code in codes:
+        for line in concepts.describe(code, trained, vocabulary):
+            click.echo(line)
+
+
 def _folds(text):
     """'1-8' or '1,2,3' -> (1, ..., 8)."""
     out = []
@@ -233,10 +256,20 @@ def fit(shards, text, out, holdout, holdout_file, holdout_expand, include_heldou
               show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5.")
-@click.option("--no-control", is_flag=True, help="Skip the random-encoder control.")
+@click.option("--no-control", is_flag=True, help="Skip the random-encoder distribution.")
+@click.option("--control-seeds", default=10, show_default=True,
+              help="Untrained encoders (one per seed) in the random-encoder distribution.")
+@click.option("--permutations", default=1000, show_default=True,
+              help="Label-permutation null draws (0: none).")
+@click.option("--min-positives", default=10, show_default=True,
+              help="Positives a class needs to enter a macro figure (fewer: listed).")
+@click.option("--allow-signal-mismatch", is_flag=True,
+              help="Score shards built with another rate, band, notch or normalisation than "
+              "the run's training shards.")
 @click.option("--seed", default=0, show_default=True)
 def zeroshot(run_dir, shards, text, out, classes, folds, bootstrap, threshold, checkpoint,
-             device, save_embeddings, no_control, seed):
+             device, save_embeddings, no_control, control_seeds, permutations, min_positives,
+             allow_signal_mismatch, seed):
     """Score classes zero-shot (held-out classes, or another dataset) and write a report."""
     from . import zeroshot as stage
 
@@ -244,7 +277,9 @@ def zeroshot(run_dir, shards, text, out, classes, folds, bootstrap, threshold, c
                                folds=_folds(folds) if folds else None, bootstrap=bootstrap,
                                threshold=threshold, checkpoint=checkpoint, device=device,
                                save_embeddings=save_embeddings, control=not no_control,
-                               seed=seed)
+                               control_seeds=control_seeds, permutations=permutations,
+                               min_positives=min_positives,
+                               allow_signal_mismatch=allow_signal_mismatch, seed=seed)
     for line in stage.summary_lines(stage.run(cfg)):
         click.echo(line)
 
@@ -298,7 +333,16 @@ def download(database, dest, db_version, base_url, workers, rate, sources, retri
 @click.option("--template", "templates", multiple=True, help="Prompt template(s) with {name}.")
 @click.option("--splits", default=3, show_default=True, help="Holdout splits (a).")
 @click.option("--holdout-size", default=4, show_default=True)
-@click.option("--min-test-positives", default=5, show_default=True)
+@click.option("--min-val-positives", default=5, show_default=True,
+              help="A class may be held out with this many validation positives (a).")
+@click.option("--max-excluded", default=0.25, show_default=True,
+              help="A split may exclude at most this share of the training records (a).")
+@click.option("--train-folds", default="1-8", show_default=True)
+@click.option("--val-folds", default="9", show_default=True)
+@click.option("--test-folds", default="10", show_default=True)
+@click.option("--min-macro-positives", default=10, show_default=True,
+              help="Positives a class needs to enter a macro figure.")
+@click.option("--control-seeds", default=10, show_default=True)
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--arch", type=click.Choice(["resnet1d", "seed-cnn"]), default="resnet1d",
@@ -313,9 +357,9 @@ def download(database, dest, db_version, base_url, workers, rate, sources, retri
               help="Markdown file whose section this experiment (re)writes.")
 @click.option("--label", default="", help="What the data is (heading and section key).")
 def experiment(which, ptbxl, cinc, work, text_model, pooling, texts, templates, splits,
-               holdout_size,
-               min_test_positives, epochs, batch_size, arch, loss, min_positives, device,
-               bootstrap, seed, results, label):
+               holdout_size, min_val_positives, max_excluded, train_folds, val_folds,
+               test_folds, min_macro_positives, control_seeds, epochs, batch_size, arch, loss,
+               min_positives, device, bootstrap, seed, results, label):
     """Run Experiment A (held-out PTB-XL classes) or B (Challenge 2021) end to end."""
     from . import experiments as stage
 
@@ -323,7 +367,11 @@ def experiment(which, ptbxl, cinc, work, text_model, pooling, texts, templates, 
                                  pooling=pooling, texts=texts,
                                  templates=tuple(templates) or ("{name}",), splits=splits,
                                  holdout_size=holdout_size,
-                                 min_test_positives=min_test_positives, epochs=epochs,
+                                 min_val_positives=min_val_positives, max_excluded=max_excluded,
+                                 train_folds=_folds(train_folds), val_folds=_folds(val_folds),
+                                 test_folds=_folds(test_folds),
+                                 min_macro_positives=min_macro_positives,
+                                 control_seeds=control_seeds, epochs=epochs,
                                  batch_size=batch_size, arch=arch, loss=loss,
                                  min_positives=min_positives, device=device,
                                  bootstrap=bootstrap, seed=seed, results=results, label=label)

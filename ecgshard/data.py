@@ -25,6 +25,7 @@ from .errors import ECGShardError
 log = logging.getLogger(__name__)
 
 BLOCK_RECORDS = 4 * S.CHUNK_RECORDS
+BATCH_KEYS = ("signal", "labels", "heldout", "length")
 
 
 @dataclass(frozen=True)
@@ -51,24 +52,31 @@ class _Columns:
         self.watch = np.asarray([index[c] for c in sel.watch_codes if c in index], np.int64)
         self.folds = np.asarray(sel.folds, dtype=np.int64)
 
-    def apply(self, labels, folds):
-        """Raw shard rows -> (keep mask, output labels, held-out-positive flags)."""
+    def apply(self, labels, folds, mentioned=None):
+        """Raw shard rows -> (keep mask, output labels, held-out-positive flags).
+
+        ``mentioned`` (default: ``labels``) marks every statement a record carries at any
+        likelihood: a record is excluded for a held-out statement even where the statement
+        stayed below the build's --min-likelihood and is no label."""
         keep = np.isin(folds, self.folds)
+        mentioned = labels if mentioned is None else mentioned
         if len(self.exclude):
-            keep &= ~labels[:, self.exclude].any(axis=1)
-        heldout = labels[:, self.watch].any(axis=1) if len(self.watch) else np.zeros(len(labels),
-                                                                                      bool)
+            keep &= ~mentioned[:, self.exclude].any(axis=1)
+        heldout = mentioned[:, self.watch].any(axis=1) if len(self.watch) else \
+            np.zeros(len(labels), bool)
         return keep, labels[:, self.out], heldout
 
     def read_block(self, f, start, stop):
-        """The selected rows of one block of an open shard: (signal, labels, heldout, rows),
-        or None when no row is selected. Shards are in fold order, so most blocks are kept
-        whole and then no mask copy is made."""
-        keep, out, heldout = self.apply(f[S.LABELS][start:stop], f[S.FOLD][start:stop])
+        """The selected rows of one block of an open shard: (signal, labels, heldout, length,
+        rows), or None when no row is selected. Shards are in fold order, so most blocks are
+        kept whole and then no mask copy is made."""
+        keep, out, heldout = self.apply(f[S.LABELS][start:stop], f[S.FOLD][start:stop],
+                                        S.read_mentioned(f, slice(start, stop)))
         if not keep.any():
             return None
         rows = slice(None) if keep.all() else keep
-        return f[S.SIGNAL][start:stop][rows], out[rows], heldout[rows], rows
+        return (f[S.SIGNAL][start:stop][rows], out[rows], heldout[rows],
+                f[S.LENGTH][start:stop][rows], rows)
 
 
 def shard_blocks(sel, manifest):
@@ -92,8 +100,8 @@ def count_selection(sel):
     positives = np.zeros(len(sel.class_codes), np.int64)
     for path in S.shard_paths(sel.shard_dir, manifest):
         with S.open_shard(path) as f:
-            labels, folds = f[S.LABELS][...], f[S.FOLD][...]
-        keep, out, _ = cols.apply(labels, folds)
+            labels, folds, mentioned = f[S.LABELS][...], f[S.FOLD][...], S.read_mentioned(f)
+        keep, out, _ = cols.apply(labels, folds, mentioned)
         in_folds = np.isin(folds, cols.folds)
         excluded += int((in_folds & ~keep).sum())
         kept += int(keep.sum())
@@ -103,29 +111,33 @@ def count_selection(sel):
 
 def load_selection(sel, with_ids=False):
     """All selected records in shard order: float16 signal (N, 12, T), labels (N, C), heldout (N,)
-    and, with ``with_ids``, record ids and sources."""
+    and, with ``with_ids``, record ids, patient ids and sources."""
     manifest = S.load_manifest(sel.shard_dir)
     cols = _Columns(sel, manifest)
-    sig, lab, held, ids, sources = [], [], [], [], []
+    sig, lab, held, lengths, ids, patients, sources = [], [], [], [], [], [], []
     for path, start, stop in shard_blocks(sel, manifest):
         with S.open_shard(path) as f:
             block = cols.read_block(f, start, stop)
             if block is None:
                 continue
-            signal, out, heldout, rows = block
+            signal, out, heldout, length, rows = block
             if with_ids:
                 ids.append(S.read_strings(f[S.RECORD_ID], slice(start, stop))[rows])
+                patients.append(S.read_strings(f[S.PATIENT_ID], slice(start, stop))[rows])
                 sources.append(S.read_strings(f[S.SOURCE], slice(start, stop))[rows])
         sig.append(signal)
         lab.append(out)
         held.append(heldout)
+        lengths.append(length)
     t = manifest["n_samples"]
     result = {"signal": np.concatenate(sig) if sig else np.zeros((0, 12, t), np.float16),
               "labels": np.concatenate(lab) if lab else np.zeros((0, len(sel.class_codes)),
                                                                  np.uint8),
-              "heldout": np.concatenate(held) if held else np.zeros(0, bool)}
+              "heldout": np.concatenate(held) if held else np.zeros(0, bool),
+              "length": np.concatenate(lengths) if lengths else np.zeros(0, np.int32)}
     if with_ids:
         result["record_id"] = np.concatenate(ids) if ids else np.zeros(0, object)
+        result["patient_id"] = np.concatenate(patients) if patients else np.zeros(0, object)
         result["source"] = np.concatenate(sources) if sources else np.zeros(0, object)
     return result
 
@@ -161,13 +173,13 @@ class ShardStream(torch.utils.data.IterableDataset):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks))
         mine = [self.blocks[i] for i in order[worker::n_workers]]
         cols = _Columns(self.sel, self.manifest)
-        pool = {"signal": [], "labels": [], "heldout": []}
+        pool = {key: [] for key in BATCH_KEYS}
         pooled = 0
         for path, start, stop in mine:
             f = self._file(path)
             block = cols.read_block(f, start, stop)
             if block is not None:
-                for key, value in zip(("signal", "labels", "heldout"), block):
+                for key, value in zip(BATCH_KEYS, block):
                     pool[key].append(value)
                 pooled += len(block[1])
             if pooled >= self.buffer_records:
@@ -193,9 +205,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 
 def _to_tensors(arrays, idx):
-    return {"signal": torch.from_numpy(np.ascontiguousarray(arrays["signal"][idx])),
-            "labels": torch.from_numpy(np.ascontiguousarray(arrays["labels"][idx])),
-            "heldout": torch.from_numpy(np.ascontiguousarray(arrays["heldout"][idx]))}
+    return {k: torch.from_numpy(np.ascontiguousarray(arrays[k][idx])) for k in BATCH_KEYS}
 
 
 class StreamLoader:
@@ -224,21 +234,18 @@ class Preloaded:
     def __init__(self, sel, batch_size, device, seed=0, arrays=None):
         arrays = arrays if arrays is not None else load_selection(sel)
         self.device = torch.device(device)
-        self.signal = torch.from_numpy(arrays["signal"]).to(self.device)
-        self.labels = torch.from_numpy(arrays["labels"]).to(self.device)
-        self.heldout = torch.from_numpy(arrays["heldout"]).to(self.device)
+        self.tensors = {k: torch.from_numpy(arrays[k]).to(self.device) for k in BATCH_KEYS}
         self.batch_size, self.seed = batch_size, seed
 
     def __len__(self):
-        return len(self.labels)
+        return len(self.tensors["labels"])
 
     def epoch(self, epoch):
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        perm = torch.randperm(len(self.labels), generator=g).to(self.device)
+        perm = torch.randperm(len(self), generator=g).to(self.device)
         for i in range(0, len(perm) - self.batch_size + 1, self.batch_size):
             idx = perm[i:i + self.batch_size]
-            yield {"signal": self.signal[idx], "labels": self.labels[idx],
-                   "heldout": self.heldout[idx]}
+            yield {k: v[idx] for k, v in self.tensors.items()}
 
 
 def selection_bytes(n_records, n_samples):

@@ -1,17 +1,21 @@
 """The thesis experiments as one command each, from raw record directories to a markdown table.
 
 Experiment A: PTB-XL only. Several holdout splits (the package's default holdout, then random
-ones drawn from classes with positives in the test fold, each expanded to its related-class
-group); for each: fit without the held-out classes and their records, score them zero-shot on
-the test fold. Reported as mean ± std over splits, with per-class AUROC, since one held-out
-class can sit below 0.5 while the mean looks fine.
+ones drawn from classes with enough positives in the validation folds, each closed over its
+related classes, and kept only if it leaves most of the training records); for each: fit
+without the held-out classes and their records, score them zero-shot on the test fold. The test
+fold never chooses what is held out. Reported as mean ± std over splits, with per-class AUROC
+and the random-encoder and permutation nulls, since one held-out class can sit below 0.5 while
+the mean looks fine.
 
 Experiment B: fit on PTB-XL (no holdout), score every class of the Challenge 2021 databases
-zero-shot, split into seen and unseen concepts, per source database.
+zero-shot, as seen, related and unseen concepts (``ecgshard.concepts``), per source database.
 
-Each stage is resumable (build verifies shards, embed-text is cached, fit resumes), so a rerun
-after an interruption continues. Results go between markers in ``docs/results.md`` so that A and
-B sections coexist and a rerun replaces its own section only.
+Each stage is resumable (build verifies shards, embed-text is cached, fit resumes). A run is
+reused only when its whole fit configuration, shard fingerprint and text matrix match: its
+directory is named by their fingerprint, so other settings train a new run. Results go between
+markers in ``docs/results.md`` so that A and B sections coexist and a rerun replaces its own
+section only.
 """
 from __future__ import annotations
 
@@ -19,12 +23,12 @@ import json
 import logging
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from . import build, fit, labels, text, zeroshot
+from . import build, concepts, fit, labels, text, zeroshot
 from . import shards as S
 from .errors import ECGShardError
 
@@ -48,7 +52,13 @@ class ExperimentConfig:
     templates: tuple = ("{name}",)
     splits: int = 3
     holdout_size: int = 4              # classes drawn per random split (before expansion)
-    min_test_positives: int = 5
+    min_val_positives: int = 5         # a class is drawn only with this many in the val folds
+    max_excluded: float = 0.25         # a split may exclude at most this share of train records
+    train_folds: tuple = (1, 2, 3, 4, 5, 6, 7, 8)
+    val_folds: tuple = (9,)
+    test_folds: tuple = (10,)
+    min_macro_positives: int = 10      # zeroshot: positives a class needs to enter a macro
+    control_seeds: int = 10
     epochs: int = 30
     batch_size: int = 128
     arch: str = "resnet1d"
@@ -83,87 +93,129 @@ def _prepare(cfg, with_cinc):
     return work, text_file, variant
 
 
-def _fit(cfg, shards, text_file, out, holdout):
-    fc = fit.FitConfig(shards=str(shards), text=str(text_file), out=str(out),
+def _fit(cfg, shards, text_file, runs, name, holdout):
+    """Train (or reuse) the run of ``name`` for these settings; returns its directory.
+
+    The directory name carries a fingerprint of the whole fit configuration, the shards and
+    the text matrix, so a run is reused (or resumed) only for exactly these; anything else
+    trains anew beside it."""
+    fc = fit.FitConfig(shards=str(shards), text=str(text_file), out="",
                        holdout=tuple(holdout), holdout_expand=True, arch=cfg.arch, loss=cfg.loss,
                        epochs=cfg.epochs, batch_size=cfg.batch_size, device=cfg.device,
                        min_positives=cfg.min_positives, seed=cfg.seed,
-                       resume=(Path(out) / "checkpoint-last.pt").exists(), **cfg.fit_extra)
-    summary_file = Path(out) / "summary.json"
+                       train_folds=tuple(cfg.train_folds), val_folds=tuple(cfg.val_folds),
+                       test_folds=tuple(cfg.test_folds), **cfg.fit_extra)
+    key = run_key(fc)
+    out = Path(runs) / f"{name}-{S.fingerprint(key)[:10]}"
+    summary_file = out / "summary.json"
     if summary_file.exists():
         done = json.loads(summary_file.read_text())
+        differs = [k for k in key if done.get("key", {}).get(k) != key[k]]
+        if differs:
+            raise ECGShardError(f"{out} holds a run of other settings ({', '.join(differs)} "
+                                f"differ); remove it or choose another --work")
         if done.get("epochs_done") == cfg.epochs:
-            return done
-    return fit.run(fc)
+            return out
+    summary = fit.run(replace(fc, out=str(out), resume=(out / "checkpoint-last.pt").exists()))
+    S.write_json(summary_file, dict(summary, key=key))
+    return out
 
 
-def holdout_splits(shard_dir, manifest, n_splits, size, min_test_pos, seed, test_folds=(10,)):
-    """The default holdout first, then random draws of ``size`` classes with at least
-    ``min_test_pos`` positives in the test folds; each expanded to its related-class group."""
-    import h5py
+def run_key(fc):
+    """What makes two runs the same: the fit config (but where it is written and whether it
+    resumed), the shards' fingerprint and the text matrix's content hash."""
+    config = {k: v for k, v in asdict(fc).items() if k not in ("out", "resume")}
+    return {"config": json.loads(json.dumps(config)),
+            "shards_fingerprint": S.load_manifest(fc.shards)["fingerprint"],
+            "text_sha256": S.read_text_matrix(fc.text).sha256}
+
+
+def holdout_splits(cfg, shard_dir, manifest):
+    """The default holdout first, then random draws of ``holdout_size`` classes; each closed
+    over its related classes.
+
+    Only the training and validation folds decide: a class is drawn with at least
+    ``min_val_positives`` positives in the validation folds, and a random split is kept only if
+    the records it excludes are at most ``max_excluded`` of the training folds. The test fold
+    is never read here.
+    """
+    from .data import Selection, count_selection
 
     classes = manifest["classes"]
-    codes = S.class_codes(manifest)
-    test_pos = np.zeros(len(codes), np.int64)
-    for entry in manifest["shards"]:
-        if not {str(f) for f in test_folds} & set(entry["folds"]):
-            continue
-        with h5py.File(Path(shard_dir) / entry["file"], "r") as f:
-            in_test = np.isin(f[S.FOLD][...], test_folds)
-            test_pos += f[S.LABELS][...][in_test].sum(axis=0, dtype=np.int64)
-    eligible = [c for c, n in zip(codes, test_pos) if n >= min_test_pos]
+    codes = tuple(S.class_codes(manifest))
+    n_train, _, train_pos = count_selection(Selection(str(shard_dir), tuple(cfg.train_folds),
+                                                      codes))
+    _, _, val_pos = count_selection(Selection(str(shard_dir), tuple(cfg.val_folds), codes))
+    trainable = [c for c, n in zip(codes, train_pos) if n >= cfg.min_positives]
+
+    def excluded_share(holdout):
+        _, dropped, _ = count_selection(Selection(str(shard_dir), tuple(cfg.train_folds), codes,
+                                                  tuple(holdout)))
+        return dropped / max(1, n_train)
+
+    eligible = [c for c, n, t in zip(codes, val_pos, train_pos)
+                if n >= cfg.min_val_positives and t / max(1, n_train) <= cfg.max_excluded]
     splits = []
-    default = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in eligible]
+    default = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in codes]
     if default:
-        splits.append(labels.resolve_holdout(default, classes, expand=True))
-    rng = np.random.default_rng(seed)
+        # The package's default is always reported (it is what `fit --holdout default` does);
+        # the table states the share of training records each split excluded.
+        splits.append(labels.resolve_holdout(default, classes, expand=True, trainable=trainable))
+    rng = np.random.default_rng(cfg.seed)
     tries = 0
-    while len(splits) < n_splits and tries < 100:
+    while len(splits) < cfg.splits and tries < 200 and eligible:
         tries += 1
-        pick = sorted(str(c) for c in rng.choice(eligible, size=min(size, len(eligible)),
+        pick = sorted(str(c) for c in rng.choice(eligible, size=min(cfg.holdout_size,
+                                                                    len(eligible)),
                                                  replace=False))
-        full = labels.resolve_holdout(list(pick), classes, expand=True)
-        # Keep most of the label space for training: at most a third of the eligible classes.
-        if full not in splits and len(full) <= max(size, len(eligible) // 3):
+        full = labels.resolve_holdout(list(pick), classes, expand=True, trainable=trainable)
+        if full not in splits and excluded_share(full) <= cfg.max_excluded:
             splits.append(full)
     if not splits:
-        raise ECGShardError(f"no class has {min_test_pos} positives in test folds {test_folds}")
+        raise ECGShardError(f"no holdout split found: no class has {cfg.min_val_positives} "
+                            f"positives in validation folds {cfg.val_folds} while excluding at "
+                            f"most {cfg.max_excluded:.0%} of the training records")
     return splits
+
+
+def _zeroshot(cfg, run_dir, shards, text_file, out, **kw):
+    return zeroshot.run(zeroshot.ZeroShotConfig(
+        run=str(run_dir), shards=str(shards), text=str(text_file), out=str(out),
+        bootstrap=cfg.bootstrap, device=cfg.device, seed=cfg.seed,
+        min_positives=cfg.min_macro_positives, control_seeds=cfg.control_seeds, **kw))
 
 
 def run_a(cfg: ExperimentConfig):
     work, text_file, variant = _prepare(cfg, with_cinc=False)
     shards = work / "shards" / "ptbxl"
     manifest = S.load_manifest(shards)
-    splits = holdout_splits(shards, manifest, cfg.splits, cfg.holdout_size, cfg.min_test_positives,
-                            cfg.seed)
-    reports = []
+    splits = holdout_splits(cfg, shards, manifest)
+    reports, outs = [], []
     for i, holdout in enumerate(splits):
-        run_dir = work / "runs" / f"a-split{i}{variant}"
-        _fit(cfg, shards, text_file, run_dir, holdout)
-        reports.append(zeroshot.run(zeroshot.ZeroShotConfig(
-            run=str(run_dir), shards=str(shards), text=str(text_file),
-            out=str(work / "reports" / f"a-split{i}{variant}"), bootstrap=cfg.bootstrap,
-            device=cfg.device, seed=cfg.seed)))
-    section = markdown_a(cfg, manifest, splits, reports)
+        run_dir = _fit(cfg, shards, text_file, work / "runs", f"a-split{i}{variant}", holdout)
+        outs.append(work / "reports" / run_dir.name)
+        reports.append(_zeroshot(cfg, run_dir, shards, text_file, outs[-1]))
+        counts = json.loads((run_dir / "classes.json").read_text())
+        dropped = counts["records_excluded_for_heldout_labels"]["train"]
+        reports[-1]["excluded_train_share"] = dropped / max(1, dropped +
+                                                            counts["records"]["train"])
+    section = markdown_a(cfg, manifest, reports)
     write_section(cfg.results, _key("experiment-a", cfg), section)
-    return {"splits": splits, "reports": [str(work / "reports" / f"a-split{i}{variant}")
-                                          for i in range(len(splits))], "markdown": section}
+    return {"splits": [r["provenance"]["holdout"] for r in reports],
+            "reports": [str(o) for o in outs], "markdown": section}
 
 
 def run_b(cfg: ExperimentConfig):
     work, text_file, variant = _prepare(cfg, with_cinc=True)
-    run_dir = work / "runs" / f"b-all-ptbxl{variant}"
-    _fit(cfg, work / "shards" / "ptbxl", text_file, run_dir, ())
-    report = zeroshot.run(zeroshot.ZeroShotConfig(
-        run=str(run_dir), shards=str(work / "shards" / "cinc2021"), text=str(text_file),
-        out=str(work / "reports" / f"b-cinc2021{variant}"), classes="all",
-        bootstrap=cfg.bootstrap,
-        device=cfg.device, seed=cfg.seed))
+    run_dir = _fit(cfg, work / "shards" / "ptbxl", text_file, work / "runs",
+                   f"b-all-ptbxl{variant}", ())
+    out = work / "reports" / f"b-cinc2021-{run_dir.name}"
+    report = _zeroshot(cfg, run_dir, work / "shards" / "cinc2021", text_file, out,
+                       classes="all")
     cinc_manifest = S.load_manifest(work / "shards" / "cinc2021")
     section = markdown_b(cfg, cinc_manifest, report)
     write_section(cfg.results, _key("experiment-b", cfg), section)
-    return {"report": str(work / "reports" / f"b-cinc2021{variant}"), "markdown": section}
+    return {"report": str(out), "markdown": section}
 
 
 # ---------------------------------------------------------------- markdown
@@ -197,15 +249,35 @@ def _ms(values):
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
 
-def markdown_a(cfg, manifest, splits, reports):
+def _control_cell(group):
+    """'0.512 [0.44, 0.58] (10 seeds); perm p 0.001; above both' for a group's macro."""
+    ctrl, perm = group.get("control"), group.get("permutation")
+    parts = []
+    if ctrl:
+        parts.append(f"{_f(ctrl['mean'])} [{_f(ctrl['min'])}, {_f(ctrl['max'])}]")
+    if perm and perm.get("p") is not None:
+        parts.append(f"perm p {perm['p']:.3f}")
+    if "distinguishable_from_nulls" in group:
+        parts.append("**above both nulls**" if group["distinguishable_from_nulls"] else
+                     "**not distinguishable from the nulls**")
+    return "; ".join(parts) or "—"
+
+
+def _folds_text(folds):
+    return zeroshot._fold_ranges(list(folds))
+
+
+def markdown_a(cfg, manifest, reports):
     p0 = reports[0]["provenance"]
-    unseen = [r["groups"].get("unseen", {}).get("macro_auroc") for r in reports]
-    unseen_ap = [r["groups"].get("unseen", {}).get("macro_ap") for r in reports]
+    groups = [r["groups"].get("unseen", {}) for r in reports]
+    unseen = [g.get("macro_auroc") for g in groups]
+    unseen_ap = [g.get("macro_ap") for g in groups]
     trained = [r["references"].get("trained_classes_same_folds", {}).get("macro_auroc")
                for r in reports]
-    control = [r["references"].get("random_encoder_control", {}).get("macro_auroc")
-               for r in reports]
+    control = [v for g in groups for v in (g.get("control") or {}).get("values", [])]
+    above = sum(bool(g.get("distinguishable_from_nulls")) for g in groups)
     val = [r["provenance"].get("checkpoint_val_macro_auroc") for r in reports]
+    not_unseen = [c["code"] for r in reports for c in r["classes"] if c["group"] != "unseen"]
     lines = [
         f"## Experiment A: held-out PTB-XL classes{' — ' + cfg.label if cfg.label else ''}",
         "",
@@ -215,32 +287,66 @@ def markdown_a(cfg, manifest, splits, reports):
         f"({manifest['fs']} Hz, {manifest['n_skipped']} skipped). Text model: "
         f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.texts}, templates "
         f"{list(cfg.templates)}). Encoder `{cfg.arch}`, loss `{cfg.loss}`, "
-        f"{cfg.epochs} epochs. Train folds 1-8, validation fold 9 (checkpoint choice and "
-        f"threshold), test fold {p0['folds']}. Strict zero-shot: every record carrying a "
-        f"held-out label is excluded from training and validation.",
+        f"{cfg.epochs} epochs. Train folds {_folds_text(cfg.train_folds)}, validation fold "
+        f"{_folds_text(cfg.val_folds)} (checkpoint, threshold, and which classes may be held "
+        f"out: at least {cfg.min_val_positives} validation positives; random splits exclude at "
+        f"most {cfg.max_excluded:.0%} of the training records), test fold "
+        f"{_folds_text(p0['folds'])} (reporting only). Each holdout is closed over "
+        f"`ecgshard/data/concept_relations.csv` (synonyms, parents, children, near-siblings), "
+        f"and every record carrying a held-out statement at any likelihood is excluded from "
+        f"training and validation; every held-out class is therefore *unseen*"
+        f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
+        "",
+        f"Macros are over held-out classes with at least {cfg.min_macro_positives} test "
+        f"positives (the others are listed per split); 95% intervals resample patients with the "
+        f"class set fixed. Nulls: {cfg.control_seeds} untrained encoders per split (same "
+        f"pipeline, other seeds) and {p0['permutations']} label permutations.",
         "",
         "| figure (test fold) | ours, mean ± std over splits | published (PTB-XL only, "
         "Bio_ClinicalBERT) |",
         "|---|---|---|",
-        f"| held-out classes, macro AUROC | {_ms(unseen)} | "
+        f"| unseen (held-out) classes, macro AUROC | {_ms(unseen)} | "
         f"{PUBLISHED['a_heldout_macro_auroc']} |",
-        f"| held-out classes, macro AP | {_ms(unseen_ap)} | — |",
+        f"| unseen (held-out) classes, macro AP | {_ms(unseen_ap)} | — |",
+        f"| random-encoder distribution, same classes ({len(control)} encoders) | "
+        f"{_ms(control)} (range {_f(min(control) if control else None)}–"
+        f"{_f(max(control) if control else None)}) | — |",
+        f"| splits whose unseen macro is above both nulls | {above} of {len(reports)} | — |",
         f"| trained classes, macro AUROC | {_ms(trained)} | "
         f"{PUBLISHED['a_trained_macro_auroc']} (supervised xresnet1d101: "
         f"{PUBLISHED['supervised_xresnet1d101']}) |",
-        f"| random-encoder control, held-out macro AUROC | {_ms(control)} | — |",
-        f"| validation macro AUROC, trained classes (fold 9) | {_ms(val)} | — |",
+        f"| validation macro AUROC, trained classes | {_ms(val)} | — |",
         "",
-        "Per split and per held-out class (AUROC with 95% bootstrap CI over test records):",
+        "Per split: the holdout the run used (after closure), the unseen macro and where it "
+        "falls in the nulls:",
         "",
-        "| split | held out | class | name | positives | AUROC [95% CI] | AP |",
+        "| split | held out (closed) | training records excluded | unseen classes in macro | "
+        "macro AUROC [95% CI] | random encoders mean [min, max]; permutation; verdict | "
+        "not in macro (positives) |",
         "|---|---|---|---|---|---|---|"]
-    for i, (holdout, r) in enumerate(zip(splits, reports)):
+    for i, r in enumerate(reports):
+        g = r["groups"].get("unseen", {})
+        few = ", ".join(f"{c} ({n})" for c, n in g.get("excluded_few_positives", {}).items())
+        lines.append(f"| {i} | {', '.join(r['provenance']['holdout'])} | "
+                     f"{r.get('excluded_train_share', 0):.0%} | {g.get('n_classes', 0)} "
+                     f"| {_f(g.get('macro_auroc'))}{_ci(g.get('macro_auroc_ci'))} | "
+                     f"{_control_cell(g)} | {few or '—'} |")
+    lines += ["", "Per held-out class (AUROC with 95% bootstrap CI over patients; the range of "
+              "the untrained encoders beside it):", "",
+              "| split | class | name | group | positives | AUROC [95% CI] | AP | "
+              "random encoders |",
+              "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(reports):
         for c in r["classes"]:
-            lines.append(f"| {i} | {', '.join(holdout)} | {c['code']} | {c['name']} | "
-                         f"{_class_cells(c)}")
+            lines.append(f"| {i} | {c['code']} | {c['name']} | {c['group']} | "
+                         f"{_class_cells(c)} {_ctrl_range(c)} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _ctrl_range(c):
+    ctrl = c.get("control_auroc")
+    return f"{_f(ctrl['min'])}–{_f(ctrl['max'])}" if ctrl else "—"
 
 
 def markdown_b(cfg, manifest, report):
@@ -252,39 +358,53 @@ def markdown_b(cfg, manifest, report):
         "",
         f"Command: `{_command()}`",
         "",
-        f"Model trained on all PTB-XL classes (folds 1-8, checkpoint by fold 9); scored on "
-        f"{p['n_records']} records of `{manifest['source_dir']}` (all folds). Text model "
-        f"`{p['text_model']}`. A class is *seen* when its concept was a PTB-XL training class "
-        f"(`ecgshard.labels.seen_status`), else *unseen*. Threshold: {p['threshold_rule']}.",
+        f"Model trained on all PTB-XL classes (folds {_folds_text(cfg.train_folds)}, checkpoint "
+        f"by fold {_folds_text(cfg.val_folds)}); scored on {p['n_records']} records "
+        f"({p['n_patients']} patients) of `{manifest['source_dir']}` (all folds). Text model "
+        f"`{p['text_model']}`. Every class is *seen* (a code of its concept was a PTB-XL "
+        f"training class), *related* (a parent, child or near-sibling was) or *unseen* "
+        f"(nothing related was), by `ecgshard/data/concept_relations.csv`; `ecgshard "
+        f"relations CODE --run RUN` says why. The headline is **unseen**. Macros over classes "
+        f"with at least {p['min_positives_for_macro']} positives; 95% intervals resample "
+        f"patients. Threshold: {p['threshold_rule']}.",
         "",
         *(["Not scored: " + ", ".join(f"{n} {src} records" for src, n in
                                        p["excluded_sources_same_as_training"].items()) +
            " (the training database itself, inside this collection).", ""]
           if p.get("excluded_sources_same_as_training") else []),
-        "| group | classes | macro AUROC [95% CI] | macro AP | macro F1 | published |",
-        "|---|---|---|---|---|---|"]
-    for name, published in (("unseen", PUBLISHED["b_unseen_macro_auroc"]),
+        "| group | classes in macro | macro AUROC [95% CI] | macro AP | macro F1 | random "
+        "encoders mean [min, max]; permutation; verdict | published |",
+        "|---|---|---|---|---|---|---|"]
+    for name, published in (("unseen", PUBLISHED["b_unseen_macro_auroc"]), ("related", "—"),
                             ("seen", PUBLISHED["b_seen_macro_auroc"]), ("all", "—")):
         if name in g:
             row = g[name]
             lines.append(f"| {name} | {row['n_classes']} | {_f(row['macro_auroc'])}"
                          f"{_ci(row['macro_auroc_ci'])} | {_f(row['macro_ap'])} | "
-                         f"{_f(row['macro_f1'])} | {published} |")
-    ctrl = report["references"].get("random_encoder_control", {}).get("macro_auroc")
-    lines += [f"| random-encoder control (all) | | {_f(ctrl)} | | | |", "",
-              "Per source database (macro AUROC over the classes with positives there):", "",
-              "| source | records | seen: classes, AUROC | unseen: classes, AUROC |",
-              "|---|---|---|---|"]
+                         f"{_f(row.get('macro_f1'))} | {_control_cell(row)} | {published} |")
+    few = {name: row["excluded_few_positives"] for name, row in g.items()
+           if name != "all" and row["excluded_few_positives"]}
+    if few:
+        lines += ["", "Not in a macro (fewer positives than the minimum): " + "; ".join(
+            f"{name}: " + ", ".join(f"{c} ({n})" for c, n in codes.items())
+            for name, codes in few.items()) + "."]
+    lines += ["", "Per source database (macro AUROC over the classes with enough positives "
+              "there):", "",
+              "| source | records | unseen: classes, AUROC | related: classes, AUROC | "
+              "seen: classes, AUROC |",
+              "|---|---|---|---|---|"]
     for source, e in report["per_source"].items():
-        lines.append(f"| {source} | {e['n_records']} | {e['seen']['n_classes']}, "
-                     f"{_f(e['seen']['macro_auroc'])} | {e['unseen']['n_classes']}, "
-                     f"{_f(e['unseen']['macro_auroc'])} |")
+        lines.append(f"| {source} | {e['n_records']} | " + " | ".join(
+            f"{e[k]['n_classes']}, {_f(e[k]['macro_auroc'])}" for k in concepts.GROUPS[::-1])
+            + " |")
     lines += ["", "Per class:", "",
-              "| code | name | group (as) | positives | AUROC [95% CI] | AP |",
-              "|---|---|---|---|---|---|"]
-    for c in sorted(report["classes"], key=lambda c: (c["group"], -(c["auroc"] or 0))):
+              "| code | name | group (via) | positives | AUROC [95% CI] | AP | random encoders |",
+              "|---|---|---|---|---|---|---|"]
+    order = {name: i for i, name in enumerate(concepts.GROUPS[::-1])}
+    for c in sorted(report["classes"], key=lambda c: (order[c["group"]], -(c["auroc"] or 0))):
         lines.append(f"| {c['code']} | {c['name']} | {c['group']}"
-                     f"{' (' + c['seen_as'] + ')' if c['seen_as'] else ''} | {_class_cells(c)}")
+                     f"{' (' + c['via'] + ')' if c['via'] else ''} | {_class_cells(c)} "
+                     f"{_ctrl_range(c)} |")
     lines.append("")
     return "\n".join(lines)
 

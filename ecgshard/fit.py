@@ -65,12 +65,16 @@ def autocast(device, enabled):
     return contextlib.nullcontext()
 
 
-def resolve_holdout(cfg, classes):
+def resolve_holdout(cfg, classes, trainable):
+    """The run's closed holdout: ``cfg.holdout`` ('default' = the package's PTB-XL holdout,
+    where present) closed over the classes that could be trained (``trainable``)."""
     codes = list(cfg.holdout)
     if codes == ["default"]:
         present = {c["code"] for c in classes}
         codes = [c for c in L.DEFAULT_PTBXL_HOLDOUT if c in present]
-    return L.resolve_holdout(codes, classes, expand=cfg.holdout_expand) if codes else []
+    if not codes:
+        return []
+    return L.resolve_holdout(codes, classes, expand=cfg.holdout_expand, trainable=trainable)
 
 
 def plan(cfg):
@@ -86,7 +90,10 @@ def plan(cfg):
         raise ECGShardError("train and validation folds overlap")
     manifest = S.load_manifest(cfg.shards)
     text = S.read_text_matrix(cfg.text)
-    holdout = resolve_holdout(cfg, manifest["classes"])
+    every = tuple(S.class_codes(manifest))
+    _, _, positives = count_selection(Selection(cfg.shards, tuple(cfg.train_folds), every))
+    trainable = [c for c, n in zip(every, positives) if n >= cfg.min_positives]
+    holdout = resolve_holdout(cfg, manifest["classes"], trainable)
     exclude = () if cfg.include_heldout_records else tuple(holdout)
     if cfg.include_heldout_records and holdout:
         log.warning("!!! --include-heldout-records: records carrying held-out labels ARE TRAINED "
@@ -139,6 +146,12 @@ def run(cfg: FitConfig):
         if ck["text_sha256"] != p["text"].sha256 or ck["train_codes"] != p["train_codes"]:
             raise ECGShardError(f"{out} was trained against another text matrix or class list; "
                                 f"resume it with the same --text and holdout, or use a new --out")
+        before = json.loads((out / "classes.json").read_text()).get("shards_fingerprint")
+        if before != p["manifest"]["fingerprint"]:
+            raise ECGShardError(f"{out} was trained on shards with fingerprint {before}; "
+                                f"{cfg.shards} has {p['manifest']['fingerprint']} (rebuilt or "
+                                f"another shard set). Resume with the same shards or use a "
+                                f"new --out")
         state = t.restore(ck)
         log.info("resuming %s at epoch %d", out, state["epoch"])
     else:
@@ -194,16 +207,20 @@ class Trainer:
                           "input_scale": 1.0, "fs": p["manifest"]["fs"]}
         self.model = build_model(self.model_cfg).to(device)
         self.loss_fn = build_loss(cfg.loss).to(device)
-        params = list(self.model.parameters()) + list(self.loss_fn.parameters())
+        # Weight decay would pull the learned temperature and bias towards zero, which is a
+        # prior on the loss's calibration, not a regulariser of the encoder (open_clip does
+        # the same): they get none.
+        groups = [{"params": list(self.model.parameters())},
+                  {"params": list(self.loss_fn.parameters()), "weight_decay": 0.0}]
         self.class_param = None
         if cfg.learn_class_embeddings:
             # The supervised reference: the same encoder and loss, but the class vectors train
             # too (initialised at the text embeddings): nothing ties a class to its text.
             self.class_param = torch.nn.Parameter(self.text_emb.clone())
-            params.append(self.class_param)
+            groups[0]["params"].append(self.class_param)
             log.warning("--learn-class-embeddings: a supervised reference run; it cannot score "
                         "unseen classes and zeroshot refuses it")
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = max(1, p["n_train"] // cfg.batch_size)
         total = cfg.epochs * self.steps_per_epoch
         warm = max(1, int(cfg.warmup * total))
@@ -247,7 +264,7 @@ class Trainer:
             if cfg.augment:
                 x = augment(x, gen)
             with autocast(self.device, cfg.amp):
-                emb = self.forward(x)                       # (B, 12, T) -> (B, D)
+                emb = self.forward(x, batch["length"])      # (B, 12, T) -> (B, D)
             loss = self.loss_fn(emb, self.class_emb(), batch["labels"])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -311,6 +328,7 @@ def _write_run_files(out, cfg, p, model_cfg, use_preload):
                   "test": list(cfg.test_folds)},
         "shards": str(Path(cfg.shards).resolve()),
         "shards_fingerprint": p["manifest"]["fingerprint"],
+        "signal_path": S.signal_path(p["manifest"]),
         "dataset_fingerprint": p["manifest"].get("dataset_fingerprint"),
         "shard_sources": sorted(p["manifest"]["sources"]),
         "text": str(Path(cfg.text).resolve()), "text_sha256": p["text"].sha256,
@@ -327,8 +345,9 @@ def _write_heldout_check(out, state, holdout, allowed):
                             f"the run is not zero-shot (see {out / 'heldout_check.json'})")
 
 
-def embed(model, signal, device, amp, batch_size=512):
-    """Embeddings (N, D) float32 numpy of a float16 (N, 12, T) numpy array."""
+def embed(model, signal, device, amp, length=None, batch_size=512):
+    """Embeddings (N, D) float32 numpy of a float16 (N, 12, T) numpy array whose records hold
+    ``length`` (N,) valid samples (all T when None)."""
     import torch
 
     model.eval()
@@ -336,8 +355,10 @@ def embed(model, signal, device, amp, batch_size=512):
     with torch.inference_mode():
         for i in range(0, len(signal), batch_size):
             x = torch.from_numpy(signal[i:i + batch_size]).to(device, non_blocking=True).float()
+            n = None if length is None else torch.from_numpy(
+                np.asarray(length[i:i + batch_size])).to(device)
             with autocast(device, amp):
-                out.append(model(x).float().cpu().numpy())
+                out.append(model(x, n).float().cpu().numpy())
     dim = model.head[-1].out_features
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
@@ -348,6 +369,7 @@ def evaluate(model, val, device, amp, text_emb):
 
     if len(val["labels"]) == 0:
         return float("nan")
-    scores = embed(model, val["signal"], device, amp) @ text_emb.float().cpu().numpy().T
+    scores = embed(model, val["signal"], device, amp, val["length"]) @ \
+        text_emb.float().cpu().numpy().T
     auroc, _ = per_class(scores, val["labels"])
     return macro(auroc)

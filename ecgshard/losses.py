@@ -60,10 +60,12 @@ class MultiLabelCLIPLoss(nn.Module):
         logits = self.logits(ecg_emb, text_emb)                 # (B, C)
         y = labels.float()
         rows, cols = y.sum(1) > 0, y.sum(0) > 0
+        # Sums over the rows and columns with a positive, divided by their count (at least 1):
+        # a batch without any positive gives 0 (and zero gradients), not the NaN of an empty mean.
         e2t = -(y[rows] / y[rows].sum(1, keepdim=True)
-                * F.log_softmax(logits[rows], dim=1)).sum(1).mean()
+                * F.log_softmax(logits[rows], dim=1)).sum() / rows.sum().clamp(min=1)
         t2e = -(y[:, cols] / y[:, cols].sum(0, keepdim=True)
-                * F.log_softmax(logits[:, cols], dim=0)).sum(0).mean()
+                * F.log_softmax(logits[:, cols], dim=0)).sum() / cols.sum().clamp(min=1)
         return (e2t + t2e) / 2
 
 

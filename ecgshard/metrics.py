@@ -114,27 +114,68 @@ def pooled_youden_threshold(scores, labels):
     return float(best)
 
 
-def bootstrap_per_class(scores, labels, n_boot=1000, seed=0):
-    """Per-class AUROC and AP on ``n_boot`` bootstrap resamples of the records.
+def bootstrap_per_class(scores, labels, n_boot=1000, seed=0, groups=None):
+    """Per-class AUROC and AP on ``n_boot`` bootstrap resamples.
+
+    ``groups`` (N,): the resampling unit of each record, e.g. its patient; all records of a
+    drawn patient enter together, so a patient with several ECGs does not narrow the interval.
+    Without it, records are resampled.
 
     Returns ``{"auroc": (n_boot, C), "ap": (n_boot, C)}``, NaN where a replicate holds no
     positive (or no negative) of a class; intervals of a macro figure come from the
     replicates' ``macro_rows``.
     """
     rng = np.random.default_rng(seed)
+    unit = np.arange(len(labels)) if groups is None else np.unique(groups, return_inverse=True)[1]
+    n_units = int(unit.max()) + 1 if len(unit) else 0
     shape = (n_boot, labels.shape[1])
     out = {"auroc": np.full(shape, np.nan), "ap": np.full(shape, np.nan)}
     for b in range(n_boot):
-        idx = rng.integers(0, len(labels), len(labels))
+        drawn = np.bincount(rng.integers(0, n_units, n_units), minlength=n_units)
+        idx = np.repeat(np.arange(len(labels)), drawn[unit])      # each record x its unit's draws
         out["auroc"][b], out["ap"][b] = per_class_fast(scores[idx], labels[idx])
     return out
 
 
 def macro_rows(replicates):
-    """Macro of each replicate over the classes evaluable in it (NaN where none is)."""
-    ok = np.isfinite(replicates)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ok, replicates, 0).sum(1) / ok.sum(1)
+    """Macro of each replicate over one fixed class set: the columns given. A replicate in
+    which any of them is not evaluable is NaN (left out of the interval, never averaged over
+    fewer classes, which would change what the interval is of)."""
+    replicates = np.asarray(replicates, dtype=float)
+    return replicates.mean(axis=1)
+
+
+def permutation_null(scores, labels, n_perm=1000, seed=0):
+    """Macro AUROC over the columns of ``labels`` with the records' label rows shuffled.
+
+    Rows are permuted whole, so co-occurrence between classes is kept and only the link between
+    a record's ECG and its labels is broken: the distribution of a model that learned nothing.
+    Returns (n_perm,) macro AUROCs.
+    """
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(seed)
+    labels = labels.astype(bool)
+    ranks = rankdata(scores, axis=0)
+    n_pos = labels.sum(axis=0)
+    n_neg = len(labels) - n_pos
+    out = np.empty(n_perm)
+    for i in range(n_perm):
+        y = labels[rng.permutation(len(labels))]
+        auroc = ((ranks * y).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        out[i] = auroc.mean()
+    return out
+
+
+def null_position(value, null):
+    """Where ``value`` falls in a null distribution: one-sided p (the share of null draws at or
+    above it, with the +1 correction) and its percentile."""
+    null = np.asarray(null, dtype=float)
+    null = null[np.isfinite(null)]
+    if value is None or not np.isfinite(value) or not len(null):
+        return {"p": None, "percentile": None}
+    return {"p": round(float((1 + (null >= value).sum()) / (1 + len(null))), 6),
+            "percentile": round(float(100 * (null < value).mean()), 2)}
 
 
 def percentile_ci(samples, level=0.95):

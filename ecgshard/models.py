@@ -30,7 +30,9 @@ class SeedCNN(nn.Module):
         self.fc = nn.Linear(c_in * t, feature_dim)
         self.out_dim = feature_dim
 
-    def forward(self, x):                      # (B, 12, T) -> (B, feature_dim)
+    def forward(self, x, length=None):         # (B, 12, T) -> (B, feature_dim)
+        # The seed's flatten + FC sees every time step; padding is zeros at its input, and a
+        # position-specific layer has nothing to pool, so ``length`` is not used here.
         return F.relu(self.fc(self.features(x).flatten(1)))
 
 
@@ -69,9 +71,19 @@ class ResNet1d(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.out_dim = 2 * c_in
 
-    def forward(self, x):                      # (B, 12, T) -> (B, 2 * widths[-1])
-        h = self.layers(self.stem(x))
-        return torch.cat([h.mean(-1), h.amax(-1)], dim=1)
+    def forward(self, x, length=None):         # (B, 12, T) -> (B, 2 * widths[-1])
+        h = self.layers(self.stem(x))          # (B, C, T')
+        if length is None:
+            return torch.cat([h.mean(-1), h.amax(-1)], dim=1)
+        # Pool only the feature steps that cover valid samples: a short record's zero padding
+        # must not dilute its mean or stand in for its maximum.
+        steps = h.shape[-1]
+        valid = torch.ceil(length.to(h.device, torch.float32) * steps / x.shape[-1])
+        valid = valid.clamp(1, steps)                                      # (B,)
+        mask = torch.arange(steps, device=h.device)[None, :] < valid[:, None]  # (B, T')
+        mean = (h * mask[:, None, :]).sum(-1) / valid[:, None].to(h.dtype)
+        peak = h.masked_fill(~mask[:, None, :], float("-inf")).amax(-1)
+        return torch.cat([mean, peak], dim=1)
 
 
 class ECGEncoder(nn.Module):
@@ -93,8 +105,8 @@ class ECGEncoder(nn.Module):
                                   nn.ReLU(inplace=True), nn.Linear(proj_hidden, text_dim))
         self.input_scale = input_scale
 
-    def forward(self, x):                      # (B, 12, T) -> (B, D), unit norm
-        z = self.head(self.backbone(x * self.input_scale))
+    def forward(self, x, length=None):         # (B, 12, T), (B,) -> (B, D), unit norm
+        z = self.head(self.backbone(x * self.input_scale, length))
         return F.normalize(z.float(), dim=-1)
 
 

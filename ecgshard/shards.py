@@ -16,6 +16,11 @@ shard directory
     labels          (N, C)       uint8               multi-hot over the manifest vocabulary
     likelihood      (N, C)       uint8               PTB-XL statement likelihood (0-100);
                                                      100 where the source gives none
+    mentioned       (N, C)       uint8               the record carries the statement at any
+                                                     likelihood (a superset of ``labels``,
+                                                     which keep only those at or above the
+                                                     build's --min-likelihood): what
+                                                     held-out exclusion reads
     record_id       (N,)         str (utf-8)         source record name, unique in the set
     patient_id      (N,)         str (utf-8)         patient (or record id where unknown)
     fold            (N,)         int8                1..10, patient-wise
@@ -45,9 +50,9 @@ import numpy as np
 
 from .errors import SchemaError
 
-SCHEMA_VERSION = 1
-TEXT_SCHEMA_VERSION = 1
-CHECKPOINT_SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+TEXT_SCHEMA_VERSION = 2
+CHECKPOINT_SCHEMA_VERSION = 2
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CHUNK_RECORDS = 64
@@ -55,6 +60,7 @@ CHUNK_RECORDS = 64
 SIGNAL = "signal"
 LABELS = "labels"
 LIKELIHOOD = "likelihood"
+MENTIONED = "mentioned"
 RECORD_ID = "record_id"
 PATIENT_ID = "patient_id"
 FOLD = "fold"
@@ -67,6 +73,7 @@ SHARD_DTYPES = {
     SIGNAL: np.float16,
     LABELS: np.uint8,
     LIKELIHOOD: np.uint8,
+    MENTIONED: np.uint8,
     FOLD: np.int8,
     AGE: np.float32,
     SEX: np.int8,
@@ -199,6 +206,11 @@ def check_shard(f, path=""):
             raise SchemaError(f"{path}: {key} has {f[key].shape[0]} rows, signal has {n}")
 
 
+def read_mentioned(f, sel=slice(None)):
+    """The statements records carry at any likelihood (see ``MENTIONED``)."""
+    return f[MENTIONED][sel]
+
+
 def read_strings(dataset, sel=slice(None)):
     return np.asarray([s.decode() if isinstance(s, bytes) else s for s in dataset[sel]],
                       dtype=object)
@@ -221,6 +233,24 @@ def load_manifest(shard_dir):
     if missing:
         raise SchemaError(f"{path}: manifest lacks {missing}")
     return manifest
+
+
+# What a model trained on one shard set expects of every signal it is given.
+SIGNAL_PATH_FIELDS = ("fs", "n_samples", "band", "notch", "normalize")
+
+
+def signal_path(manifest):
+    """The signal path of a shard set: rate, samples, band-pass, notch and normalisation."""
+    params = manifest["params"]
+    return {"fs": manifest["fs"], "n_samples": manifest["n_samples"],
+            "band": list(params["band"]) if params.get("band") else None,
+            "notch": params.get("notch"), "normalize": params.get("normalize")}
+
+
+def signal_path_differences(expected, actual):
+    """``["fs: 100 (training) vs 500 (evaluated)", ...]`` for the fields that differ."""
+    return [f"{k}: {expected.get(k)!r} vs {actual.get(k)!r}" for k in SIGNAL_PATH_FIELDS
+            if expected.get(k) != actual.get(k)]
 
 
 def class_codes(manifest):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import labels
+from . import concepts, labels
 from . import shards as S
 from .errors import ECGShardError
 
@@ -119,10 +119,13 @@ def load_descriptions(path=None):
         return json.loads(Path(path).read_text())
     text = resources.files("ecgshard").joinpath("data/descriptions.json").read_text()
     table = json.loads(text)
-    # A SNOMED code shares the description of its SCP concept.
-    for snomed, scp in labels.SNOMED_TO_SCP.items():
-        if scp in table:
-            table.setdefault(snomed, table[scp])
+    # A code without a description of its own shares the one of its concept (SNOMED <- SCP).
+    graph = concepts.load()
+    for edge in graph.edges:
+        if edge.relation == "same":
+            for member in graph.members(edge.code):
+                if member in table:
+                    table.setdefault(edge.code, table[member])
     return table
 
 

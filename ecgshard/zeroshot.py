@@ -1,14 +1,18 @@
 """``ecgshard zeroshot``: score classes by cosine similarity to their text, and report.
 
 Same shard set as the run (Experiment A): the run's test folds, held-out classes by default.
-Another shard set (Experiment B): every fold, every class with a text and positives, each marked
-*seen* (its concept was a training class, ``labels.seen_status``) or *unseen*, with macro figures
-per group, overall and per source database.
+Another shard set (Experiment B): every fold, every class with a text and positives.
+
+Every target class is *seen* (its concept was a training class), *related* (a parent, child or
+near-sibling was trained) or *unseen* (nothing related was trained), by the reviewed relation
+table of ``ecgshard.concepts``; macro figures are given per group and the headline is *unseen*.
+A class enters a macro only with ``min_positives`` positives (the others are listed), intervals
+resample patients with the macro's class set fixed, and each group's macro AUROC is placed in
+two nulls: the same pipeline with untrained encoders of several seeds, and the evaluated labels
+shuffled across records.
 
 Every number in ``report.json`` carries its provenance: run, checkpoint, shards, folds,
-classes, text model and threshold rule. Two reference points sit beside the zero-shot figures:
-the trained classes scored by the same encoder, and a random-embedding control (the same
-pipeline with an untrained encoder).
+classes, text model and threshold rule.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import labels as L
+from . import concepts
 from . import metrics as M
 from . import shards as S
 from .errors import ECGShardError
@@ -42,13 +46,15 @@ class ZeroShotConfig:
     device: str = "auto"
     save_embeddings: bool = False
     control: bool = True
+    control_seeds: int = 10             # untrained encoders in the random-encoder distribution
+    permutations: int = 1000            # label-permutation null draws
+    min_positives: int = 10             # positives a class needs to enter a macro figure
+    allow_signal_mismatch: bool = False
     seed: int = 0
 
 
 def run(cfg: ZeroShotConfig):
     """Evaluate; returns the report dict written to ``OUT/report.json``."""
-    import torch
-
     from .data import Selection, load_selection
     from .fit import embed
     from .models import build_model
@@ -64,6 +70,7 @@ def run(cfg: ZeroShotConfig):
     _check_text_space(text, ck)
 
     manifest = S.load_manifest(cfg.shards)
+    _check_signal_path(run_classes, manifest, cfg)
     same_set = manifest["fingerprint"] == run_classes["shards_fingerprint"] or (
         manifest.get("dataset_fingerprint") is not None
         and manifest.get("dataset_fingerprint") == run_classes.get("dataset_fingerprint"))
@@ -75,9 +82,7 @@ def run(cfg: ZeroShotConfig):
             log.warning("evaluating on folds %s that the run trained or validated on",
                         sorted(steering))
     targets = _target_classes(cfg.classes, manifest, text, train_codes, holdout, same_set)
-    seen = L.seen_status(targets, train_codes)
-    if same_set:
-        seen = {c: (c if c in train_codes else None) for c in targets}
+    status = concepts.load().statuses(targets, train_codes)
 
     # On the run's own dataset the trained classes' labels come along, so that the reference
     # figure below reuses these records' embeddings instead of reading and embedding them again.
@@ -98,6 +103,8 @@ def run(cfg: ZeroShotConfig):
     column = {c: i for i, c in enumerate(label_codes)}
     all_labels = data["labels"]
     data["labels"] = all_labels[:, :len(targets)]
+    # A patient's records are resampled together; records without a patient stand alone.
+    patients = np.asarray([f"{s}/{p}" for s, p in zip(data["source"], data["patient_id"])])
     model = build_model(ck["model_config"])
     model.load_state_dict(ck["model"])
     model.to(device)
@@ -107,6 +114,9 @@ def run(cfg: ZeroShotConfig):
 
     threshold, rule = _threshold(cfg, ck, run_classes, model, device, scores, data["labels"],
                                  text_rows)
+    controls = None
+    if cfg.control:
+        controls = _control_scores(ck, data["signal"], text_rows, device, cfg)
     report = {
         "provenance": {
             "run": str(run_dir.resolve()), "checkpoint": str(ck_path.resolve()),
@@ -114,21 +124,27 @@ def run(cfg: ZeroShotConfig):
             "shards": str(Path(cfg.shards).resolve()),
             "shards_fingerprint": manifest["fingerprint"],
             "same_shard_set_as_training": same_set, "folds": list(folds),
-            "n_records": int(len(data["labels"])), "text": str(Path(cfg.text).resolve()),
+            "n_records": int(len(data["labels"])), "n_patients": int(len(set(patients))),
+            "text": str(Path(cfg.text).resolve()),
             "text_model": text.attrs.get("model_id"), "text_pooling": text.attrs.get("pooling"),
             "text_templates": text.attrs.get("templates"),
             "train_classes": train_codes, "holdout": holdout,
+            "holdout_requested": run_classes.get("holdout_requested", holdout),
             "strict_zero_shot": run_classes.get("strict_zero_shot", True),
-            "threshold_rule": rule, "bootstrap": cfg.bootstrap, "config": asdict(cfg),
+            "threshold_rule": rule, "bootstrap": cfg.bootstrap,
+            "bootstrap_unit": "patient", "min_positives_for_macro": cfg.min_positives,
+            "control_seeds": cfg.control_seeds if cfg.control else 0,
+            "permutations": cfg.permutations, "config": asdict(cfg),
             "excluded_sources_same_as_training": excluded},
     }
     names = dict(zip(text.codes, text.names))
-    classes, groups = _evaluate(scores, data["labels"], targets, seen, names, threshold,
-                                cfg.bootstrap, cfg.seed)
+    classes, groups = _evaluate(scores, data["labels"], targets, status, names, threshold,
+                                cfg, patients, controls)
     report["classes"] = classes
     report["groups"] = groups
     report["not_evaluable"] = [c["code"] for c in classes if c["auroc"] is None]
-    report["per_source"] = _per_source(scores, data["labels"], data["source"], targets, seen)
+    report["per_source"] = _per_source(scores, data["labels"], data["source"], classes,
+                                       cfg.min_positives)
 
     refs = {}
     if same_set and holdout:
@@ -138,25 +154,56 @@ def run(cfg: ZeroShotConfig):
         refs["trained_classes_same_folds"] = {"macro_auroc": _num(M.macro(auroc)),
                                               "macro_ap": _num(M.macro(ap)),
                                               "n_classes": int(np.isfinite(auroc).sum())}
-    if cfg.control:
-        torch.manual_seed(cfg.seed + 1)
-        control = build_model(ck["model_config"]).to(device)
-        c_scores = embed(control, data["signal"], device, amp=True) @ text_rows.T
-        auroc, ap = M.per_class(c_scores, data["labels"])
+    if controls is not None:
+        ctrl = groups.get("all", {}).get("control") or {}
         refs["random_encoder_control"] = {
-            "macro_auroc": _num(M.macro(auroc)), "macro_ap": _num(M.macro(ap)),
-            "note": "same pipeline, untrained encoder (seeded init)"}
+            "macro_auroc": ctrl.get("mean"), "sd": ctrl.get("sd"),
+            "n_seeds": cfg.control_seeds,
+            "note": "same pipeline, untrained encoders (one per seed), every group's macro "
+                    "class set; per group under groups.*.control"}
     report["references"] = refs
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     S.write_json(out / "report.json", report)
     _write_per_class_csv(out / "per_class.csv", classes)
-    _plots(out, scores, data["labels"], targets, seen, names, classes)
+    _plots(out, scores, data["labels"], targets, classes)
     if cfg.save_embeddings:
         _save_embeddings(out / "embeddings.h5", emb, data, folds, report["provenance"])
     log.debug("report written to %s", out)
     return report
+
+
+def _check_signal_path(run_classes, manifest, cfg):
+    """The evaluated shards must have been made like the run's training shards."""
+    trained = run_classes.get("signal_path")
+    if trained is None:                        # runs written before the signal path was kept
+        trained = S.signal_path(S.load_manifest(run_classes["shards"]))
+    diffs = S.signal_path_differences(trained, S.signal_path(manifest))
+    if diffs and not cfg.allow_signal_mismatch:
+        raise ECGShardError(
+            f"the evaluated shards {cfg.shards} were built with another signal path than the "
+            f"run's training shards {run_classes['shards']} (training vs evaluated: "
+            f"{'; '.join(diffs)}). Rebuild them with the run's settings, or pass "
+            f"--allow-signal-mismatch if the difference is deliberate.")
+    if diffs:
+        log.warning("signal path differs from training (%s); allowed by "
+                    "--allow-signal-mismatch", "; ".join(diffs))
+
+
+def _control_scores(ck, signal, text_rows, device, cfg):
+    """Scores of ``control_seeds`` untrained encoders: (seeds, N, C)."""
+    import torch
+
+    from .fit import embed
+    from .models import build_model
+
+    out = []
+    for k in range(cfg.control_seeds):
+        torch.manual_seed(cfg.seed * 1000 + 1 + k)
+        control = build_model(ck["model_config"]).to(device)
+        out.append(embed(control, signal, device, amp=True) @ text_rows.T)
+    return np.stack(out) if out else None
 
 
 def _check_text_space(text, ck):
@@ -243,60 +290,100 @@ def _threshold(cfg, ck, run_classes, model, device, scores, labels, text_rows):
                    f"there; no evaluated labels used)")
 
 
-def _evaluate(scores, labels, targets, seen, names, threshold, n_boot, seed):
+def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, controls):
+    """Per-class rows and per-group macro figures with intervals and nulls."""
     auroc, ap = M.per_class(scores, labels)
     sens, spec, f1 = M.at_threshold(scores, labels, threshold)
-    boot = M.bootstrap_per_class(scores, labels, n_boot, seed) if n_boot > 0 else None
-
-    def interval(metric, cols, macro=False):
-        """95% bootstrap interval of one class, or of the macro over ``cols``."""
-        if boot is None:
-            return None
-        replicates = boot[metric][:, cols]
-        return M.percentile_ci(M.macro_rows(replicates) if macro else replicates)
+    boot = M.bootstrap_per_class(scores, labels, cfg.bootstrap, cfg.seed, groups=patients) \
+        if cfg.bootstrap > 0 else None
+    ctrl_auroc = np.stack([M.per_class_fast(c, labels)[0] for c in controls]) \
+        if controls is not None else None
+    n_pos = labels.sum(axis=0).astype(int)
 
     classes = []
     for i, code in enumerate(targets):
-        classes.append({
-            "code": code, "name": names.get(code, code),
-            "group": "seen" if seen.get(code) else "unseen", "seen_as": seen.get(code),
-            "n_pos": int(labels[:, i].sum()), "n": int(len(labels)),
-            "auroc": _num(auroc[i]), "auroc_ci": interval("auroc", i),
+        st = status[code]
+        row = {
+            "code": code, "name": names.get(code, code), "group": st.group, "via": st.via,
+            "why": st.why, "n_pos": int(n_pos[i]), "n": int(len(labels)),
+            "in_macro": bool(np.isfinite(auroc[i]) and n_pos[i] >= cfg.min_positives),
+            "auroc": _num(auroc[i]),
+            "auroc_ci": M.percentile_ci(boot["auroc"][:, i]) if boot is not None else None,
             "ap": _num(ap[i]), "prevalence": float(labels[:, i].mean()),
             "sensitivity": _num(sens[i]), "specificity": _num(spec[i]), "f1": _num(f1[i]),
-            "threshold": _num(np.broadcast_to(threshold, (len(targets),))[i])})
+            "threshold": _num(np.broadcast_to(threshold, (len(targets),))[i])}
+        if ctrl_auroc is not None and np.isfinite(auroc[i]):
+            row["control_auroc"] = {"mean": _num(ctrl_auroc[:, i].mean()),
+                                    "min": _num(ctrl_auroc[:, i].min()),
+                                    "max": _num(ctrl_auroc[:, i].max())}
+        classes.append(row)
+
     groups = {}
-    for name in ("all", "seen", "unseen"):
+    for name in ("all",) + concepts.GROUPS:
         cols = [i for i, c in enumerate(classes) if name == "all" or c["group"] == name]
         if not cols:
             continue
-        ok = [i for i in cols if classes[i]["auroc"] is not None]
-        groups[name] = {
-            "classes": [classes[i]["code"] for i in ok],
-            "n_classes": len(ok),
-            "macro_auroc": _num(M.macro(auroc[cols])),
-            "macro_auroc_ci": interval("auroc", cols, macro=True) if ok else None,
-            "macro_ap": _num(M.macro(ap[cols])),
-            "macro_ap_ci": interval("ap", cols, macro=True) if ok else None,
-            "micro_auroc": _num(M.micro_auroc(scores, labels, ok)) if ok else None,
-            "macro_sensitivity": _num(M.macro(sens[cols])),
-            "macro_specificity": _num(M.macro(spec[cols])),
-            "macro_f1": _num(M.macro(f1[cols]))}
+        ok = [i for i in cols if classes[i]["in_macro"]]
+        few = {classes[i]["code"]: classes[i]["n_pos"] for i in cols
+               if classes[i]["auroc"] is not None and not classes[i]["in_macro"]}
+        g = {"classes": [classes[i]["code"] for i in ok], "n_classes": len(ok),
+             "excluded_few_positives": few, "macro_auroc": None, "macro_auroc_ci": None,
+             "macro_ap": None, "macro_ap_ci": None}
+        if ok:
+            g.update({
+                "macro_auroc": _num(auroc[ok].mean()), "macro_ap": _num(ap[ok].mean()),
+                "micro_auroc": _num(M.micro_auroc(scores, labels, ok)),
+                "macro_sensitivity": _num(M.macro(sens[ok])),
+                "macro_specificity": _num(M.macro(spec[ok])),
+                "macro_f1": _num(M.macro(f1[ok]))})
+            if boot is not None:
+                rows = M.macro_rows(boot["auroc"][:, ok])
+                g["macro_auroc_ci"] = M.percentile_ci(rows)
+                g["macro_ap_ci"] = M.percentile_ci(M.macro_rows(boot["ap"][:, ok]))
+                g["bootstrap_replicates_used"] = int(np.isfinite(rows).sum())
+            _place_in_nulls(g, scores[:, ok], labels[:, ok],
+                            ctrl_auroc[:, ok] if ctrl_auroc is not None else None, cfg)
+        groups[name] = g
     return classes, groups
 
 
-def _per_source(scores, labels, sources, targets, seen):
+def _place_in_nulls(group, scores, labels, ctrl_auroc, cfg):
+    """Add the random-encoder distribution, the permutation null and a verdict to ``group``."""
+    value = group["macro_auroc"]
+    beats = []
+    if ctrl_auroc is not None:
+        values = ctrl_auroc.mean(axis=1)
+        group["control"] = {"values": [round(float(v), 6) for v in values],
+                            "mean": _num(values.mean()),
+                            "sd": _num(values.std(ddof=1)) if len(values) > 1 else None,
+                            "min": _num(values.min()), "max": _num(values.max()),
+                            **M.null_position(value, values)}
+        beats.append(value > values.max())
+    if cfg.permutations > 0:
+        null = M.permutation_null(scores, labels, cfg.permutations, cfg.seed)
+        group["permutation"] = {"mean": _num(null.mean()),
+                                "q95": _num(np.quantile(null, 0.95)),
+                                **M.null_position(value, null)}
+        beats.append(group["permutation"]["p"] < 0.05)
+    if beats:
+        group["distinguishable_from_nulls"] = bool(all(beats))
+
+
+def _per_source(scores, labels, sources, classes, min_positives):
+    """Macro AUROC per source database and group, over the classes with enough positives
+    there."""
     out = {}
     for source in sorted(set(sources)):
         mask = sources == source
         auroc, ap = M.per_class(scores[mask], labels[mask])
+        n_pos = labels[mask].sum(axis=0)
         entry = {"n_records": int(mask.sum())}
-        for group in ("seen", "unseen"):
-            cols = [i for i, c in enumerate(targets) if bool(seen.get(c)) == (group == "seen")]
-            ok = [i for i in cols if np.isfinite(auroc[i])]
-            entry[group] = {"n_classes": len(ok), "macro_auroc": _num(M.macro(auroc[cols]))
-                            if cols else None, "macro_ap": _num(M.macro(ap[cols])) if cols
-                            else None}
+        for group in concepts.GROUPS:
+            ok = [i for i, c in enumerate(classes) if c["group"] == group
+                  and np.isfinite(auroc[i]) and n_pos[i] >= min_positives]
+            entry[group] = {"n_classes": len(ok),
+                            "macro_auroc": _num(auroc[ok].mean()) if ok else None,
+                            "macro_ap": _num(ap[ok].mean()) if ok else None}
         out[source] = entry
     return out
 
@@ -307,19 +394,25 @@ def _num(x):
 
 
 def _write_per_class_csv(path, classes):
-    fields = ["code", "name", "group", "seen_as", "n_pos", "n", "prevalence", "auroc",
-              "auroc_ci_low", "auroc_ci_high", "ap", "sensitivity", "specificity", "f1",
-              "threshold"]
+    fields = ["code", "name", "group", "via", "why", "n_pos", "n", "in_macro", "prevalence",
+              "auroc", "auroc_ci_low", "auroc_ci_high", "control_auroc_min", "control_auroc_max",
+              "ap", "sensitivity", "specificity", "f1", "threshold"]
     with S.atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             for c in classes:
                 ci = c["auroc_ci"] or [None, None]
-                w.writerow(dict(c, auroc_ci_low=ci[0], auroc_ci_high=ci[1]))
+                ctrl = c.get("control_auroc") or {}
+                w.writerow(dict(c, auroc_ci_low=ci[0], auroc_ci_high=ci[1],
+                                control_auroc_min=ctrl.get("min"),
+                                control_auroc_max=ctrl.get("max")))
 
 
-def _plots(out, scores, labels, targets, seen, names, classes):
+GROUP_COLORS = {"seen": "tab:blue", "related": "tab:green", "unseen": "tab:orange"}
+
+
+def _plots(out, scores, labels, targets, classes):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,13 +442,13 @@ def _plots(out, scores, labels, targets, seen, names, classes):
     vals = [c["auroc"] for c in ok]
     lo = [c["auroc"] - c["auroc_ci"][0] if c["auroc_ci"] else 0 for c in ok]
     hi = [c["auroc_ci"][1] - c["auroc"] if c["auroc_ci"] else 0 for c in ok]
-    colors = ["tab:blue" if c["group"] == "seen" else "tab:orange" for c in ok]
+    colors = [GROUP_COLORS[c["group"]] for c in ok]
     ax.bar(x, vals, yerr=[lo, hi], color=colors, capsize=3)
     ax.axhline(0.5, color="k", ls=":", lw=1)
     ax.set_xticks(x, [c["code"] if c["code"] == c["name"] else f"{c['name'][:26]} ({c['code']})"
                       for c in ok], rotation=75, ha="right", fontsize=7)
     ax.set(ylim=(0, 1), ylabel="AUROC (95% bootstrap CI)",
-           title="per-class zero-shot AUROC (orange: unseen, blue: seen)")
+           title="per-class zero-shot AUROC (orange: unseen, green: related, blue: seen)")
     fig.tight_layout()
     fig.savefig(out / "auroc_per_class.png", dpi=110)
     plt.close(fig)
@@ -377,19 +470,46 @@ def _save_embeddings(path, emb, data, folds, provenance):
 
 def summary_lines(report):
     p = report["provenance"]
-    lines = [f"zero-shot on {p['n_records']} records, folds {p['folds']} of {p['shards']}",
-             f"  text model: {p['text_model']}; threshold: {p['threshold_rule']}"]
-    for name, g in report["groups"].items():
+    lines = [f"zero-shot on {p['n_records']} records ({p['n_patients']} patients), folds "
+             f"{p['folds']} of {p['shards']}",
+             f"  text model: {p['text_model']}; threshold: {p['threshold_rule']}",
+             f"  macros over classes with >= {p['min_positives_for_macro']} positives; 95% CIs "
+             f"resample patients"]
+    for name in concepts.GROUPS + ("all",):
+        g = report["groups"].get(name)
+        if g is None:
+            continue
         ci = g.get("macro_auroc_ci")
         ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        lines.append(f"  {name:>6}: {g['n_classes']:3d} classes  macro AUROC "
+        lines.append(f"  {name:>7}: {g['n_classes']:3d} classes  macro AUROC "
                      f"{_fmt(g['macro_auroc'])}{ci_text}  macro AP {_fmt(g['macro_ap'])}  "
-                     f"F1 {_fmt(g['macro_f1'])}")
-    for name, ref in report["references"].items():
-        lines.append(f"  reference {name}: macro AUROC {_fmt(ref['macro_auroc'])}")
+                     f"F1 {_fmt(g.get('macro_f1'))}  {null_text(g)}")
+        if g["excluded_few_positives"]:
+            lines.append(f"           not in the macro (too few positives): "
+                         f"{g['excluded_few_positives']}")
+    ref = report["references"].get("trained_classes_same_folds")
+    if ref:
+        lines.append(f"  reference trained classes, same records: macro AUROC "
+                     f"{_fmt(ref['macro_auroc'])}")
     if report["not_evaluable"]:
         lines.append(f"  not evaluable (no positives or no negatives): {report['not_evaluable']}")
     return lines
+
+
+def null_text(group):
+    """'control 0.51 [0.44-0.58], perm p 0.001: distinguishable' for one group's macro."""
+    parts = []
+    ctrl = group.get("control")
+    if ctrl:
+        parts.append(f"random encoders {_fmt(ctrl['mean'])} [{_fmt(ctrl['min'])}, "
+                     f"{_fmt(ctrl['max'])}] over {len(ctrl['values'])} seeds")
+    perm = group.get("permutation")
+    if perm and perm["p"] is not None:
+        parts.append(f"permutation p {perm['p']:.3f}")
+    if "distinguishable_from_nulls" in group:
+        parts.append("above both nulls" if group["distinguishable_from_nulls"]
+                     else "NOT distinguishable from the nulls")
+    return "; ".join(parts)
 
 
 def _fmt(x):
@@ -402,7 +522,7 @@ def report_table(report_dirs):
     rows = [("records", lambda r: str(r["provenance"]["n_records"])),
             ("folds", lambda r: _fold_ranges(r["provenance"]["folds"])),
             ("text model", lambda r: str(r["provenance"]["text_model"]).split(" (")[0])]
-    for group in ("unseen", "seen", "all"):
+    for group in concepts.GROUPS + ("all",):
         for key in ("n_classes", "macro_auroc", "macro_ap", "macro_f1"):
             rows.append((f"{group} {key}", lambda r, g=group, k=key: _cell(r["groups"].get(g, {})
                                                                             .get(k))))
@@ -410,6 +530,8 @@ def report_table(report_dirs):
         r["references"].get("trained_classes_same_folds", {}).get("macro_auroc"))))
     rows.append(("random control AUROC", lambda r: _cell(
         r["references"].get("random_encoder_control", {}).get("macro_auroc"))))
+    rows.append(("unseen vs nulls", lambda r: {True: "above", False: "NOT above", None: "-"}[
+        r["groups"].get("unseen", {}).get("distinguishable_from_nulls")]))
     names = [Path(d).name for d in report_dirs]
     cells = [[get(r) for r in reports] for _, get in rows]
     width = max(len(x) for x in names + [c for row in cells for c in row]) + 2

@@ -1,19 +1,82 @@
-from ecgshard import experiments
+import json
+
+import pytest
+
+from ecgshard import data, experiments, shards
+from ecgshard.errors import ECGShardError
+
+
+def _cfg(demo_data, tmp_path, **kw):
+    base = dict(work=str(tmp_path / "work"), ptbxl=str(demo_data / "ptbxl"),
+                text_model="minilm-offline", splits=2, holdout_size=2, min_val_positives=3,
+                epochs=1, batch_size=32, min_positives=2, device="cpu", bootstrap=10,
+                control_seeds=3, min_macro_positives=3, results=str(tmp_path / "results.md"),
+                label="tiny test",
+                fit_extra={"max_steps": 3})
+    return experiments.ExperimentConfig(**{**base, **kw})
 
 
 def test_experiment_a_writes_and_replaces_its_section(demo_data, tmp_path):
     results = tmp_path / "results.md"
     results.write_text("# Results\n\nintro kept\n")
-    cfg = experiments.ExperimentConfig(
-        work=str(tmp_path / "work"), ptbxl=str(demo_data / "ptbxl"), text_model="minilm-offline",
-        splits=2, holdout_size=2, min_test_positives=3, epochs=1, batch_size=32,
-        min_positives=2, device="cpu", bootstrap=10, results=str(results), label="tiny test",
-        fit_extra={"max_steps": 3})
+    cfg = _cfg(demo_data, tmp_path)
     out = experiments.run_a(cfg)
     assert len(out["splits"]) == 2
     assert out["splits"][0] == ["LAFB", "LVOLT", "PVC", "SBRAD"]   # the default, where present
     text = results.read_text()
     assert "intro kept" in text and text.count("experiment-a-tiny-test:begin") == 1
-    assert "held-out classes, macro AUROC" in text and "| 1 |" in text
-    experiments.run_a(cfg)                                # a rerun resumes and replaces
+    assert "unseen (held-out) classes, macro AUROC" in text and "| 1 |" in text
+    assert "random-encoder distribution, same classes (6 encoders)" in text
+    # the table names the holdout each run used (closed), not the drawn one
+    for split, report in zip(out["splits"], out["reports"]):
+        used = json.loads((pytest.importorskip("pathlib").Path(report) / "report.json")
+                          .read_text())["provenance"]["holdout"]
+        assert used == split and f"| {', '.join(used)} |" in text
+    experiments.run_a(cfg)                                # a rerun reuses and replaces
     assert results.read_text().count("experiment-a-tiny-test:begin") == 1
+
+
+def test_runs_are_reused_only_for_identical_settings(demo_data, tmp_path):
+    cfg = _cfg(demo_data, tmp_path, splits=1)
+    work = tmp_path / "work"
+    experiments.run_a(cfg)
+    first = sorted(p.name for p in (work / "runs").iterdir())
+    experiments.run_a(cfg)                                # same settings: the same run
+    assert sorted(p.name for p in (work / "runs").iterdir()) == first
+    experiments.run_a(_cfg(demo_data, tmp_path, splits=1, loss="bce"))
+    runs = sorted((work / "runs").iterdir())
+    assert len(runs) == 2                                 # another loss is another run
+    configs = [json.loads((r / "config.json").read_text())["config"]["loss"] for r in runs]
+    assert sorted(configs) == ["bce", "clip"]
+    # a summary whose settings differ from its directory's is refused, naming the field
+    summary = runs[0] / "summary.json"
+    done = json.loads(summary.read_text())
+    done["key"]["text_sha256"] = "0" * 64
+    summary.write_text(json.dumps(done))
+    loss = json.loads((runs[0] / "config.json").read_text())["config"]["loss"]
+    with pytest.raises(ECGShardError, match="text_sha256"):
+        experiments.run_a(_cfg(demo_data, tmp_path, splits=1, loss=loss))
+
+
+def test_holdout_choice_never_reads_the_test_fold_and_keeps_most_training_records(
+        demo_data, tmp_path, monkeypatch):
+    read = []
+    original = data.count_selection
+
+    def spy(sel):
+        read.append(tuple(sel.folds))
+        return original(sel)
+
+    monkeypatch.setattr(data, "count_selection", spy)
+    shard_dir = demo_data / "s-ptbxl"
+    manifest = shards.load_manifest(shard_dir)
+    cfg = _cfg(demo_data, tmp_path, splits=6, holdout_size=2, max_excluded=0.2)
+    splits = experiments.holdout_splits(cfg, shard_dir, manifest)
+    assert read and all(10 not in folds for folds in read)
+    assert len(splits) >= 3
+    n_train, _, _ = original(data.Selection(str(shard_dir), cfg.train_folds, ()))
+    for split in splits[1:]:                               # the random ones (0 is the default)
+        assert "SR" not in split and "NORM" not in split   # far over the cap
+        _, dropped, _ = original(data.Selection(str(shard_dir), cfg.train_folds, (),
+                                                tuple(split)))
+        assert dropped / n_train <= 0.2

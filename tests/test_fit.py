@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ecgshard import data, fit, labels, shards
+from ecgshard import data, fit, shards
 from ecgshard.errors import ECGShardError
 
 
@@ -117,30 +117,6 @@ def test_clear_errors(demo_data, demo_text, tmp_path):
         fit.run(fit.FitConfig(out=str(tmp_path / "d"), **{**common, "text": str(small)}))
 
 
-def test_holdout_groups_are_refused_or_expanded():
-    classes = [{"code": c, "subclass": s} for c, s in
-               [("PVC", ""), ("PRC(S)", ""), ("BIGU", ""), ("TRIGU", ""), ("IMI", "IMI"),
-                ("ILMI", "IMI"), ("NDT", "STTC"), ("DIG", "STTC"), ("SBRAD", "")]]
-    with pytest.raises(ECGShardError, match="PVC -> .*PRC"):
-        labels.resolve_holdout(["PVC"], classes)
-    assert labels.resolve_holdout(["PVC"], classes, expand=True) == ["BIGU", "PRC(S)", "PVC",
-                                                                     "TRIGU"]
-    with pytest.raises(ECGShardError, match="IMI -> \\['ILMI'\\]"):
-        labels.resolve_holdout(["IMI"], classes)
-    # catch-all subclasses (STTC) do not tie unrelated statements together
-    assert labels.resolve_holdout(["NDT", "SBRAD"], classes) == ["NDT", "SBRAD"]
-    snomed = [{"code": "164909002"}, {"code": "733534002"}]
-    with pytest.raises(ECGShardError):
-        labels.resolve_holdout(["164909002"], snomed)
-
-
-def test_seen_status_maps_concepts_not_substrings():
-    status = labels.seen_status(["164909002", "426627000", "59118001", "CLBBB"],
-                                ["CLBBB", "CRBBB", "SBRAD"])
-    assert status == {"164909002": "CLBBB", "426627000": None, "59118001": "CRBBB",
-                      "CLBBB": "CLBBB"}
-
-
 def test_supervised_reference_run_is_refused_by_zeroshot(demo_data, demo_text, tmp_path):
     from ecgshard import zeroshot
 
@@ -154,3 +130,50 @@ def test_supervised_reference_run_is_refused_by_zeroshot(demo_data, demo_text, t
     with pytest.raises(ECGShardError, match="learned its class embeddings"):
         zeroshot.run(zeroshot.ZeroShotConfig(run=str(out), shards=str(demo_data / "s-ptbxl"),
                                              text=str(demo_text), out=str(tmp_path / "r")))
+
+
+def test_loss_scale_and_bias_get_no_weight_decay(demo_data, demo_text, tmp_path):
+    cfg = fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
+                        out=str(tmp_path / "wd"), loss="bce", device="cpu", weight_decay=0.1)
+    trainer = fit.Trainer(cfg, fit.plan(cfg), "cpu")
+    decay = {id(p): g["weight_decay"] for g in trainer.opt.param_groups for p in g["params"]}
+    assert decay[id(trainer.loss_fn.logit_scale)] == 0.0
+    assert decay[id(trainer.loss_fn.logit_bias)] == 0.0
+    assert all(decay[id(p)] == 0.1 for p in trainer.model.parameters())
+
+
+def test_heldout_statement_below_min_likelihood_still_excludes_its_record(tmp_path):
+    """--min-likelihood 50 drops CLBBB at likelihood 20 from the labels, but a run holding out
+    CLBBB must still never train on that record."""
+    from conftest import write_ptbxl_tree
+    from ecgshard import build
+
+    def codes_of(k):
+        if k % 4 == 0:
+            return {"CLBBB": 20.0, "NORM": 100.0}          # a doubtful CLBBB
+        return {"CLBBB": 100.0} if k % 4 == 1 else {"NORM": 100.0, "SBRAD": 80.0}
+
+    write_ptbxl_tree(tmp_path / "raw", n=40, codes_of=codes_of)
+    build.run(build.BuildConfig(source_dir=str(tmp_path / "raw"), out_dir=str(tmp_path / "s"),
+                                format="ptbxl", min_likelihood=50, workers=1))
+    manifest = shards.load_manifest(tmp_path / "s")
+    assert {c["code"]: c["count"] for c in manifest["classes"]}["CLBBB"] == 10   # labels: k%4==1
+    sel = data.Selection(str(tmp_path / "s"), tuple(range(1, 11)), ("NORM", "SBRAD"),
+                         ("CLBBB",), ("CLBBB",))
+    kept, excluded, _ = data.count_selection(sel)
+    assert (kept, excluded) == (20, 20)                   # every record mentioning CLBBB
+    loaded = data.load_selection(sel, with_ids=True)
+    assert not any(int(r) % 4 in (0, 1) for r in loaded["record_id"])
+
+
+def test_resume_refuses_another_shard_set(demo_data, demo_text, tmp_path):
+    from ecgshard import build
+
+    common = dict(text=str(demo_text), out=str(tmp_path / "r"), epochs=2, max_steps=1,
+                  batch_size=32, device="cpu", min_positives=2)
+    fit.run(fit.FitConfig(shards=str(demo_data / "s-ptbxl"), **common))
+    other = tmp_path / "rebuilt"
+    build.run(build.BuildConfig(source_dir=str(demo_data / "ptbxl"), out_dir=str(other),
+                                shard_size=128, workers=1))
+    with pytest.raises(ECGShardError, match="fingerprint"):
+        fit.run(fit.FitConfig(shards=str(other), resume=True, **common))

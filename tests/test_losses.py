@@ -64,3 +64,12 @@ def test_a_gradient_step_lowers_every_loss():
         before.backward()
         after = loss(F.normalize(ecg.detach() - 0.05 * ecg.grad, dim=1), TEXT, Y)
         assert after.item() < before.item(), name
+
+
+def test_a_batch_without_positives_gives_a_finite_loss_and_gradient():
+    for name in ("clip", "bce", "triplet"):
+        loss_fn = build_loss(name)
+        ecg = F.normalize(torch.randn(4, 3), dim=1).requires_grad_()
+        value = loss_fn(ecg, TEXT, torch.zeros(4, 3, dtype=torch.long))
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(ecg.grad).all(), name

@@ -48,8 +48,10 @@ def test_bootstrap_interval_brackets_the_estimate(scored):
     auroc, _ = M.per_class(scores, labels)
     boot = M.bootstrap_per_class(scores, labels, n_boot=200, seed=1)
     assert boot["auroc"].shape == (200, 4) and np.isnan(boot["auroc"][:, 3]).all()
-    lo, hi = M.percentile_ci(M.macro_rows(boot["auroc"]))
+    lo, hi = M.percentile_ci(M.macro_rows(boot["auroc"][:, :3]))
     assert lo < M.macro(auroc) < hi and hi - lo < 0.2
+    # the macro's class set is fixed: a replicate missing one of its classes is no replicate
+    assert np.isnan(M.macro_rows(boot["auroc"])).all()
     for c in range(3):
         lo, hi = M.percentile_ci(boot["auroc"][:, c])
         assert lo < auroc[c] < hi
@@ -63,3 +65,32 @@ def test_fast_per_class_equals_sklearn_with_ties(scored):
         auroc, ap = M.per_class(s, labels)
         np.testing.assert_allclose(fast_auroc, auroc, atol=1e-12)
         np.testing.assert_allclose(fast_ap, ap, atol=1e-12)
+
+
+def test_patient_bootstrap_keeps_a_patients_records_together():
+    """Ten patients with 20 identical ECGs each: resampling records pretends there are 200
+    independent observations and narrows the interval; resampling patients does not."""
+    rng = np.random.default_rng(3)
+    base_labels = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    base_scores = base_labels * 0.3 + rng.normal(0, 0.5, 10)
+    labels = np.repeat(base_labels, 20)[:, None]
+    scores = np.repeat(base_scores, 20)[:, None]
+    patients = np.repeat(np.arange(10), 20)
+    by_record = M.bootstrap_per_class(scores, labels, 300, seed=0)["auroc"][:, 0]
+    by_patient = M.bootstrap_per_class(scores, labels, 300, seed=0, groups=patients)["auroc"][:, 0]
+    width = lambda b: np.subtract(*M.percentile_ci(b)[::-1])       # noqa: E731
+    assert width(by_patient) > 2 * width(by_record)
+    # a replicate draws whole patients: its record count is a multiple of 20
+    one = M.bootstrap_per_class(scores, labels, 1, seed=5, groups=patients)
+    assert np.isfinite(one["auroc"]).all() or np.isnan(one["auroc"]).all()
+
+
+def test_permutation_null_sits_at_chance_and_places_a_real_signal(scored):
+    scores, labels = scored
+    cols = [0, 1, 2]
+    null = M.permutation_null(scores[:, cols], labels[:, cols], n_perm=300, seed=0)
+    assert abs(null.mean() - 0.5) < 0.02
+    observed = M.macro(M.per_class(scores[:, cols], labels[:, cols])[0])
+    pos = M.null_position(observed, null)
+    assert pos["p"] == pytest.approx(1 / 301, abs=1e-6) and pos["percentile"] == 100.0
+    assert M.null_position(0.5, null)["p"] > 0.2

@@ -11,6 +11,9 @@ from ecgshard.errors import ECGShardError
 
 def _zs(demo_data, demo_run, demo_text, out, **kw):
     kw.setdefault("bootstrap", 50)
+    kw.setdefault("min_positives", 3)
+    kw.setdefault("control_seeds", 3)
+    kw.setdefault("permutations", 200)
     return zeroshot.run(zeroshot.ZeroShotConfig(run=str(demo_run), text=str(demo_text),
                                                 out=str(out), device="cpu", **kw))
 
@@ -26,7 +29,16 @@ def test_heldout_classes_on_the_test_fold(demo_data, demo_run, demo_text, tmp_pa
     unseen = report["groups"]["unseen"]
     assert unseen["macro_auroc_ci"][0] <= unseen["macro_auroc"] <= unseen["macro_auroc_ci"][1]
     assert report["references"]["trained_classes_same_folds"]["macro_auroc"] > 0.7
-    assert "random_encoder_control" in report["references"]
+    assert p["bootstrap_unit"] == "patient" and p["n_patients"] < p["n_records"]
+    # the random-encoder control is a distribution over seeds, and the model is placed in it
+    control = unseen["control"]
+    assert len(control["values"]) == 3 and len(set(control["values"])) == 3
+    assert control["min"] <= control["mean"] <= control["max"]
+    assert 0 < unseen["permutation"]["p"] <= 1 and abs(unseen["permutation"]["mean"] - 0.5) < 0.1
+    assert unseen["distinguishable_from_nulls"] == (
+        unseen["macro_auroc"] > control["max"] and unseen["permutation"]["p"] < 0.05)
+    assert report["classes"][0]["control_auroc"]["min"] <= report["classes"][0]["control_auroc"][
+        "max"]
     rows = list(csv.DictReader(open(tmp_path / "a" / "per_class.csv")))
     assert rows[0]["code"] == "LVOLT" and float(rows[0]["auroc"]) == pytest.approx(
         report["classes"][0]["auroc"], abs=1e-5)
@@ -34,18 +46,21 @@ def test_heldout_classes_on_the_test_fold(demo_data, demo_run, demo_text, tmp_pa
     assert (tmp_path / "a" / "auroc_per_class.png").stat().st_size > 1000
 
 
-def test_experiment_b_unseen_class_near_a_learned_one(demo_data, demo_run, demo_text, tmp_path):
-    """'myocardial infarction' (SNOMED, no PTB-XL code of the same concept) is unseen, its text
-    sits next to the trained 'inferior myocardial infarction' and its records carry that
-    morphology: zero-shot ranks them well above chance."""
+def test_experiment_b_groups_classes_by_concept(demo_data, demo_run, demo_text, tmp_path):
+    """'myocardial infarction' was once counted unseen; its children (IMI) were trained, so it
+    is related. 'low QRS voltages' is LVOLT's concept, which this run held out: unseen."""
     report = _zs(demo_data, demo_run, demo_text, tmp_path / "b",
                  shards=str(demo_data / "s-cinc"), save_embeddings=True)
     by_code = {c["code"]: c for c in report["classes"]}
     mi = by_code["164865005"]
-    assert mi["group"] == "unseen" and mi["n_pos"] > 5
-    assert mi["auroc"] > 0.75
-    assert by_code["164909002"]["group"] == "seen" and by_code["164909002"]["seen_as"] == "CLBBB"
+    assert (mi["group"], mi["via"]) == ("related", "IMI") and "child IMI" in mi["why"]
+    assert mi["n_pos"] > 5 and mi["auroc"] > 0.75
+    assert (by_code["164861001"]["group"], by_code["164861001"]["via"]) == ("seen", "ISC_")
+    assert by_code["164909002"]["group"] == "seen" and by_code["164909002"]["via"] == "CLBBB"
     assert by_code["251146004"]["group"] == "unseen"       # LVOLT's concept was held out
+    assert by_code["426627000"]["group"] == "related"      # bradycardia: SBRAD trained
+    assert set(report["groups"]) == {"all", "seen", "related", "unseen"}
+    assert report["groups"]["unseen"]["classes"] == ["251146004"]
     assert report["groups"]["seen"]["macro_auroc"] > 0.7
     # the Challenge's PTB-XL records are the training database itself: not scored
     assert set(report["per_source"]) == {"CPSC2018", "Georgia", "INCART", "Ningbo", "PTB"}
@@ -63,8 +78,11 @@ def test_same_records_built_differently_are_the_same_dataset(demo_data, demo_run
     other = tmp_path / "zscore"
     build.run(build.BuildConfig(source_dir=str(demo_data / "ptbxl"), out_dir=str(other),
                                 normalize="zscore", workers=1))
+    with pytest.raises(ECGShardError, match="normalize: 'mv' vs 'zscore'.*"
+                                            "--allow-signal-mismatch"):
+        _zs(demo_data, demo_run, demo_text, tmp_path / "z", shards=str(other))
     report = _zs(demo_data, demo_run, demo_text, tmp_path / "z", shards=str(other),
-                 bootstrap=0, control=False)
+                 bootstrap=0, control=False, allow_signal_mismatch=True)
     assert report["provenance"]["same_shard_set_as_training"]
     assert report["provenance"]["folds"] == [10]
 
@@ -83,10 +101,24 @@ def test_class_without_positives_is_listed_not_averaged(demo_data, demo_run, dem
     empty = [c for c in report["classes"] if c["n_pos"] == 0]
     for c in empty:
         assert c["auroc"] is None and c["code"] in report["not_evaluable"]
-    evaluable = [c["auroc"] for c in report["classes"] if c["auroc"] is not None]
+    evaluable = [c["auroc"] for c in report["classes"] if c["in_macro"]]
     if evaluable:
         assert report["groups"]["all"]["macro_auroc"] == pytest.approx(
             sum(evaluable) / len(evaluable), abs=1e-6)
+
+
+def test_classes_with_few_positives_are_listed_not_averaged(demo_data, demo_run, demo_text,
+                                                             tmp_path):
+    report = _zs(demo_data, demo_run, demo_text, tmp_path / "few",
+                 shards=str(demo_data / "s-cinc"), classes="all", bootstrap=20,
+                 min_positives=12, control=False, permutations=0)
+    for name, group in report["groups"].items():
+        members = [c for c in report["classes"] if name == "all" or c["group"] == name]
+        few = {c["code"]: c["n_pos"] for c in members
+               if c["auroc"] is not None and c["n_pos"] < 12}
+        assert group["excluded_few_positives"] == few
+        assert set(group["classes"]) == {c["code"] for c in members
+                                         if c["auroc"] is not None and c["n_pos"] >= 12}
 
 
 def test_youden_threshold_is_labelled_optimistic(demo_data, demo_run, demo_text, tmp_path):
@@ -142,8 +174,8 @@ def test_val_z_threshold_gives_each_class_its_own_scale(demo_data, demo_run, dem
     thresholds = {c["threshold"] for c in report["classes"]}
     assert len(thresholds) > 1
     assert "no evaluated labels used" in report["provenance"]["threshold_rule"]
-    unseen = report["groups"]["unseen"]
-    assert unseen["macro_sensitivity"] is not None and 0 <= unseen["macro_f1"] <= 1
+    seen = report["groups"]["seen"]
+    assert seen["macro_sensitivity"] is not None and 0 <= seen["macro_f1"] <= 1
 
 
 def test_report_table_folds_compact():

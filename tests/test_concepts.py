@@ -1,0 +1,119 @@
+"""The concept relation table: statuses (seen / related / unseen) and closed holdouts."""
+import csv
+from importlib import resources
+
+import pytest
+from click.testing import CliRunner
+
+from ecgshard import concepts, labels
+from ecgshard.cli import main
+from ecgshard.errors import ECGShardError
+
+# PTB-XL 1.0.3's 71 SCP statements, and the diagnostic-subclass codes of subclass-level trees.
+SCP71 = ("NDT NST_ DIG LNGQT NORM IMI ASMI LVH LAFB ISC_ IRBBB 1AVB IVCD ISCAL CRBBB CLBBB ILMI "
+         "LAO/LAE AMI ALMI ISCIN INJAS LMI ISCIL LPFB ISCAS INJAL ISCLA RVH ANEUR RAO/RAE EL WPW "
+         "ILBBB IPLMI ISCAN IPMI SEHYP INJIN INJLA PMI 3AVB INJIL 2AVB ABQRS PVC STD_ VCLVH QWAVE "
+         "LOWT NT_ PAC LPR INVT LVOLT HVOLT TAB_ STE_ PRC(S) SR AFIB STACH SARRH SBRAD PACE SVARR "
+         "BIGU AFLT SVTAC PSVT TRIGU").split()
+SUBCLASS_TREE = ("ABQRS AFIB AFLT AMI BIGU CLBBB CRBBB DIG HVOLT ILBBB IMI INVT IRBBB ISCA ISCI "
+                 "ISC_ IVCD LAFB/LPFB LAO/LAE LMI LNGQT LOWT LPR LVH LVOLT NDT NORM NST_ NT_ PAC "
+                 "PACE PMI PRC(S) PSVT PVC QWAVE RAO/RAE RVH SARRH SBRAD SEHYP SR STACH STD_ STTC "
+                 "SVARR SVTAC TAB_ VCLVH WPW _AVB").split()
+CODE15 = ["1dAVb", "RBBB", "LBBB", "SB", "AF", "ST"]
+
+
+def _snomed_codes():
+    text = resources.files("ecgshard").joinpath("data/snomed_ct.csv").read_text()
+    return {row["code"] for row in csv.DictReader(text.splitlines())}
+
+
+def test_code_systems_never_collide_and_every_table_code_is_known():
+    snomed = _snomed_codes()
+    assert not set(SCP71) & snomed and not set(CODE15) & (snomed | set(SCP71))
+    graph = concepts.load()
+    known = snomed | set(SCP71) | set(SUBCLASS_TREE) | set(CODE15)
+    for e in graph.edges:
+        assert e.code in known and e.target in known, e
+        assert e.evidence, f"{e.code} {e.relation} {e.target} has no evidence"
+
+
+@pytest.mark.parametrize("code,group,via", [
+    ("164865005", "related", "AMI"),      # myocardial infarction: what IMI/AMI/... became
+    ("425419005", "seen", "ISCIN"),       # inferior ischaemia
+    ("425623009", "seen", "ISCLA"),       # lateral ischaemia
+    ("426434006", "seen", "ISCAN"),       # anterior ischaemia
+    ("164884008", "seen", "PVC"),         # ventricular ectopics
+    ("253352002", "seen", "LAO/LAE"),     # left atrial abnormality
+    ("253339007", "seen", "RAO/RAE"),     # right atrial abnormality
+    ("55827005", "seen", "VCLVH"),        # left ventricular high voltage
+    ("195060002", "related", "WPW"),      # ventricular pre-excitation
+    ("282825002", "related", "AFIB"),     # paroxysmal AF
+    ("426749004", "related", "AFIB"),     # chronic AF
+    ("314208002", "related", "AFIB"),     # rapid AF
+    ("426627000", "related", "SBRAD"),    # bradycardia
+    ("6374002", "related", "CLBBB"),      # bundle branch block
+    ("233917008", "related", "1AVB"),     # AV block
+    ("164896001", "unseen", None),        # ventricular fibrillation: nothing like it in PTB-XL
+    ("77867006", "unseen", None),         # short QT
+])
+def test_challenge_classes_get_the_status_their_concept_has(code, group, via):
+    st = concepts.load().status(code, SCP71)
+    assert (st.group, st.via) == (group, via), st.why
+
+
+def test_near_siblings_and_children_are_related_not_seen():
+    graph = concepts.load()
+    assert graph.status("IRBBB", ["CRBBB"]).group == "related"        # complete vs incomplete
+    assert graph.status("713426002", ["CRBBB"]).group == "related"
+    assert graph.status("CRBBB", ["CRBBB"]).why == "trained itself"
+    assert graph.status("LMI", ["ILMI"]).group == "related"
+    assert graph.status("PMI", ["IPMI"]).group == "related"
+    assert graph.status("LPR", ["1AVB"]).group == "related"
+    assert graph.status("SEHYP", ["LVH"]).group == "related"
+    assert graph.status("ISC_", ["ISCAL"]).group == "related"          # through subclass ISCA
+    assert graph.status("RBBB", ["CRBBB"]).group == "seen"             # CODE-15
+    assert graph.status("SB", ["CRBBB"]).group == "unseen"
+
+
+def test_holdout_closure_is_transitive_and_named_whole():
+    classes = [{"code": c} for c in SCP71]
+    # NDT -> NT_ (near) -> TAB_ (parent) -> INVT, LOWT (children): all of it, not one step
+    assert labels.resolve_holdout(["NDT"], classes, expand=True) == \
+        ["INVT", "LOWT", "NDT", "NT_", "TAB_"]
+    with pytest.raises(ECGShardError) as err:
+        labels.resolve_holdout(["NDT"], classes)
+    message = str(err.value)
+    assert "['INVT', 'LOWT', 'NDT', 'NT_', 'TAB_']" in message and "TAB_ (parent of NT_)" in message
+    mi = set(labels.resolve_holdout(["LMI"], classes, expand=True))
+    assert {"ILMI", "ALMI", "IPLMI", "PMI", "IPMI", "IMI", "AMI"} <= mi
+    assert set(labels.resolve_holdout(["ISC_"], classes, expand=True)) == \
+        {"ISC_", "ISCAL", "ISCAS", "ISCLA", "ISCAN", "ISCIN", "ISCIL"}
+    assert labels.resolve_holdout(["1AVB"], classes, expand=True) == ["1AVB", "LPR"]
+    assert labels.resolve_holdout(["CRBBB"], classes, expand=True) == ["CRBBB", "IRBBB"]
+    assert {"LVH", "SEHYP"} <= set(labels.resolve_holdout(["SEHYP"], classes, expand=True))
+    # a held-out code of one system closes over its synonyms in another
+    snomed = [{"code": "164909002"}, {"code": "733534002"}, {"code": "426783006"}]
+    assert labels.resolve_holdout(["164909002"], snomed, expand=True) == ["164909002",
+                                                                          "733534002"]
+    # a class that could not be trained (too few positives) need not be held out
+    assert labels.resolve_holdout(["1AVB"], classes, trainable=["1AVB", "SR"]) == ["1AVB"]
+
+
+@pytest.mark.parametrize("vocabulary", [SCP71, SUBCLASS_TREE])
+def test_default_holdout_is_closed(vocabulary):
+    classes = [{"code": c} for c in vocabulary]
+    default = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in vocabulary]
+    assert labels.resolve_holdout(default, classes) == sorted(default)   # no expansion needed
+
+
+def test_relations_command_explains_a_status(demo_run):
+    result = CliRunner().invoke(main, ["relations", "164865005", "LVOLT", "--run", str(demo_run)])
+    assert result.exit_code == 0, result.output
+    assert "child: 164867002, 54329005, 57054005, AMI, IMI" in result.output
+    assert "RELATED - child IMI was trained" in result.output  # the demo trains IMI, not AMI
+    assert "LVOLT\n" in result.output and "UNSEEN" in result.output
+
+
+def test_malformed_relation_rows_are_refused():
+    with pytest.raises(ECGShardError, match="row 1"):
+        concepts.read_edges(["code,system,relation,targets,evidence", "X,scp,sibling,Y,z"])
