@@ -283,7 +283,7 @@ def markdown_a(cfg, manifest, reports):
         "",
         f"Command: `{_command()}`",
         "",
-        f"Data: {manifest['n_records']} records from `{manifest['source_dir']}` "
+        f"Data: {manifest['n_records']} records from `{_where(manifest['source_dir'])}` "
         f"({manifest['fs']} Hz, {manifest['n_skipped']} skipped). Text model: "
         f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.texts}, templates "
         f"{list(cfg.templates)}). Encoder `{cfg.arch}`, loss `{cfg.loss}`, "
@@ -309,8 +309,8 @@ def markdown_a(cfg, manifest, reports):
         f"{PUBLISHED['a_heldout_macro_auroc']} |",
         f"| unseen (held-out) classes, macro AP | {_ms(unseen_ap)} | — |",
         f"| random-encoder distribution, same classes ({len(control)} encoders) | "
-        f"{_ms(control)} (range {_f(min(control) if control else None)}–"
-        f"{_f(max(control) if control else None)}) | — |",
+        + (f"{_ms(control)} (range {_f(min(control))}–{_f(max(control))})" if control else
+           f"n/a: no held-out class has {cfg.min_macro_positives} test positives") + " | — |",
         f"| splits whose unseen macro is above both nulls | {above} of {len(reports)} | — |",
         f"| trained classes, macro AUROC | {_ms(trained)} | "
         f"{PUBLISHED['a_trained_macro_auroc']} (supervised xresnet1d101: "
@@ -344,6 +344,14 @@ def markdown_a(cfg, manifest, reports):
     return "\n".join(lines)
 
 
+def _where(path):
+    """A data path as the reader of the table can use it: relative to where the command ran."""
+    import os
+
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir + os.sep + os.pardir) else rel
+
+
 def _ctrl_range(c):
     ctrl = c.get("control_auroc")
     return f"{_f(ctrl['min'])}–{_f(ctrl['max'])}" if ctrl else "—"
@@ -360,9 +368,9 @@ def markdown_b(cfg, manifest, report):
         "",
         f"Model trained on all PTB-XL classes (folds {_folds_text(cfg.train_folds)}, checkpoint "
         f"by fold {_folds_text(cfg.val_folds)}); scored on {p['n_records']} records "
-        f"({p['n_patients']} patients) of `{manifest['source_dir']}` (all folds). Text model "
-        f"`{p['text_model']}`. Every class is *seen* (a code of its concept was a PTB-XL "
-        f"training class), *related* (a parent, child or near-sibling was) or *unseen* "
+        f"({p['n_patients']} patients) of `{_where(manifest['source_dir'])}` (all folds). "
+        f"Text model `{p['text_model']}`. Every class is *seen* (a code of its concept was a "
+        f"PTB-XL training class), *related* (a parent, child or near-sibling was) or *unseen* "
         f"(nothing related was), by `ecgshard/data/concept_relations.csv`; `ecgshard "
         f"relations CODE --run RUN` says why. The headline is **unseen**. Macros over classes "
         f"with at least {p['min_positives_for_macro']} positives; 95% intervals resample "
@@ -377,7 +385,10 @@ def markdown_b(cfg, manifest, report):
         "|---|---|---|---|---|---|---|"]
     for name, published in (("unseen", PUBLISHED["b_unseen_macro_auroc"]), ("related", "—"),
                             ("seen", PUBLISHED["b_seen_macro_auroc"]), ("all", "—")):
-        if name in g:
+        if name not in g:
+            lines.append(f"| {name} | 0 | no class of this collection is {name} for this run "
+                         f"| | | | {published} |")
+        else:
             row = g[name]
             lines.append(f"| {name} | {row['n_classes']} | {_f(row['macro_auroc'])}"
                          f"{_ci(row['macro_auroc_ci'])} | {_f(row['macro_ap'])} | "
