@@ -81,15 +81,19 @@ def run(cfg: BuildConfig):
     source = Path(cfg.source_dir)
     if not source.is_dir():
         raise ECGShardError(f"source directory {source} does not exist")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".tmp-*"):
-        stale.unlink()
-
     if cfg.flat_leads not in ("skip", "keep"):
         raise ECGShardError("--flat-leads must be skip or keep")
+    out = Path(cfg.out_dir)
+    with S.exclusive_lock(out, "build"):
+        return _build(cfg, source, out)
+
+
+def _build(cfg, source, out):
+    for stale in out.glob(".tmp-*"):
+        stale.unlink()
     plan = {"ptbxl": plan_ptbxl, "cinc2021": plan_cinc2021, "sph": plan_sph,
             "code15": plan_code15}[cfg.format](cfg)
+    plan["items"] = _drop_duplicate_ids(plan["items"], plan["skipped"])
     items = sorted(plan["items"], key=lambda it: (it.fold, it.source, _natural(it.record_id)))
     if cfg.limit:
         items = items[:cfg.limit]
@@ -100,9 +104,10 @@ def run(cfg: BuildConfig):
     previous = _previous_shards(out)
     results, todo = {}, []
     for index, task in enumerate(tasks):
-        # The schema version is part of the key: a shard of an older contract is rebuilt.
+        # The key holds the schema version (a shard of an older contract is rebuilt) and the
+        # size and mtime of every source file (a repaired or rescaled record is read again).
         task_fp = S.fingerprint([S.SCHEMA_VERSION, params, [asdict(it) for it in task],
-                                 list(code_index)])
+                                 [_source_identity(it) for it in task], list(code_index)])
         old = previous.get(index)
         if old and old["task_fingerprint"] == task_fp and _shard_intact(out, old):
             results[index] = old
@@ -110,13 +115,19 @@ def run(cfg: BuildConfig):
             todo.append((index, task, task_fp))
     if results:
         log.info("resuming: %d of %d shards already built and verified", len(results), len(tasks))
+    partial = {"params": params, "shards": results}
+    if todo and (out / S.MANIFEST).exists():
+        # The old manifest describes the old shards; beside new ones it would be believed.
+        # Progress (the shards kept so far) lives in the partial manifest until the new one
+        # is complete.
+        S.write_json(out / S.PARTIAL_MANIFEST, partial)
+        (out / S.MANIFEST).unlink()
 
     from tqdm.auto import tqdm
 
     workers = cfg.workers or os.cpu_count() or 1
     bar = tqdm(total=sum(len(t) for _, t, _ in todo), unit="rec", desc="build",
                disable=None, smoothing=0.1)
-    partial = {"params": params, "shards": results}
     try:
         for res in _execute(todo, cfg, code_index, workers):
             results[res["index"]] = res
@@ -219,7 +230,8 @@ def load_record(it, cfg, spec, notes):
     sig, fs, leads, digest = read_source(it, cfg)
     if not fs or fs <= 0:
         raise BadRecordError("bad_sampling_rate", f"{it.path}: fs={fs}")
-    sig = readers.to_canonical_leads(sig, leads, it.path)
+    lead_notes = []
+    sig = readers.to_canonical_leads(sig, leads, it.path, lead_notes)
     if not np.isfinite(sig).all():
         bad = [S.LEADS[i] for i in np.flatnonzero(~np.isfinite(sig).all(axis=1))]
         raise BadRecordError("nan_values", f"{it.path}: non-finite samples in {bad}")
@@ -242,7 +254,60 @@ def load_record(it, cfg, spec, notes):
     x, length = fit_length(x, cfg.n_samples)
     if not np.isfinite(x).all() or np.abs(x).max() > 6e4:
         raise BadRecordError("out_of_range", f"{it.path}: values beyond float16 after filtering")
+    notes.extend(_skip(it, reason, detail) for reason, detail in lead_notes)
     return x.astype(np.float16), length, digest
+
+
+def _find(root, suffix):
+    """Files under ``root`` ending in ``suffix``, symlinked folders followed (a dataset is often
+    assembled from links), each real folder once."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        # A folder named like a record file is listed too: reading it becomes a named skip.
+        found += [Path(folder) / f for f in files + dirs if f.endswith(suffix)]
+    return sorted(found)
+
+
+def _read_header_text(path):
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError as exc:
+        raise BadRecordError("unreadable_header", f"{path}: {exc.strerror or exc}") from None
+
+
+def _drop_duplicate_ids(items, skipped):
+    """The first record of each id; later ones become ``duplicate_record_id`` skips. One ECG
+    listed twice could land in a training and a test fold at once."""
+    first, kept = {}, []
+    for it in items:
+        if it.record_id in first:
+            skipped.append(_skip(it, "duplicate_record_id",
+                                 f"record id {it.record_id} also at {first[it.record_id]}"))
+        else:
+            first[it.record_id] = it.path
+            kept.append(it)
+    return kept
+
+
+def _source_identity(it):
+    """(name, size, mtime_ns) of a record's files: its header or table row's file, and the
+    signal files beside it with the same stem."""
+    path = Path(it.path)
+    files = [path] + [path.with_suffix(ext) for ext in (".dat", ".mat")
+                      if path.suffix == ".hea"]
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+            out.append([f.name, st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([f.name, None, None])
+    return out
 
 
 def _skip(it, reason, detail=""):
@@ -271,23 +336,27 @@ def plan_ptbxl(cfg):
         rec_path = source / f"{row[column]}.hea"
         listed.add(rec_path.resolve())
         rec_id = str(ecg_id)
+        it = Item(record_id=rec_id, path=str(rec_path), patient_id=_id_text(row["patient_id"]),
+                  fold=readers.parse_fold(row["strat_fold"]) or 0, source="PTB-XL",
+                  age=_float_or(row.get("age")), sex=_int_or(row.get("sex"), -1))
+        try:
+            statements = readers.parse_scp_codes(row["scp_codes"], f"ecg_id {ecg_id}")
+        except BadRecordError as exc:
+            skipped.append(_skip(it, exc.reason, exc.detail))
+            continue
         # Every statement is kept with its likelihood: the shard's labels hold those at or
         # above --min-likelihood, and the rest still exclude a record when held out.
-        codes = {}
-        for code, lik in row["scp_codes"].items():
+        for code, lik in statements.items():
             if code not in known:
                 unknown[code] += 1
             else:
-                codes[code] = float(lik)
-        it = Item(record_id=rec_id, path=str(rec_path), patient_id=_id_text(row["patient_id"]),
-                  fold=_int_or(row["strat_fold"], 0), source="PTB-XL",
-                  age=_float_or(row.get("age")), sex=_int_or(row.get("sex"), -1), codes=codes)
+                it.codes[code] = lik
         if not rec_path.exists():
             skipped.append(_skip(it, "missing_record_file", f"{rec_path} listed in "
                                  f"ptbxl_database.csv does not exist"))
         elif not 1 <= it.fold <= 10:
             skipped.append(_skip(it, "no_fold", f"strat_fold={row['strat_fold']!r}"))
-        elif not any(lik >= cfg.min_likelihood for lik in codes.values()):
+        elif not any(lik >= cfg.min_likelihood for lik in it.codes.values()):
             skipped.append(_skip(it, "no_labels", f"no statement at likelihood >= "
                                  f"{cfg.min_likelihood}"))
         else:
@@ -302,7 +371,7 @@ def plan_ptbxl(cfg):
         log.warning("%d statements in ptbxl_database.csv are not in scp_statements.csv and were "
                     "ignored: %s", sum(unknown.values()), dict(unknown))
     records_dir = source / f"records{rate}"
-    for hea in sorted(records_dir.rglob("*.hea")):
+    for hea in _find(records_dir, ".hea"):
         if hea.resolve() not in listed:
             skipped.append(_orphan(hea.stem, hea, "PTB-XL", "ptbxl_database.csv"))
     if not items and not skipped:
@@ -330,28 +399,23 @@ def _ptbxl_rate(cfg, source):
 def plan_cinc2021(cfg):
     source = Path(cfg.source_dir)
     table = labels.snomed_table(cfg.dx_map)
-    heas = sorted(source.rglob("*.hea"))
+    heas = _find(source, ".hea")
     if not heas:
         raise ECGShardError(f"{source} holds no WFDB .hea files; point --format cinc2021 at the "
                             f"Challenge 2021 training/ folder (or one source inside it), which "
                             f"`ecgshard download cinc2021 DEST` fetches")
     items, skipped = [], []
     counts, unknown = Counter(), Counter()
-    seen_ids = {}
     for hea in heas:
         name = hea.stem
         src = readers.record_source_from_name(name, hea.parent.parent.name)
         it = Item(record_id=name, path=str(hea), patient_id=name, fold=readers.fold_from_id(name),
                   source=src, age=float("nan"), sex=-1)
         try:
-            hdr = readers.parse_header(hea.read_text(errors="replace"), hea)
+            hdr = readers.parse_header(_read_header_text(hea), hea)
         except BadRecordError as exc:
             skipped.append(_skip(it, exc.reason, exc.detail))
             continue
-        if name in seen_ids:
-            skipped.append(_skip(it, "duplicate_record_id", f"also at {seen_ids[name]}"))
-            continue
-        seen_ids[name] = hea
         it.age = _float_or(hdr.comments.get("Age"))
         it.sex = {"male": 0, "m": 0, "female": 1, "f": 1}.get(
             hdr.comments.get("Sex", "").strip().lower(), -1)
@@ -363,6 +427,13 @@ def plan_cinc2021(cfg):
         counts.update(list(it.codes))
         unknown.update(c for c in it.codes if c not in table)
         items.append(it)
+    with_header = {h.with_suffix(".mat") for h in heas}
+    for mat in _find(source, ".mat"):
+        if mat not in with_header:
+            skipped.append({"record_id": mat.stem, "path": str(mat),
+                            "source": readers.record_source_from_name(mat.stem,
+                                                                      mat.parent.parent.name),
+                            "reason": "no_header", "detail": f"{mat} has no .hea beside it"})
     if unknown:
         log.warning("%d labels use %d SNOMED codes that are not in the code table (kept, named by "
                     "their code): %s", sum(unknown.values()), len(unknown),
@@ -595,9 +666,16 @@ def summary_lines(manifest):
     return lines
 
 
-def inspect(shard_dir):
-    """``ecgshard inspect``: the manifest summary, one line each."""
-    return summary_lines(S.load_manifest(shard_dir))
+def inspect(shard_dir, verify=False):
+    """``ecgshard inspect``: the manifest summary, one line each; with ``verify`` every shard's
+    bytes are hashed against the manifest (a mismatch raises, naming the shard)."""
+    manifest = S.load_manifest(shard_dir)
+    lines = summary_lines(manifest)
+    if verify:
+        for path, sha256 in S.shard_checksums(shard_dir, manifest).items():
+            S.verify_shard(path, sha256, full=True)
+        lines.append(f"verified: all {len(manifest['shards'])} shards match their checksums")
+    return lines
 
 
 def _natural(name):

@@ -77,11 +77,12 @@ def build(source_dir, fmt, out, fs, seconds, min_seconds, band, no_band, notch, 
 
 @main.command()
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
-def inspect(shard_dir):
+@click.option("--verify", is_flag=True, help="Hash every shard against its manifest checksum.")
+def inspect(shard_dir, verify):
     """Print a shard directory's manifest summary."""
     from . import build as stage
 
-    for line in stage.inspect(shard_dir):
+    for line in stage.inspect(shard_dir, verify):
         click.echo(line)
 
 

@@ -98,8 +98,8 @@ def count_selection(sel):
     cols = _Columns(sel, manifest)
     kept = excluded = 0
     positives = np.zeros(len(sel.class_codes), np.int64)
-    for path in S.shard_paths(sel.shard_dir, manifest):
-        with S.open_shard(path) as f:
+    for path, sha256 in S.shard_checksums(sel.shard_dir, manifest).items():
+        with S.open_shard(path, sha256) as f:
             labels, folds, mentioned = f[S.LABELS][...], f[S.FOLD][...], S.read_mentioned(f)
         keep, out, _ = cols.apply(labels, folds, mentioned)
         in_folds = np.isin(folds, cols.folds)
@@ -114,9 +114,10 @@ def load_selection(sel, with_ids=False):
     and, with ``with_ids``, record ids, patient ids and sources."""
     manifest = S.load_manifest(sel.shard_dir)
     cols = _Columns(sel, manifest)
+    checksums = S.shard_checksums(sel.shard_dir, manifest)
     sig, lab, held, lengths, ids, patients, sources = [], [], [], [], [], [], []
     for path, start, stop in shard_blocks(sel, manifest):
-        with S.open_shard(path) as f:
+        with S.open_shard(path, checksums[path]) as f:
             block = cols.read_block(f, start, stop)
             if block is None:
                 continue
@@ -152,6 +153,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.buffer_records, self.drop_last = buffer_records, drop_last
         self.manifest = S.load_manifest(sel.shard_dir)
         self.blocks = shard_blocks(sel, self.manifest)
+        self.checksums = S.shard_checksums(sel.shard_dir, self.manifest)
         self.epoch = 0
         self._files = None
 
@@ -163,7 +165,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self._files is None:
             self._files = {}
         if path not in self._files:
-            self._files[path] = S.open_shard(path)
+            self._files[path] = S.open_shard(path, self.checksums[path])
         return self._files[path]
 
     def __iter__(self):

@@ -105,7 +105,7 @@ def plan(cfg):
     if not train_codes or n_train == 0:
         raise ECGShardError(f"empty training set: {n_train} records in folds {cfg.train_folds}, "
                             f"{len(train_codes)} classes with >= {cfg.min_positives} positives")
-    text.rows(train_codes)                       # a clear error if the text lacks any of them
+    _check_text_covers(cfg, text, train_codes, dict(zip(candidates, positives)))
     missing_text = [c for c in holdout if c not in set(text.codes)]
     if missing_text:
         log.warning("held-out classes without a text embedding cannot be scored later: %s",
@@ -119,18 +119,46 @@ def plan(cfg):
             "dropped_rare": [c for c, n in zip(candidates, positives) if n < cfg.min_positives]}
 
 
+def _check_text_covers(cfg, text, train_codes, positives):
+    """Every training class needs a text embedding; the message names the ways that work."""
+    missing = [c for c in train_codes if c not in set(text.codes)]
+    if not missing:
+        return
+    counts = {c: int(positives[c]) for c in missing}
+    raise ECGShardError(
+        f"the text matrix {cfg.text} has no embedding for {len(missing)} training classes "
+        f"(code: training positives) {counts}. embed-text leaves out codes that have no name, "
+        f"so rerunning it alone cannot help. Either name them — rebuild with `build --dx-map` "
+        f"and a table that lists them (e.g. the Challenge's dx_mapping_scored.csv,"
+        f"dx_mapping_unscored.csv), or add `embed-text --vocab CODES.csv` with columns "
+        f"code,name for them — or leave them out of training with `--min-positives "
+        f"{max(counts.values()) + 1}` (drops every class with fewer positives) or "
+        f"`--holdout {','.join(missing)}`.")
+
+
 def run(cfg: FitConfig):
     """Train; returns the summary dict also written to ``RUN_DIR/summary.json``."""
+    out = Path(cfg.out)
+    with S.exclusive_lock(out, "fit"):
+        return _train(cfg, out)
+
+
+def _train(cfg, out):
     import torch
 
     from .data import Preloaded, StreamLoader, fits_in_memory, load_selection, selection_bytes
     from .text import resolve_device
 
-    out = Path(cfg.out)
-    if out.exists() and (out / "checkpoint-last.pt").exists() and not cfg.resume:
+    if (out / "checkpoint-last.pt").exists() and not cfg.resume:
         raise ECGShardError(f"{out} already holds a run; pass --resume to continue it or choose "
                             f"another --out")
     p = plan(cfg)
+    if p["n_train"] < cfg.batch_size:
+        # Full batches only (a 3-record tail would skew BatchNorm and the contrastive loss), so
+        # a training set smaller than one batch becomes one batch rather than no step at all.
+        log.warning("only %d training records, fewer than --batch-size %d: one batch of %d per "
+                    "epoch", p["n_train"], cfg.batch_size, p["n_train"])
+        cfg = replace(cfg, batch_size=p["n_train"])
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     t = Trainer(cfg, p, device)
@@ -146,12 +174,19 @@ def run(cfg: FitConfig):
         if ck["text_sha256"] != p["text"].sha256 or ck["train_codes"] != p["train_codes"]:
             raise ECGShardError(f"{out} was trained against another text matrix or class list; "
                                 f"resume it with the same --text and holdout, or use a new --out")
-        before = json.loads((out / "classes.json").read_text()).get("shards_fingerprint")
-        if before != p["manifest"]["fingerprint"]:
-            raise ECGShardError(f"{out} was trained on shards with fingerprint {before}; "
-                                f"{cfg.shards} has {p['manifest']['fingerprint']} (rebuilt or "
-                                f"another shard set). Resume with the same shards or use a "
-                                f"new --out")
+        before = json.loads((out / "classes.json").read_text())
+        if before.get("shards_fingerprint") != p["manifest"]["fingerprint"]:
+            diffs = S.signal_path_differences(before.get("signal_path", {}),
+                                              S.signal_path(p["manifest"]))
+            if before["records"]["train"] != p["n_train"]:
+                diffs.append(f"training records: {before['records']['train']} vs "
+                             f"{p['n_train']}")
+            raise ECGShardError(
+                f"{out} was trained on other shards than {cfg.shards} (fingerprint "
+                f"{before.get('shards_fingerprint', '?')[:12]} vs "
+                f"{p['manifest']['fingerprint'][:12]}; run vs now: "
+                f"{'; '.join(diffs) or 'same signal path and counts, other shard bytes'}). "
+                f"Resume with the shards it was trained on, or use a new --out")
         state = t.restore(ck)
         log.info("resuming %s at epoch %d", out, state["epoch"])
     else:
@@ -181,6 +216,9 @@ def run(cfg: FitConfig):
         _write_heldout_check(out, state, p["holdout"], cfg.include_heldout_records)
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
+    if state["step"] == 0:
+        raise ECGShardError(f"no training step was taken ({p['n_train']} training records, "
+                            f"batch size {cfg.batch_size}); nothing in {out} is a trained model")
     summary = {"run": str(out), "best_val_macro_auroc": state["best_auroc"],
                "val_folds": list(cfg.val_folds), "train_classes": p["train_codes"],
                "holdout": p["holdout"], "text_model": p["text"].attrs.get("model_id"),

@@ -111,12 +111,14 @@ def read_wfdb(hea_path):
         raise BadRecordError("unreadable_header", f"{hea_path}: {exc}") from None
     hdr = parse_header(text, hea_path)
     digest = hashlib.sha256(text.encode())
-    if hdr.n_samples <= 0:
-        raise BadRecordError("empty_record", f"{hea_path}: header gives {hdr.n_samples} samples")
+    if hdr.n_samples < 0:
+        raise BadRecordError("unreadable_header", f"{hea_path}: {hdr.n_samples} samples")
     if len(set(hdr.files)) == 1 and set(hdr.fmts) == {16} and len(set(hdr.offsets)) == 1:
         raw = _read_fmt16(hea_path.parent / hdr.files[0], hdr, digest)
     else:
         raw = _read_with_wfdb(hea_path, hdr)
+    if raw.shape[1] == 0:
+        raise BadRecordError("empty_record", f"{hea_path}: no samples")
     gains = np.asarray(hdr.gains, dtype=np.float32)[:, None]
     baselines = np.asarray(hdr.baselines, dtype=np.float32)[:, None]
     scale = np.asarray([_unit_scale(u, hea_path) for u in hdr.units], dtype=np.float32)[:, None]
@@ -135,19 +137,58 @@ def _unit_scale(unit, path):
 
 
 def _read_fmt16(dat_path, hdr, digest):
-    try:
-        blob = dat_path.read_bytes()
-    except OSError:
-        raise BadRecordError("missing_signal_file", f"{dat_path} cannot be read") from None
+    blob = _read_signal_file(dat_path)
     digest.update(blob)
     offset = hdr.offsets[0]
-    need = offset + 2 * hdr.n_samples * hdr.n_sig
+    if dat_path.suffix == ".mat":
+        _check_mat4(blob, hdr, dat_path)
+    # WFDB reads a header without a sample count to the end of the signal file.
+    n_samples = hdr.n_samples or (len(blob) - offset) // (2 * hdr.n_sig)
+    need = offset + 2 * n_samples * hdr.n_sig
     if len(blob) < need:
         raise BadRecordError("truncated_signal", f"{dat_path}: {len(blob)} bytes, header needs "
                              f"{need}")
-    data = np.frombuffer(blob, dtype="<i2", count=hdr.n_samples * hdr.n_sig, offset=offset)
+    data = np.frombuffer(blob, dtype="<i2", count=n_samples * hdr.n_sig, offset=offset)
     # WFDB stores samples interleaved by signal: (T, n_sig) in file order.
-    return data.reshape(hdr.n_samples, hdr.n_sig).T
+    return data.reshape(n_samples, hdr.n_sig).T
+
+
+def _read_signal_file(path):
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise BadRecordError("missing_signal_file", f"{path} does not exist") from None
+    except OSError as exc:
+        raise BadRecordError("unreadable_signal", f"{path}: {exc.strerror or exc}") from None
+
+
+# MAT v4: five little-endian int32 (type MOPT, rows, columns, imaginary flag, name length),
+# the name, then the data column by column. The Challenge's "16+24" means type 30 (int16, full
+# matrix), one row per signal, one column per sample and the 4-byte name "val".
+_MAT4_INT16 = 30
+
+
+def _check_mat4(blob, hdr, path):
+    """The 24-byte MAT v4 header must describe what the WFDB header says; anything else (a
+    MAT v5 file, doubles, another shape) would be read as garbage samples."""
+    if blob[:6] == b"MATLAB" or len(blob) < 20:
+        raise BadRecordError("unreadable_signal", f"{path}: not a MAT v4 file (MAT v5 or "
+                             f"truncated); the Challenge's .mat files are MAT v4 int16")
+    mopt, rows, cols, imag, namlen = np.frombuffer(blob, "<i4", count=5)
+    problems = []
+    if mopt != _MAT4_INT16:
+        problems.append(f"type {mopt} (int16 is {_MAT4_INT16})")
+    if rows != hdr.n_sig:
+        problems.append(f"{rows} rows for {hdr.n_sig} signals")
+    if hdr.n_samples and cols != hdr.n_samples:
+        problems.append(f"{cols} columns for {hdr.n_samples} samples")
+    if imag:
+        problems.append("complex values")
+    if 20 + namlen != hdr.offsets[0]:
+        problems.append(f"data at byte {20 + namlen}, header says {hdr.offsets[0]}")
+    if problems:
+        raise BadRecordError("unreadable_signal", f"{path}: MAT v4 header does not match the "
+                             f".hea: {', '.join(problems)}")
 
 
 def _read_with_wfdb(hea_path, hdr):
@@ -164,17 +205,34 @@ def _read_with_wfdb(hea_path, hdr):
     return np.asarray(rec.d_signal, dtype=np.int64).T
 
 
-def to_canonical_leads(sig, leads, path=""):
-    """Reorder ``(L, T)`` rows to ``LEADS`` by name; a missing or unknown lead is a bad record."""
-    index = {}
+def to_canonical_leads(sig, leads, path="", notes=None):
+    """Reorder ``(L, T)`` rows to ``LEADS`` by name.
+
+    Channels beyond the 12 standard leads (PTB's Frank leads vx, vy, vz) are dropped, and a
+    lead given twice with the same samples is taken once; each appends ``(reason, detail)`` to
+    ``notes``.
+    A missing standard lead, or one given twice with different samples, is a bad record.
+    """
+    index, extra, repeated = {}, [], []
     for i, name in enumerate(leads):
         canon = canonical_lead(name)
         if canon is None:
-            raise BadRecordError("unknown_lead", f"{path}: lead name {name!r}")
-        index.setdefault(canon, i)
+            extra.append(name)
+        elif canon in index:
+            if not np.array_equal(sig[index[canon]], sig[i], equal_nan=True):
+                raise BadRecordError("duplicate_lead", f"{path}: lead {canon} twice, with "
+                                     f"different samples")
+            repeated.append(canon)
+        else:
+            index[canon] = i
     missing = [name for name in LEADS if name not in index]
     if missing:
-        raise BadRecordError("missing_lead", f"{path}: no {', '.join(missing)}")
+        what = f"; other channels: {extra}" if extra else ""
+        raise BadRecordError("missing_lead", f"{path}: no {', '.join(missing)}{what}")
+    if notes is not None and extra:
+        notes.append(("extra_channels_dropped", f"{path}: channels beyond the 12 leads: {extra}"))
+    if notes is not None and repeated:
+        notes.append(("duplicate_lead_taken_once", f"{path}: identical copies of {repeated}"))
     return sig[[index[name] for name in LEADS]]
 
 
@@ -201,13 +259,55 @@ def load_ptbxl_tables(source_dir):
     import pandas as pd
 
     source_dir = check_ptbxl_dir(source_dir)
-    db = pd.read_csv(source_dir / "ptbxl_database.csv", index_col="ecg_id")
-    for col in ("scp_codes", "strat_fold", "patient_id", "filename_lr", "filename_hr"):
+    table = source_dir / "ptbxl_database.csv"
+    try:
+        db = pd.read_csv(table)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ECGShardError(f"{table} cannot be read as a CSV table ({exc}); restore it with "
+                            f"`ecgshard download ptbxl {source_dir}` (it verifies checksums)") \
+            from None
+    for col in ("ecg_id", "scp_codes", "strat_fold", "patient_id", "filename_lr", "filename_hr"):
         if col not in db.columns:
-            raise ECGShardError(f"{source_dir / 'ptbxl_database.csv'} lacks the column {col!r}")
-    db["scp_codes"] = db["scp_codes"].apply(ast.literal_eval)
+            raise ECGShardError(f"{table} lacks the column {col!r}")
+    db = db.set_index("ecg_id")
     scp = pd.read_csv(source_dir / "scp_statements.csv", index_col=0)
     return db, scp
+
+
+def parse_scp_codes(cell, where=""):
+    """A ``scp_codes`` cell (``"{'NORM': 100.0, 'SR': 0.0}"``) -> {statement: likelihood}; a cell
+    that is not such a dict literal is a bad record, not a failed build."""
+    import ast
+
+    try:
+        codes = ast.literal_eval(str(cell))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise BadRecordError("bad_metadata", f"{where}: scp_codes {str(cell)[:60]!r} is not a "
+                             f"dict literal") from None
+    if not isinstance(codes, dict):
+        raise BadRecordError("bad_metadata", f"{where}: scp_codes is a "
+                             f"{type(codes).__name__}, not a dict")
+    out = {}
+    for code, lik in codes.items():
+        try:
+            lik = float(lik)
+        except (TypeError, ValueError):
+            raise BadRecordError("bad_metadata", f"{where}: likelihood of {code!r} is "
+                                 f"{lik!r}") from None
+        if not (isinstance(code, str) and 0 <= lik <= 100):
+            raise BadRecordError("bad_metadata", f"{where}: {code!r}: {lik} is no statement "
+                                 f"with a likelihood in 0-100")
+        out[code] = lik
+    return out
+
+
+def parse_fold(value):
+    """A fold 1..10, or None for anything else (3.7 is no fold, not fold 3)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f == int(f) and 1 <= f <= 10 else None
 
 
 def record_source_from_name(name, parent=""):

@@ -40,6 +40,7 @@ checkpoint (torch ``.pt``)
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -106,6 +107,13 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC or "No space left" in str(exc):
+            raise SchemaError(f"no space left on the device holding {path.parent} while writing "
+                              f"{path.name}; nothing kept was corrupted (files are written "
+                              f"aside and renamed when complete). Free space and rerun: the "
+                              f"stage resumes") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -177,17 +185,102 @@ def write_shard(path, arrays, attrs, compression=None):
     return digest
 
 
-def open_shard(path):
-    """Open a shard read-only after checking its schema version and shapes."""
+def open_shard(path, sha256=None):
+    """Open a shard read-only after checking its schema version and shapes, and, given the
+    manifest's ``sha256``, its bytes (``verify_shard``)."""
     import h5py
 
-    f = h5py.File(path, "r")
+    if sha256 is not None:
+        verify_shard(path, sha256)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise SchemaError(f"{path}: not a readable HDF5 shard ({exc}); `ecgshard build` with "
+                          f"the same options rebuilds damaged shards") from None
     try:
         check_shard(f, path)
     except Exception:
         f.close()
         raise
     return f
+
+
+VERIFIED_STAMPS = ".verified.json"
+_verified = {}      # (path, size, mtime_ns) -> sha256 hashed in this process
+
+
+def verify_shard(path, sha256, full=False):
+    """Refuse a shard whose bytes are not the ones its manifest names.
+
+    Hashing every shard on every open would cost a full read, so a shard is hashed once per
+    process, and a stamp ``(size, mtime_ns, sha256)`` is kept beside the shards (where the
+    directory is writable) so that later processes hash only files that changed since. Any
+    write to a shard changes its mtime; ``full`` (``inspect --verify``) hashes regardless.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SchemaError(f"{path}: the manifest lists this shard but it cannot be read "
+                          f"({exc.strerror}); rebuild with `ecgshard build`") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    stamp_file = path.parent / VERIFIED_STAMPS
+    stamps = _read_stamps(stamp_file)
+    if not full and (_verified.get(key) == sha256
+                     or stamps.get(path.name) == [st.st_size, st.st_mtime_ns, sha256]):
+        return
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise SchemaError(f"{path}: checksum {actual[:12]}... does not match the manifest's "
+                          f"{sha256[:12]}...: the shard changed after it was written. Rebuild "
+                          f"it (`ecgshard build` with the same options rebuilds only damaged "
+                          f"shards)")
+    _verified[key] = sha256
+    stamps[path.name] = [st.st_size, st.st_mtime_ns, sha256]
+    try:
+        write_json(stamp_file, stamps)
+    except OSError:                            # a read-only dataset: hash again next time
+        pass
+
+
+def _read_stamps(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def shard_checksums(shard_dir, manifest):
+    """Shard path (str) -> the sha256 its manifest names."""
+    return {str(Path(shard_dir) / s["file"]): s["sha256"] for s in manifest["shards"]}
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory, what):
+    """Hold an exclusive lock on ``directory`` (its ``.lock`` file) for the block; a second
+    process asking for it is refused at once with a message naming the holder."""
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = open(directory / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise SchemaError(f"{directory} is in use by {holder}; two {what}s into one directory "
+                          f"would mix their files. Wait for it, or use another directory")
+    try:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} ({what})")
+        lock.flush()
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
 
 
 def check_shard(f, path=""):

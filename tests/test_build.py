@@ -88,7 +88,7 @@ def test_bad_records_are_named_skips_never_lost(tmp_path):
     manifest = build.run(_cfg(src, tmp_path / "out", shard_size=5))
     by_id = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
     assert by_id == {"1": "truncated_signal", "2": "missing_signal_file", "3": "nan_values",
-                     "4": "missing_lead", "5": "unknown_lead", "6": "unreadable_header",
+                     "4": "missing_lead", "5": "missing_lead", "6": "unreadable_header",
                      "7": "flat_lead", "8": "too_short", "99999_lr": "no_metadata_row",
                      "13": "missing_record_file", "14": "no_labels"}
     assert manifest["n_records"] == 4 and manifest["n_skipped"] == 11

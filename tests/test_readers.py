@@ -69,14 +69,29 @@ def test_truncated_and_missing_signal_files(tmp_path):
     assert exc.value.reason == "missing_signal_file"
 
 
-def test_missing_and_unknown_leads():
-    sig = np.zeros((12, 10))
+def test_missing_extra_and_duplicate_leads():
+    sig = np.arange(15 * 10, dtype=float).reshape(15, 10)
+    with pytest.raises(BadRecordError) as exc:                 # V6 missing, V1 twice
+        readers.to_canonical_leads(sig[:12], list(LEADS[:11]) + ["V1"])
+    assert exc.value.reason in ("missing_lead", "duplicate_lead")
     with pytest.raises(BadRecordError) as exc:
-        readers.to_canonical_leads(sig, list(LEADS[:11]) + ["V1"])
-    assert exc.value.reason == "missing_lead"
+        readers.to_canonical_leads(sig[:12], list(LEADS[:11]) + ["X7"])
+    assert exc.value.reason == "missing_lead" and "X7" in str(exc.value)
+    # PTB's 15 channels: the 12 leads are kept, the Frank leads dropped with a note
+    notes = []
+    out = readers.to_canonical_leads(sig, list(LEADS) + ["vx", "vy", "vz"], "s0010", notes)
+    np.testing.assert_array_equal(out, sig[:12])
+    assert notes == [("extra_channels_dropped", "s0010: channels beyond the 12 leads: "
+                                                "['vx', 'vy', 'vz']")]
+    # a lead given twice: identical copies are one lead (noted), different ones a bad record
+    twice = np.vstack([sig[:12], sig[6:7]])
+    notes = []
+    out = readers.to_canonical_leads(twice, list(LEADS) + ["V1"], "r", notes)
+    np.testing.assert_array_equal(out, sig[:12])
+    assert notes[0][0] == "duplicate_lead_taken_once"
     with pytest.raises(BadRecordError) as exc:
-        readers.to_canonical_leads(sig, list(LEADS[:11]) + ["X7"])
-    assert exc.value.reason == "unknown_lead"
+        readers.to_canonical_leads(np.vstack([sig[:12], sig[7:8]]), list(LEADS) + ["V1"])
+    assert exc.value.reason == "duplicate_lead"
 
 
 @pytest.mark.parametrize("name,source", [("A0001", "CPSC2018"), ("Q0002", "CPSC-Extra"),
