@@ -87,13 +87,14 @@ def main():
                     help="records per shard; workers share out whole shards")
     args = ap.parse_args()
 
-    from ecgshard import build, readers
+    from ecgshard import build
+    from ecgshard.databases.ptbxl import load_tables
 
     work = Path(args.work)
     tree = Path(args.tree) if args.tree else work / f"ptbxl-{args.records}"
     if not args.tree:
         synthetic_tree(work, args.records)
-    db, _ = readers.load_ptbxl_tables(tree)
+    db, _ = load_tables(tree)
     column = "filename_hr" if args.rate == "500" else "filename_lr"
     paths = [tree / f"{f}.hea" for f in db[column]]
     n_base = min(args.baseline_records, len(paths))

@@ -1,8 +1,8 @@
-"""``ecgshard build``: raw PTB-XL / Challenge 2021 records -> HDF5 shards + manifest.
+"""``ecgshard build``: raw records of any registered database -> HDF5 shards + manifest.
 
-Plan (main process): list the records and their labels, folds and patients from the database's
-own metadata, sort them deterministically and cut them into shards. Work (``--workers``
-processes): each task reads, checks, resamples and filters one shard's records and writes the
+Plan (main process): the database (``ecgshard.databases``) lists the records and their labels,
+folds and patients from its own metadata; they are sorted deterministically and cut into
+shards. Work (``--workers`` processes): each task reads, checks, resamples and filters one shard's records and writes the
 shard atomically. Every record that cannot be used is a named skip in the manifest. A rerun
 keeps every finished shard whose checksum and inputs still match, so an interrupted build
 resumes where it stopped.
@@ -13,20 +13,18 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, labels, readers
+from . import __version__, databases, readers
 from . import shards as S
+from .databases.base import skip
 from .errors import BadRecordError, ECGShardError
 from .filters import FilterSpec, fit_length, preprocess
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("ptbxl", "cinc2021", "sph", "code15")
-
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -58,24 +56,9 @@ class BuildConfig:
         return int(round(self.fs * self.seconds))
 
 
-@dataclass
-class Item:
-    """One record to build: where it is and what the metadata says about it."""
-    record_id: str
-    path: str                 # .hea (WFDB), the record's .h5 (SPH), the part file (CODE-15)
-    patient_id: str
-    fold: int
-    source: str
-    age: float
-    sex: int
-    codes: dict = field(default_factory=dict)     # code -> likelihood (100 where none given)
-    index: int = -1           # row in a multi-record HDF5 file (CODE-15)
-
-
 def run(cfg: BuildConfig):
     """Build (or resume) a shard directory; returns the manifest dict."""
-    if cfg.format not in FORMATS:
-        raise ECGShardError(f"--format must be one of {FORMATS}, got {cfg.format!r}")
+    database = databases.get(cfg.format)
     if cfg.normalize not in ("mv", "zscore"):
         raise ECGShardError(f"--normalize must be mv or zscore, got {cfg.normalize!r}")
     source = Path(cfg.source_dir)
@@ -85,14 +68,13 @@ def run(cfg: BuildConfig):
         raise ECGShardError("--flat-leads must be skip or keep")
     out = Path(cfg.out_dir)
     with S.exclusive_lock(out, "build"):
-        return _build(cfg, source, out)
+        return _build(cfg, database, out)
 
 
-def _build(cfg, source, out):
+def _build(cfg, database, out):
     for stale in out.glob(".tmp-*"):
         stale.unlink()
-    plan = {"ptbxl": plan_ptbxl, "cinc2021": plan_cinc2021, "sph": plan_sph,
-            "code15": plan_code15}[cfg.format](cfg)
+    plan = database.plan(cfg)
     plan["items"] = _drop_duplicate_ids(plan["items"], plan["skipped"])
     items = sorted(plan["items"], key=lambda it: (it.fold, it.source, _natural(it.record_id)))
     if cfg.limit:
@@ -177,11 +159,11 @@ def build_shard(index, items, task_fp, cfg, code_index):
         try:
             sig, length, digest = load_record(it, cfg, spec, notes)
         except BadRecordError as exc:
-            skipped.append(_skip(it, exc.reason, exc.detail))
+            skipped.append(skip(it, exc.reason, exc.detail))
             continue
         except Exception as exc:  # a reader bug must not lose the whole build
             log.exception("unexpected error on %s", it.path)
-            skipped.append(_skip(it, "unexpected_error", f"{type(exc).__name__}: {exc}"))
+            skipped.append(skip(it, "unexpected_error", f"{type(exc).__name__}: {exc}"))
             continue
         source_digest.update(digest.encode())
         label = np.zeros(n_classes, np.uint8)
@@ -214,20 +196,10 @@ def build_shard(index, items, task_fp, cfg, code_index):
     return res
 
 
-def read_source(it, cfg):
-    """The raw record of an Item: ``(sig (L, T) mV, fs, lead names, sha256)``."""
-    if cfg.format == "sph":
-        return readers.read_sph(it.path)
-    if cfg.format == "code15":
-        return readers.read_code15(it.path, it.index)
-    sig, fs, leads, _, digest = readers.read_wfdb(it.path)
-    return sig, fs, leads, digest
-
-
 def load_record(it, cfg, spec, notes):
     """One record through the signal path: ``(float16 (12, T), valid length, source sha256)``.
     Records kept despite a problem (``--flat-leads keep``) are appended to ``notes``."""
-    sig, fs, leads, digest = read_source(it, cfg)
+    sig, fs, leads, digest = databases.get(cfg.format).read(it)
     if not fs or fs <= 0:
         raise BadRecordError("bad_sampling_rate", f"{it.path}: fs={fs}")
     lead_notes = []
@@ -243,7 +215,7 @@ def load_record(it, cfg, spec, notes):
         detail = f"{it.path}: no signal in {[S.LEADS[i] for i in flat]}"
         if cfg.flat_leads == "skip":
             raise BadRecordError("flat_lead", detail)
-        notes.append(_skip(it, "flat_lead_kept", detail))
+        notes.append(skip(it, "flat_lead_kept", detail))
     if seconds > cfg.seconds * 1.5:
         # Long records (PTB's 2-minute ones): cut the central window first, with a margin for
         # the filters, so that resampling and filtering work on what is kept.
@@ -254,30 +226,8 @@ def load_record(it, cfg, spec, notes):
     x, length = fit_length(x, cfg.n_samples)
     if not np.isfinite(x).all() or np.abs(x).max() > 6e4:
         raise BadRecordError("out_of_range", f"{it.path}: values beyond float16 after filtering")
-    notes.extend(_skip(it, reason, detail) for reason, detail in lead_notes)
+    notes.extend(skip(it, reason, detail) for reason, detail in lead_notes)
     return x.astype(np.float16), length, digest
-
-
-def _find(root, suffix):
-    """Files under ``root`` ending in ``suffix``, symlinked folders followed (a dataset is often
-    assembled from links), each real folder once."""
-    found, seen = [], set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        # A folder named like a record file is listed too: reading it becomes a named skip.
-        found += [Path(folder) / f for f in files + dirs if f.endswith(suffix)]
-    return sorted(found)
-
-
-def _read_header_text(path):
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError as exc:
-        raise BadRecordError("unreadable_header", f"{path}: {exc.strerror or exc}") from None
 
 
 def _drop_duplicate_ids(items, skipped):
@@ -286,7 +236,7 @@ def _drop_duplicate_ids(items, skipped):
     first, kept = {}, []
     for it in items:
         if it.record_id in first:
-            skipped.append(_skip(it, "duplicate_record_id",
+            skipped.append(skip(it, "duplicate_record_id",
                                  f"record id {it.record_id} also at {first[it.record_id]}"))
         else:
             first[it.record_id] = it.path
@@ -310,251 +260,6 @@ def _source_identity(it):
     return out
 
 
-def _skip(it, reason, detail=""):
-    return {"record_id": it.record_id, "path": str(it.path), "source": it.source,
-            "reason": reason, "detail": detail}
-
-
-def _orphan(record_id, path, source, table):
-    """A signal on disk that its database's metadata table does not list."""
-    return {"record_id": record_id, "path": str(path), "source": source,
-            "reason": "no_metadata_row", "detail": f"signal has no row in {table}"}
-
-
-# ---------------------------------------------------------------- plans
-
-def plan_ptbxl(cfg):
-    source = Path(cfg.source_dir)
-    db, scp = readers.load_ptbxl_tables(source)
-    classes = labels.ptbxl_vocabulary(scp)
-    known = {c["code"] for c in classes}
-    rate = _ptbxl_rate(cfg, source)
-    column = "filename_lr" if rate == 100 else "filename_hr"
-    items, skipped, listed = [], [], set()
-    unknown = Counter()
-    for ecg_id, row in db.iterrows():
-        rec_path = source / f"{row[column]}.hea"
-        listed.add(rec_path.resolve())
-        rec_id = str(ecg_id)
-        it = Item(record_id=rec_id, path=str(rec_path), patient_id=_id_text(row["patient_id"]),
-                  fold=readers.parse_fold(row["strat_fold"]) or 0, source="PTB-XL",
-                  age=_float_or(row.get("age")), sex=_int_or(row.get("sex"), -1))
-        try:
-            statements = readers.parse_scp_codes(row["scp_codes"], f"ecg_id {ecg_id}")
-        except BadRecordError as exc:
-            skipped.append(_skip(it, exc.reason, exc.detail))
-            continue
-        # Every statement is kept with its likelihood: the shard's labels hold those at or
-        # above --min-likelihood, and the rest still exclude a record when held out.
-        for code, lik in statements.items():
-            if code not in known:
-                unknown[code] += 1
-            else:
-                it.codes[code] = lik
-        if not rec_path.exists():
-            skipped.append(_skip(it, "missing_record_file", f"{rec_path} listed in "
-                                 f"ptbxl_database.csv does not exist"))
-        elif not 1 <= it.fold <= 10:
-            skipped.append(_skip(it, "no_fold", f"strat_fold={row['strat_fold']!r}"))
-        elif not any(lik >= cfg.min_likelihood for lik in it.codes.values()):
-            skipped.append(_skip(it, "no_labels", f"no statement at likelihood >= "
-                                 f"{cfg.min_likelihood}"))
-        else:
-            items.append(it)
-    n_missing = sum(s["reason"] == "missing_record_file" for s in skipped)
-    if n_missing:
-        log.warning("%d of %d records listed in ptbxl_database.csv are missing from records%d/: "
-                    "the directory is not a complete database. `ecgshard download ptbxl %s "
-                    "--rate %d` completes it (it resumes and verifies checksums)", n_missing,
-                    len(db), rate, source, rate)
-    if unknown:
-        log.warning("%d statements in ptbxl_database.csv are not in scp_statements.csv and were "
-                    "ignored: %s", sum(unknown.values()), dict(unknown))
-    records_dir = source / f"records{rate}"
-    for hea in _find(records_dir, ".hea"):
-        if hea.resolve() not in listed:
-            skipped.append(_orphan(hea.stem, hea, "PTB-XL", "ptbxl_database.csv"))
-    if not items and not skipped:
-        raise ECGShardError(f"{source}: ptbxl_database.csv lists no records")
-    return {"classes": classes, "items": items, "skipped": skipped,
-            "unknown_codes": dict(unknown), "rate": rate,
-            "checksums": {f: S.sha256_file(source / f) for f in readers.PTBXL_FILES}}
-
-
-def _ptbxl_rate(cfg, source):
-    if cfg.ptbxl_rate in ("100", "500"):
-        rate = int(cfg.ptbxl_rate)
-    else:
-        have = [r for r in (100, 500) if (source / f"records{r}").is_dir()]
-        if not have:
-            raise ECGShardError(f"{source} has neither records100/ nor records500/; get them "
-                                f"with `ecgshard download ptbxl {source} --rate 100` (or 500)")
-        # The rate that needs no resampling, else the higher one (resampling down is exact).
-        rate = cfg.fs if cfg.fs in have else max(have)
-    if not (source / f"records{rate}").is_dir():
-        raise ECGShardError(f"{source / f'records{rate}'} does not exist")
-    return rate
-
-
-def plan_cinc2021(cfg):
-    source = Path(cfg.source_dir)
-    table = labels.snomed_table(cfg.dx_map)
-    heas = _find(source, ".hea")
-    if not heas:
-        raise ECGShardError(f"{source} holds no WFDB .hea files; point --format cinc2021 at the "
-                            f"Challenge 2021 training/ folder (or one source inside it), which "
-                            f"`ecgshard download cinc2021 DEST` fetches")
-    items, skipped = [], []
-    counts, unknown = Counter(), Counter()
-    for hea in heas:
-        name = hea.stem
-        src = readers.record_source_from_name(name, hea.parent.parent.name)
-        it = Item(record_id=name, path=str(hea), patient_id=name, fold=readers.fold_from_id(name),
-                  source=src, age=float("nan"), sex=-1)
-        try:
-            hdr = readers.parse_header(_read_header_text(hea), hea)
-        except BadRecordError as exc:
-            skipped.append(_skip(it, exc.reason, exc.detail))
-            continue
-        it.age = _float_or(hdr.comments.get("Age"))
-        it.sex = {"male": 0, "m": 0, "female": 1, "f": 1}.get(
-            hdr.comments.get("Sex", "").strip().lower(), -1)
-        dx = [c.strip() for c in hdr.comments.get("Dx", "").split(",") if c.strip()]
-        if not dx:
-            skipped.append(_skip(it, "no_labels", "header has no #Dx codes"))
-            continue
-        it.codes = {c: 100.0 for c in dx}
-        counts.update(list(it.codes))
-        unknown.update(c for c in it.codes if c not in table)
-        items.append(it)
-    with_header = {h.with_suffix(".mat") for h in heas}
-    for mat in _find(source, ".mat"):
-        if mat not in with_header:
-            skipped.append({"record_id": mat.stem, "path": str(mat),
-                            "source": readers.record_source_from_name(mat.stem,
-                                                                      mat.parent.parent.name),
-                            "reason": "no_header", "detail": f"{mat} has no .hea beside it"})
-    if unknown:
-        log.warning("%d labels use %d SNOMED codes that are not in the code table (kept, named by "
-                    "their code): %s", sum(unknown.values()), len(unknown),
-                    dict(unknown.most_common(10)))
-    classes = labels.snomed_vocabulary(table, counts)
-    checksums = {}
-    if cfg.dx_map:
-        checksums = {p: S.sha256_file(p) for p in str(cfg.dx_map).split(",")}
-    return {"classes": classes, "items": items, "skipped": skipped,
-            "unknown_codes": dict(unknown), "rate": None, "checksums": checksums}
-
-
-def _read_csv(path, what):
-    import pandas as pd
-
-    if not Path(path).exists():
-        raise ECGShardError(f"{path} does not exist: {what}")
-    return pd.read_csv(path)
-
-
-def _coded_vocabulary(names, counts, unknown_note):
-    """Classes of a dataset with its own code table: every table entry, then unknown codes."""
-    classes = [{"code": c, "name": n, "known": True} for c, n in names.items()]
-    classes += [{"code": c, "name": c, "known": False} for c in sorted(counts)
-                if c not in names]
-    if any(not c["known"] for c in classes):
-        log.warning("%s: %s", unknown_note, {c["code"]: counts[c["code"]] for c in classes
-                                             if not c["known"]})
-    return classes
-
-
-def plan_sph(cfg):
-    """SPH (Shandong): ``metadata.csv`` (ECG_ID, AHA_Code, Patient_ID, Age, Sex, N, Date),
-    ``code.csv`` (Code, Description) and ``records/<ECG_ID>.h5``. Labels are the primary AHA
-    statements of ``AHA_Code`` (``;``-separated; modifiers after ``+`` are dropped)."""
-    source = Path(cfg.source_dir)
-    meta = _read_csv(source / "metadata.csv", "the SPH metadata table")
-    table = _read_csv(source / "code.csv", "the SPH AHA code table")
-    for col in ("ECG_ID", "AHA_Code", "Patient_ID"):
-        if col not in meta.columns:
-            raise ECGShardError(f"{source / 'metadata.csv'} lacks the column {col!r}")
-    names = {str(c).strip(): str(d).strip() for c, d in zip(table["Code"], table["Description"])}
-    items, skipped, counts, listed = [], [], Counter(), set()
-    for _, row in meta.iterrows():
-        rec = str(row["ECG_ID"]).strip()
-        path = source / "records" / f"{rec}.h5"
-        listed.add(rec)
-        codes = {part.split("+")[0].strip(): 100.0 for part in str(row["AHA_Code"]).split(";")
-                 if part.split("+")[0].strip() not in ("", "nan")}
-        it = Item(record_id=rec, path=str(path), patient_id=_id_text(row["Patient_ID"]),
-                  fold=readers.fold_from_id(_id_text(row["Patient_ID"])), source="SPH",
-                  age=_float_or(row.get("Age")),
-                  sex={"M": 0, "F": 1}.get(str(row.get("Sex", "")).strip().upper(), -1),
-                  codes=codes)
-        if not path.exists():
-            skipped.append(_skip(it, "missing_signal_file", f"{path} listed in metadata.csv "
-                                 f"does not exist"))
-        elif not codes:
-            skipped.append(_skip(it, "no_labels", "empty AHA_Code"))
-        else:
-            counts.update(list(codes))
-            items.append(it)
-    for h5 in sorted((source / "records").glob("*.h5")):
-        if h5.stem not in listed:
-            skipped.append(_orphan(h5.stem, h5, "SPH", "metadata.csv"))
-    classes = _coded_vocabulary(names, counts, "AHA codes not in code.csv (kept by code)")
-    return {"classes": classes, "items": items, "skipped": skipped,
-            "unknown_codes": {c["code"]: counts[c["code"]] for c in classes if not c["known"]},
-            "rate": None, "checksums": {f: S.sha256_file(source / f)
-                                        for f in ("metadata.csv", "code.csv")}}
-
-
-def plan_code15(cfg):
-    """CODE-15%: ``exams.csv`` (exam_id, patient_id, age, is_male, the six label columns,
-    trace_file) and ``exams_part*.hdf5`` (``tracings`` (N, 4096, 12), ``exam_id`` (N,)).
-    The six labels are definitive 0/1, so an exam with none is a negative, not unlabelled."""
-    import h5py
-
-    source = Path(cfg.source_dir)
-    exams = _read_csv(source / "exams.csv", "the CODE-15 exam table")
-    label_cols = [c for c, _ in readers.CODE15_CLASSES]
-    missing = [c for c in ["exam_id", "patient_id", "trace_file"] + label_cols
-               if c not in exams.columns]
-    if missing:
-        raise ECGShardError(f"{source / 'exams.csv'} lacks the columns {missing}")
-    where = {}
-    for part in sorted(source.glob("exams_part*.hdf5")):
-        try:
-            with h5py.File(part, "r") as f:
-                ids = f["exam_id"][...]
-        except (OSError, KeyError) as exc:
-            raise ECGShardError(f"{part}: not a CODE-15 part file ({exc})") from None
-        for i, exam in enumerate(ids):
-            where[int(exam)] = (part.name, i)
-    items, skipped, counts, listed = [], [], Counter(), set()
-    for _, row in exams.iterrows():
-        exam = int(row["exam_id"])
-        listed.add(exam)
-        codes = {c: 100.0 for c in label_cols if str(row[c]).strip().lower() in ("true", "1")}
-        found = where.get(exam)
-        it = Item(record_id=str(exam), path=str(source / str(row["trace_file"])),
-                  patient_id=_id_text(row["patient_id"]),
-                  fold=readers.fold_from_id(_id_text(row["patient_id"])), source="CODE-15",
-                  age=_float_or(row.get("age")),
-                  sex={"true": 0, "false": 1}.get(str(row.get("is_male")).strip().lower(), -1),
-                  codes=codes)
-        if found is None or found[0] != str(row["trace_file"]):
-            skipped.append(_skip(it, "missing_signal_file",
-                                 f"exam {exam} is not in {row['trace_file']}"))
-            continue
-        it.index = found[1]
-        counts.update(list(codes))
-        items.append(it)
-    for exam, (part, i) in where.items():
-        if exam not in listed:
-            skipped.append(_orphan(str(exam), f"{source / part}[{i}]", "CODE-15", "exams.csv"))
-    classes = [{"code": c, "name": n, "known": True} for c, n in readers.CODE15_CLASSES]
-    return {"classes": classes, "items": items, "skipped": skipped, "unknown_codes": {},
-            "rate": None, "checksums": {"exams.csv": S.sha256_file(source / "exams.csv")}}
-
-
 # ---------------------------------------------------------------- manifest and resume
 
 def _params(cfg):
@@ -567,17 +272,9 @@ def _params(cfg):
     p["resampling"] = "scipy.signal.resample_poly (polyphase, Kaiser anti-aliasing)"
     p["length_rule"] = ("central window of `seconds`; shorter records zero-padded at the end, "
                         "valid length stored")
-    p["label_rule"] = {
-        "ptbxl": f"a statement is a label when present with likelihood >= {cfg.min_likelihood}",
-        "cinc2021": "every SNOMED CT code in #Dx is a label",
-        "sph": "every primary AHA statement of AHA_Code (modifiers after '+' dropped)",
-        "code15": "the six exams.csv label columns; an exam with none is negative for all"}[
-            cfg.format]
-    p["fold_rule"] = {
-        "ptbxl": "PTB-XL strat_fold (patient-wise)",
-        "cinc2021": "1 + sha256(record name) mod 10 (Challenge headers carry no patient id)",
-        "sph": "1 + sha256(Patient_ID) mod 10 (patient-wise)",
-        "code15": "1 + sha256(patient_id) mod 10 (patient-wise)"}[cfg.format]
+    database = databases.get(cfg.format)
+    p["label_rule"] = database.label_rule(cfg)
+    p["fold_rule"] = database.fold_rule
     return p
 
 
@@ -681,25 +378,3 @@ def inspect(shard_dir, verify=False):
 def _natural(name):
     digits = "".join(ch for ch in name if ch.isdigit())
     return (name.rstrip("0123456789"), int(digits) if digits else 0, name)
-
-
-def _id_text(value):
-    try:
-        f = float(value)
-        return str(int(f)) if f == int(f) else str(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _int_or(value, default):
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return default
-
-
-def _float_or(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")

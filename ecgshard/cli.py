@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from .databases import DATABASES
+from .download import downloadable
 from .errors import ECGShardError
 
 
@@ -31,8 +33,8 @@ def main(verbose, quiet):
 
 @main.command()
 @click.argument("source_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["ptbxl", "cinc2021", "sph", "code15"]),
-              required=True)
+@click.option("--format", "fmt", type=click.Choice(sorted(DATABASES)), required=True,
+              help="The source database (ecgshard/databases/).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
 @click.option("--fs", default=100, show_default=True, help="Target sampling rate, Hz.")
 @click.option("--seconds", default=10.0, show_default=True, help="Samples kept per record / fs.")
@@ -88,18 +90,15 @@ def inspect(shard_dir, verify):
 
 @main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["ptbxl", "cinc2021"]), required=True)
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(sorted(n for n, db in DATABASES.items() if db.synthetic)))
 @click.option("-n", "--records", default=500, show_default=True,
-              help="PTB-XL: records; Challenge: records per source.")
+              help="; ".join(f"{n}: {db.synthetic}" for n, db in DATABASES.items()
+                             if db.synthetic) + ".")
 @click.option("--seed", default=0, show_default=True)
 def synth(out_dir, fmt, records, seed):
-    """Write deterministic synthetic records in the PTB-XL or Challenge 2021 layout."""
-    from . import synth as stage
-
-    if fmt == "ptbxl":
-        rows = stage.write_ptbxl(out_dir, n_records=records, seed=seed)
-    else:
-        rows = stage.write_cinc2021(out_dir, n_per_source=records, seed=seed)
+    """Write deterministic synthetic records in a database's own layout (the demo data)."""
+    rows = DATABASES[fmt].write_synthetic(out_dir, records, seed)
     click.echo(f"wrote {len(rows)} synthetic records to {out_dir}")
 
 
@@ -297,7 +296,7 @@ def report(report_dirs):
 
 
 @main.command()
-@click.argument("database", type=click.Choice(["ptbxl", "cinc2021"]))
+@click.argument("database", type=click.Choice(downloadable()))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--version", "db_version", default=None, help="Database version (PTB-XL 1.0.3, "
               "Challenge 2021 1.0.3 by default).")

@@ -17,16 +17,18 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import databases
 from .errors import ECGShardError
 from .shards import sha256_file
 
 log = logging.getLogger(__name__)
 
-DATABASES = {
-    "ptbxl": ("https://physionet.org/files/ptb-xl/{version}/", "1.0.3"),
-    "cinc2021": ("https://physionet.org/files/challenge-2021/{version}/", "1.0.3"),
-}
 SUMS = "SHA256SUMS.txt"
+
+
+def downloadable():
+    """The registered databases with a PhysioNet file tree to fetch."""
+    return sorted(name for name, db in databases.DATABASES.items() if db.download_url)
 
 
 @dataclass(frozen=True)
@@ -46,22 +48,15 @@ class DownloadConfig:
 def base_url(cfg):
     if cfg.base_url:
         return cfg.base_url.rstrip("/") + "/"
-    if cfg.database not in DATABASES:
-        raise ECGShardError(f"unknown database {cfg.database!r}; choose from {list(DATABASES)}")
-    template, default = DATABASES[cfg.database]
-    return template.format(version=cfg.version or default)
+    if cfg.database not in downloadable():
+        raise ECGShardError(f"ecgshard downloads {downloadable()}, not {cfg.database!r}")
+    db = databases.get(cfg.database)
+    return db.download_url.format(version=cfg.version or db.download_version)
 
 
 def wanted(cfg, path):
     """Whether a file of the database is needed for a build with these options."""
-    parts = path.split("/")
-    if cfg.database == "ptbxl":
-        if parts[0].startswith("records"):
-            return cfg.rate == "all" or parts[0] == f"records{cfg.rate}"
-        return True
-    if parts[0] == "training" and len(parts) > 2 and cfg.sources:
-        return parts[1] in cfg.sources
-    return True
+    return databases.get(cfg.database).wanted(path, cfg)
 
 
 def parse_sums(text):

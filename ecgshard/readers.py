@@ -1,4 +1,5 @@
-"""Readers of raw records: WFDB headers and signals, PTB-XL and Challenge 2021 indexes.
+"""Readers of raw WFDB records (headers, format-16 and MAT v4 signals, leads by name) and the
+id-hashed fold rule; what is particular to one database lives in ``ecgshard.databases``.
 
 A reader returns ``(sig, fs, lead_names)`` with ``sig`` float32 ``(n_leads, T)`` in millivolts.
 Format-16 signals (every PTB-XL record, and every Challenge ``.mat``, whose header says
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadRecordError, ECGShardError
+from .errors import BadRecordError
 from .shards import LEADS
 
 log = logging.getLogger(__name__)
@@ -236,151 +237,8 @@ def to_canonical_leads(sig, leads, path="", notes=None):
     return sig[[index[name] for name in LEADS]]
 
 
-# ---------------------------------------------------------------- PTB-XL
-
-PTBXL_FILES = ("ptbxl_database.csv", "scp_statements.csv")
-
-
-def check_ptbxl_dir(source_dir):
-    source_dir = Path(source_dir)
-    missing = [f for f in PTBXL_FILES if not (source_dir / f).exists()]
-    if missing:
-        raise ECGShardError(
-            f"{source_dir} is not a PTB-XL directory: {', '.join(missing)} missing. Get PTB-XL "
-            f"1.0.3 with `ecgshard download ptbxl DEST` (checksum-verified, resumable) and "
-            f"point `ecgshard build` at DEST, the folder that holds ptbxl_database.csv")
-    return source_dir
-
-
-def load_ptbxl_tables(source_dir):
-    """The two PTB-XL CSVs as pandas frames, ``scp_codes`` parsed into dicts."""
-    import ast
-
-    import pandas as pd
-
-    source_dir = check_ptbxl_dir(source_dir)
-    table = source_dir / "ptbxl_database.csv"
-    try:
-        db = pd.read_csv(table)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ECGShardError(f"{table} cannot be read as a CSV table ({exc}); restore it with "
-                            f"`ecgshard download ptbxl {source_dir}` (it verifies checksums)") \
-            from None
-    for col in ("ecg_id", "scp_codes", "strat_fold", "patient_id", "filename_lr", "filename_hr"):
-        if col not in db.columns:
-            raise ECGShardError(f"{table} lacks the column {col!r}")
-    db = db.set_index("ecg_id")
-    scp = pd.read_csv(source_dir / "scp_statements.csv", index_col=0)
-    return db, scp
-
-
-def parse_scp_codes(cell, where=""):
-    """A ``scp_codes`` cell (``"{'NORM': 100.0, 'SR': 0.0}"``) -> {statement: likelihood}; a cell
-    that is not such a dict literal is a bad record, not a failed build."""
-    import ast
-
-    try:
-        codes = ast.literal_eval(str(cell))
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        raise BadRecordError("bad_metadata", f"{where}: scp_codes {str(cell)[:60]!r} is not a "
-                             f"dict literal") from None
-    if not isinstance(codes, dict):
-        raise BadRecordError("bad_metadata", f"{where}: scp_codes is a "
-                             f"{type(codes).__name__}, not a dict")
-    out = {}
-    for code, lik in codes.items():
-        try:
-            lik = float(lik)
-        except (TypeError, ValueError):
-            raise BadRecordError("bad_metadata", f"{where}: likelihood of {code!r} is "
-                                 f"{lik!r}") from None
-        if not (isinstance(code, str) and 0 <= lik <= 100):
-            raise BadRecordError("bad_metadata", f"{where}: {code!r}: {lik} is no statement "
-                                 f"with a likelihood in 0-100")
-        out[code] = lik
-    return out
-
-
-def parse_fold(value):
-    """A fold 1..10, or None for anything else (3.7 is no fold, not fold 3)."""
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(f) if f == int(f) and 1 <= f <= 10 else None
-
-
-def record_source_from_name(name, parent=""):
-    """Challenge 2021 source database from a record name (the prefixes are the Challenge's)."""
-    prefixes = (("HR", "PTB-XL"), ("JS", None), ("A", "CPSC2018"), ("Q", "CPSC-Extra"),
-                ("I", "INCART"), ("S", "PTB"), ("E", "Georgia"))
-    for prefix, source in prefixes:
-        if name.startswith(prefix) and name[len(prefix):].isdigit():
-            if source is None:
-                # Chapman-Shaoxing is JS00001-JS10646; Ningbo continues the numbering.
-                return "Chapman-Shaoxing" if int(name[2:]) <= 10646 else "Ningbo"
-            return source
-    return parent or "unknown"
-
+# ---------------------------------------------------------------- folds
 
 def fold_from_id(key, n_folds=10):
     """Deterministic fold 1..n_folds from an id (sha256, so it is stable across machines)."""
     return int(hashlib.sha256(str(key).encode()).hexdigest(), 16) % n_folds + 1
-
-
-# ---------------------------------------------------------------- HDF5-native databases
-
-SPH_FS = 500.0
-CODE15_FS = 400.0
-# CODE-15's six labels (exams.csv columns) and their names.
-CODE15_CLASSES = (("1dAVb", "1st degree AV block"), ("RBBB", "right bundle branch block"),
-                  ("LBBB", "left bundle branch block"), ("SB", "sinus bradycardia"),
-                  ("AF", "atrial fibrillation"), ("ST", "sinus tachycardia"))
-_h5_cache = {}
-
-
-def _h5(path):
-    """An open read-only HDF5 file, kept open per process (build workers read many records
-    from one CODE-15 part file)."""
-    import h5py
-
-    f = _h5_cache.get(path)
-    if f is None:
-        try:
-            f = _h5_cache[path] = h5py.File(path, "r")
-        except OSError as exc:
-            raise BadRecordError("unreadable_signal", f"{path}: {exc}") from None
-    return f
-
-
-def read_sph(path):
-    """One SPH record: ``records/<ECG_ID>.h5`` with ``ecg`` (12, N) in mV at 500 Hz, leads in
-    the standard order. Returns (sig, fs, leads, sha256 of the samples)."""
-    path = Path(path)
-    if not path.exists():
-        raise BadRecordError("missing_signal_file", f"{path} does not exist")
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            sig = np.asarray(f["ecg"][...], dtype=np.float32)
-    except (OSError, KeyError) as exc:
-        raise BadRecordError("unreadable_signal", f"{path}: {exc}") from None
-    if sig.ndim != 2 or sig.shape[0] != 12:
-        raise BadRecordError("missing_lead", f"{path}: ecg has shape {sig.shape}, not (12, N)")
-    return sig, SPH_FS, list(LEADS), hashlib.sha256(sig.tobytes()).hexdigest()
-
-
-def read_code15(path, index):
-    """One CODE-15 exam: row ``index`` of ``tracings`` (N, 4096, 12), in mV at 400 Hz, with the
-    zero padding the dataset adds on both sides removed. Returns (sig, fs, leads, sha256)."""
-    f = _h5(str(path))
-    try:
-        trace = np.asarray(f["tracings"][index], dtype=np.float32).T      # (12, 4096)
-    except (KeyError, IndexError, OSError) as exc:
-        raise BadRecordError("unreadable_signal", f"{path}[{index}]: {exc}") from None
-    nonzero = np.flatnonzero(np.any(trace != 0, axis=0))
-    if not len(nonzero):
-        raise BadRecordError("empty_record", f"{path}[{index}]: all samples are zero")
-    trace = trace[:, nonzero[0]:nonzero[-1] + 1]
-    return trace, CODE15_FS, list(LEADS), hashlib.sha256(trace.tobytes()).hexdigest()

@@ -5,6 +5,7 @@ from scipy.io import loadmat
 
 from conftest import wrsamp
 from ecgshard import readers, synth
+from ecgshard.databases.cinc2021 import record_source_from_name
 from ecgshard.errors import BadRecordError
 from ecgshard.shards import LEADS
 
@@ -99,7 +100,7 @@ def test_missing_extra_and_duplicate_leads():
                                          ("HR21837", "PTB-XL"), ("E10344", "Georgia"),
                                          ("JS10646", "Chapman-Shaoxing"), ("JS10647", "Ningbo")])
 def test_challenge_sources_from_record_names(name, source):
-    assert readers.record_source_from_name(name) == source
+    assert record_source_from_name(name) == source
 
 
 def test_fold_from_id_is_stable_and_spread():
