@@ -123,9 +123,11 @@ def _fit(cfg, shards, text_file, runs, name, holdout):
 
 def run_key(fc):
     """What makes two runs the same: the fit config (but where it is written and whether it
-    resumed), the shards' fingerprint and the text matrix's content hash."""
+    resumed), the shards' fingerprint, the text matrix's content hash and the checkpoint
+    format (a run this ecgshard cannot load is no run to reuse)."""
     config = {k: v for k, v in asdict(fc).items() if k not in ("out", "resume")}
     return {"config": json.loads(json.dumps(config)),
+            "checkpoint_schema": S.CHECKPOINT_SCHEMA_VERSION,
             "shards_fingerprint": S.load_manifest(fc.shards)["fingerprint"],
             "text_sha256": S.read_text_matrix(fc.text).sha256}
 

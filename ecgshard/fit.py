@@ -8,7 +8,6 @@ classes, and last), all written atomically; ``--resume`` continues from the last
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ import numpy as np
 
 from . import labels as L
 from . import shards as S
+from .device import autocast
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,6 @@ class FitConfig:
     max_steps: int | None = None             # stop early (smoke runs, benchmarks)
     compile: bool = False
     learn_class_embeddings: bool = False     # supervised reference: not a zero-shot model
-
-
-def autocast(device, enabled):
-    """bf16 autocast on CUDA; a no-op context elsewhere (CPU autocast would slow convs)."""
-    import torch
-
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def resolve_holdout(cfg, classes, trainable):
@@ -147,7 +138,7 @@ def _train(cfg, out):
     import torch
 
     from .data import Preloaded, StreamLoader, fits_in_memory, load_selection, selection_bytes
-    from .text import resolve_device
+    from .device import resolve_device
 
     if (out / "checkpoint-last.pt").exists() and not cfg.resume:
         raise ECGShardError(f"{out} already holds a run; pass --resume to continue it or choose "
@@ -191,15 +182,15 @@ def _train(cfg, out):
         log.info("resuming %s at epoch %d", out, state["epoch"])
     else:
         out.mkdir(parents=True, exist_ok=True)
-        _write_run_files(out, cfg, p, t.model_cfg, use_preload)
+        _write_run_files(out, cfg, p, t.encoder_cfg, use_preload)
 
     log.info("training %s/%s on %s: %d records, %d classes, held out %s (%d train records "
              "excluded)", cfg.arch, cfg.loss, device, p["n_train"], len(p["train_codes"]),
              p["holdout"], p["excluded"]["train"])
     for epoch in range(state["epoch"], cfg.epochs):
         record = t.train_epoch(train, epoch, state)
-        record["val_macro_auroc"] = val_auroc = evaluate(t.model, val, device, cfg.amp,
-                                                         t.class_emb().detach())
+        record["val_macro_auroc"] = val_auroc = evaluate(t.model.encoder, val, device, cfg.amp,
+                                                         t.model.class_emb().detach())
         state["epoch"] = epoch + 1
         is_best = val_auroc > state["best_auroc"] or not (out / "checkpoint-best.pt").exists()
         if is_best:
@@ -235,30 +226,20 @@ class Trainer:
         import torch
 
         from .losses import build_loss
-        from .models import build_model
+        from .models import EncoderConfig, ZeroShotModel
 
         self.cfg, self.p, self.device = cfg, p, device
-        self.text_emb = torch.from_numpy(p["text"].emb[p["text"].rows(p["train_codes"])]).to(
-            device)
-        self.model_cfg = {"arch": cfg.arch, "n_samples": p["manifest"]["n_samples"],
-                          "text_dim": int(self.text_emb.shape[1]), "proj_hidden": 512,
-                          "input_scale": 1.0, "fs": p["manifest"]["fs"]}
-        self.model = build_model(self.model_cfg).to(device)
-        self.loss_fn = build_loss(cfg.loss).to(device)
-        # Weight decay would pull the learned temperature and bias towards zero, which is a
-        # prior on the loss's calibration, not a regulariser of the encoder (open_clip does
-        # the same): they get none.
-        groups = [{"params": list(self.model.parameters())},
-                  {"params": list(self.loss_fn.parameters()), "weight_decay": 0.0}]
-        self.class_param = None
+        text_emb = torch.from_numpy(p["text"].emb[p["text"].rows(p["train_codes"])])
+        self.encoder_cfg = EncoderConfig(arch=cfg.arch, n_samples=p["manifest"]["n_samples"],
+                                         text_dim=int(text_emb.shape[1]),
+                                         fs=p["manifest"]["fs"])
+        self.model = ZeroShotModel(self.encoder_cfg, text_emb,
+                                   learn_class_emb=cfg.learn_class_embeddings).to(device)
         if cfg.learn_class_embeddings:
-            # The supervised reference: the same encoder and loss, but the class vectors train
-            # too (initialised at the text embeddings): nothing ties a class to its text.
-            self.class_param = torch.nn.Parameter(self.text_emb.clone())
-            groups[0]["params"].append(self.class_param)
             log.warning("--learn-class-embeddings: a supervised reference run; it cannot score "
                         "unseen classes and zeroshot refuses it")
-        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.loss_fn = build_loss(cfg.loss)
+        self.opt = torch.optim.AdamW(self.model.param_groups(cfg.weight_decay), lr=cfg.lr)
         self.steps_per_epoch = max(1, p["n_train"] // cfg.batch_size)
         total = cfg.epochs * self.steps_per_epoch
         warm = max(1, int(cfg.warmup * total))
@@ -269,14 +250,7 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
-
-    def class_emb(self):
-        import torch
-
-        if self.class_param is not None:
-            return torch.nn.functional.normalize(self.class_param, dim=-1)
-        return self.text_emb
+        self.encode = torch.compile(self.model.encoder) if cfg.compile else self.model.encoder
 
     def train_epoch(self, train, epoch, state):
         """One pass over the training batches; updates ``state``, returns the epoch's log."""
@@ -302,8 +276,9 @@ class Trainer:
             if cfg.augment:
                 x = augment(x, gen)
             with autocast(self.device, cfg.amp):
-                emb = self.forward(x, batch["length"])      # (B, 12, T) -> (B, D)
-            loss = self.loss_fn(emb, self.class_emb(), batch["labels"])
+                emb = self.encode(x, batch["length"])       # (B, 12, T) -> (B, D)
+            loss = self.loss_fn(emb, self.model.class_emb(), batch["labels"], self.model.scale(),
+                                self.model.logit_bias)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -319,41 +294,41 @@ class Trainer:
                             rec_s=f"{n_seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         elapsed = time.perf_counter() - t0
-        scale = getattr(self.loss_fn, "logit_scale", None)
         return {"epoch": epoch + 1, "step": state["step"],
                 "loss": float(np.mean(losses)) if losses else float("nan"),
                 "samples_per_s": n_seen / elapsed if elapsed else 0.0,
                 "data_wait_fraction": waited / elapsed if elapsed else 0.0,
                 "lr": self.sched.get_last_lr()[0], "seconds": elapsed,
-                "logit_scale": float(scale.detach().exp()) if scale is not None else None}
+                "logit_scale": float(self.model.scale().detach())}
 
     def checkpoint(self, state, val_auroc):
-        p = self.p
-        return {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "state": state, "model_config": self.model_cfg, "loss_name": self.cfg.loss,
+        p, learned = self.p, self.model.learned_class_emb
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "state": state,
+                "model_config": asdict(self.encoder_cfg), "loss_name": self.cfg.loss,
                 "train_codes": p["train_codes"], "holdout": p["holdout"],
-                "text_sha256": p["text"].sha256, "text_emb_train": self.text_emb.cpu().numpy(),
-                "learned_class_emb": self.class_param.detach().cpu().numpy()
-                if self.class_param is not None else None,
+                "text_sha256": p["text"].sha256,
+                "text_emb_train": p["text"].emb[p["text"].rows(p["train_codes"])],
+                "learned_class_emb": None if learned is None else learned.detach().cpu().numpy(),
                 "text_model": p["text"].attrs.get("model_id"), "config": asdict(self.cfg),
                 "val_macro_auroc": val_auroc}
 
     def restore(self, ck):
-        import torch
-
+        stored = ck["model_config"]
+        differs = [f"{k}: {stored.get(k)!r} vs {v!r}" for k, v in asdict(self.encoder_cfg).items()
+                   if stored.get(k) != v]
+        if differs:
+            raise ECGShardError(f"the checkpoint's encoder differs from this run's (checkpoint "
+                                f"vs now: {'; '.join(differs)}); resume with the same options "
+                                f"and shards, or use a new --out")
         self.model.load_state_dict(ck["model"])
-        self.loss_fn.load_state_dict(ck["loss"])
-        if self.class_param is not None:
-            with torch.no_grad():
-                self.class_param.copy_(torch.from_numpy(ck["learned_class_emb"]))
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
         return ck["state"]
 
 
-def _write_run_files(out, cfg, p, model_cfg, use_preload):
-    S.write_json(out / "config.json", {"config": asdict(cfg), "model": model_cfg,
+def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
+    S.write_json(out / "config.json", {"config": asdict(cfg), "model": asdict(encoder_cfg),
                                        "data_path": "preload" if use_preload else "stream"})
     S.write_json(out / "classes.json", {
         "train_codes": p["train_codes"], "holdout": p["holdout"],
@@ -383,31 +358,13 @@ def _write_heldout_check(out, state, holdout, allowed):
                             f"the run is not zero-shot (see {out / 'heldout_check.json'})")
 
 
-def embed(model, signal, device, amp, length=None, batch_size=512):
-    """Embeddings (N, D) float32 numpy of a float16 (N, 12, T) numpy array whose records hold
-    ``length`` (N,) valid samples (all T when None)."""
-    import torch
-
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(signal), batch_size):
-            x = torch.from_numpy(signal[i:i + batch_size]).to(device, non_blocking=True).float()
-            n = None if length is None else torch.from_numpy(
-                np.asarray(length[i:i + batch_size])).to(device)
-            with autocast(device, amp):
-                out.append(model(x, n).float().cpu().numpy())
-    dim = model.head[-1].out_features
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
-
-
-def evaluate(model, val, device, amp, text_emb):
+def evaluate(encoder, val, device, amp, class_emb):
     """Validation macro AUROC over the training classes (cosine similarity as the score)."""
     from .metrics import macro, per_class
 
     if len(val["labels"]) == 0:
         return float("nan")
-    scores = embed(model, val["signal"], device, amp, val["length"]) @ \
-        text_emb.float().cpu().numpy().T
+    scores = encoder.encode(val["signal"], val["length"], device=device, amp=amp) @ \
+        class_emb.float().cpu().numpy().T
     auroc, _ = per_class(scores, val["labels"])
     return macro(auroc)

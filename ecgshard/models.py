@@ -7,10 +7,16 @@
   (Strodthoff et al. 2021): a three-conv stem, residual blocks with kernel 5, concat
   average+max pooling. Depth and width are options.
 
-Every encoder ends in a projection head to the text dimension; ``forward`` returns unit vectors.
+Every encoder ends in a projection head to the text dimension; ``forward`` returns unit vectors
+and ``encode`` embeds a whole numpy array. ``ZeroShotModel`` is what ``fit`` trains and every
+checkpoint holds: the encoder, the class vectors, and the logit scale and bias.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,31 +92,99 @@ class ResNet1d(nn.Module):
         return torch.cat([mean, peak], dim=1)
 
 
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What an encoder is built from; stored in every checkpoint and compared on resume."""
+    arch: str = "resnet1d"
+    n_samples: int = 1000
+    text_dim: int = 384
+    proj_hidden: int = 512
+    input_scale: float = 1.0      # 1/mV: millivolt and z-scored shards both arrive near unit
+    fs: float = 100.0
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose from {ARCHS}")
+
+
 class ECGEncoder(nn.Module):
-    """Backbone + projection head; outputs unit vectors comparable with text embeddings.
+    """Backbone + projection head; outputs unit vectors comparable with text embeddings."""
 
-    The input is scaled by ``input_scale`` (1/mV) so that millivolt shards and z-scored shards
-    both arrive near unit variance.
-    """
-
-    def __init__(self, arch, n_samples, text_dim, proj_hidden=512, input_scale=1.0):
+    def __init__(self, config: EncoderConfig):
         super().__init__()
-        if arch == "seed-cnn":
-            self.backbone = SeedCNN(n_samples)
-        elif arch == "resnet1d":
-            self.backbone = ResNet1d()
-        else:
-            raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHS}")
-        self.head = nn.Sequential(nn.Linear(self.backbone.out_dim, proj_hidden),
-                                  nn.ReLU(inplace=True), nn.Linear(proj_hidden, text_dim))
-        self.input_scale = input_scale
+        self.config = config
+        self.backbone = SeedCNN(config.n_samples) if config.arch == "seed-cnn" else ResNet1d()
+        self.head = nn.Sequential(nn.Linear(self.backbone.out_dim, config.proj_hidden),
+                                  nn.ReLU(inplace=True),
+                                  nn.Linear(config.proj_hidden, config.text_dim))
 
     def forward(self, x, length=None):         # (B, 12, T), (B,) -> (B, D), unit norm
-        z = self.head(self.backbone(x * self.input_scale, length))
+        z = self.head(self.backbone(x * self.config.input_scale, length))
         return F.normalize(z.float(), dim=-1)
 
+    def encode(self, signal, length=None, batch_size=512, device="cpu", amp=True):
+        """Embeddings (N, D) float32 numpy of a (N, 12, T) numpy array whose records hold
+        ``length`` (N,) valid samples (all T when None), in batches, without gradients."""
+        from .device import autocast
 
-def build_model(config):
-    """An encoder from the dict stored in checkpoints (``arch``, ``n_samples``, ``text_dim``...)."""
-    return ECGEncoder(config["arch"], config["n_samples"], config["text_dim"],
-                      config.get("proj_hidden", 512), config.get("input_scale", 1.0))
+        self.eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(signal), batch_size):
+                x = torch.from_numpy(signal[i:i + batch_size]).to(device, non_blocking=True)
+                n = None if length is None else torch.from_numpy(
+                    np.asarray(length[i:i + batch_size])).to(device)
+                with autocast(device, amp):
+                    out.append(self(x.float(), n).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.config.text_dim), np.float32)
+        return np.concatenate(out)
+
+
+class ZeroShotModel(nn.Module):
+    """The trained model: the encoder, the class vectors it is compared with (the frozen text
+    embeddings, or learned ones for the supervised reference) and the logit scale and bias the
+    losses use. Losses hold no parameters; the trainer optimises ``param_groups``."""
+
+    def __init__(self, config: EncoderConfig, class_emb, learn_class_emb=False,
+                 init_scale=10.0, init_bias=-5.0, max_scale=100.0):
+        super().__init__()
+        self.encoder = ECGEncoder(config)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        # The bias starts negative because most (record, class) pairs are negatives.
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
+        self.max_log_scale = math.log(max_scale)
+        class_emb = torch.as_tensor(class_emb, dtype=torch.float32)
+        if learn_class_emb:
+            # Initialised at the text embeddings, then free: nothing ties a class to its text.
+            self.learned_class_emb = nn.Parameter(class_emb.clone())
+        else:
+            self.learned_class_emb = None
+            self.register_buffer("text_class_emb", class_emb, persistent=False)
+
+    def class_emb(self):                       # (C, D), unit rows
+        if self.learned_class_emb is not None:
+            return F.normalize(self.learned_class_emb, dim=-1)
+        return self.text_class_emb
+
+    def scale(self):
+        return self.logit_scale.clamp(max=self.max_log_scale).exp()
+
+    def forward(self, x, length=None):         # (B, 12, T), (B,) -> (B, D)
+        return self.encoder(x, length)
+
+    def param_groups(self, weight_decay):
+        """Weight decay for the encoder (and learned class vectors), none for the scale and
+        bias: decay would pull the temperature towards zero, a prior on the loss's
+        calibration, not a regulariser (open_clip does the same)."""
+        no_decay = [self.logit_scale, self.logit_bias]
+        decay = [p for p in self.parameters() if all(p is not q for q in no_decay)]
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    @classmethod
+    def from_checkpoint(cls, ck):
+        model = cls(EncoderConfig(**ck["model_config"]), ck["text_emb_train"],
+                    learn_class_emb=ck.get("learned_class_emb") is not None)
+        model.load_state_dict(ck["model"])
+        return model

@@ -35,7 +35,9 @@ text matrix (HDF5)
     ``emb`` (C, D) float32 L2-normalised rows, ``codes`` and ``texts`` (C,) str, and attributes
     naming the model, revision, pooling, templates and an input fingerprint.
 checkpoint (torch ``.pt``)
-    a dict with ``schema_version``, model config and state, class codes, text-matrix hash.
+    a dict with ``schema_version``, the encoder config (``models.EncoderConfig``) and the
+    ``ZeroShotModel`` state (encoder, logit scale and bias, learned class vectors if any),
+    optimiser and schedule, class codes, the training classes' text rows, text-matrix hash.
 """
 from __future__ import annotations
 

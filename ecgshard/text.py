@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import concepts, labels
+from .device import resolve_device
 from . import shards as S
 from .errors import ECGShardError
 
@@ -141,14 +142,6 @@ def class_texts(classes, mode, templates, descriptions):
                 "both": f"{name}: {desc}" if desc and desc != name else name}[mode]
         out.append([t.format(name=body) for t in templates])
     return out
-
-
-def resolve_device(device):
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def load_encoder(model, pooling="mean", device="cpu", batch_size=64):

@@ -56,9 +56,8 @@ class ZeroShotConfig:
 def run(cfg: ZeroShotConfig):
     """Evaluate; returns the report dict written to ``OUT/report.json``."""
     from .data import Selection, load_selection
-    from .fit import embed
-    from .models import build_model
-    from .text import resolve_device
+    from .device import resolve_device
+    from .models import ZeroShotModel
 
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.run)
@@ -105,18 +104,16 @@ def run(cfg: ZeroShotConfig):
     data["labels"] = all_labels[:, :len(targets)]
     # A patient's records are resampled together; records without a patient stand alone.
     patients = np.asarray([f"{s}/{p}" for s, p in zip(data["source"], data["patient_id"])])
-    model = build_model(ck["model_config"])
-    model.load_state_dict(ck["model"])
-    model.to(device)
+    encoder = ZeroShotModel.from_checkpoint(ck).encoder.to(device)
     text_rows = text.emb[text.rows(targets)]
-    emb = embed(model, data["signal"], device, amp=True)
+    emb = encoder.encode(data["signal"], data["length"], device=device)
     scores = emb @ text_rows.T
 
-    threshold, rule = _threshold(cfg, ck, run_classes, model, device, scores, data["labels"],
+    threshold, rule = _threshold(cfg, ck, run_classes, encoder, device, scores, data["labels"],
                                  text_rows)
     controls = None
     if cfg.control:
-        controls = _control_scores(ck, data["signal"], text_rows, device, cfg)
+        controls = _control_scores(ck, data, text_rows, device, cfg)
     report = {
         "provenance": {
             "run": str(run_dir.resolve()), "checkpoint": str(ck_path.resolve()),
@@ -191,18 +188,17 @@ def _check_signal_path(run_classes, manifest, cfg):
                     "--allow-signal-mismatch", "; ".join(diffs))
 
 
-def _control_scores(ck, signal, text_rows, device, cfg):
+def _control_scores(ck, data, text_rows, device, cfg):
     """Scores of ``control_seeds`` untrained encoders: (seeds, N, C)."""
     import torch
 
-    from .fit import embed
-    from .models import build_model
+    from .models import ECGEncoder, EncoderConfig
 
     out = []
     for k in range(cfg.control_seeds):
         torch.manual_seed(cfg.seed * 1000 + 1 + k)
-        control = build_model(ck["model_config"]).to(device)
-        out.append(embed(control, signal, device, amp=True) @ text_rows.T)
+        control = ECGEncoder(EncoderConfig(**ck["model_config"])).to(device)
+        out.append(control.encode(data["signal"], data["length"], device=device) @ text_rows.T)
     return np.stack(out) if out else None
 
 
@@ -253,10 +249,9 @@ def _target_classes(spec, manifest, text, train_codes, holdout, same_set):
     return targets
 
 
-def _threshold(cfg, ck, run_classes, model, device, scores, labels, text_rows):
+def _threshold(cfg, ck, run_classes, encoder, device, scores, labels, text_rows):
     """The decision threshold(s) and a sentence saying where they come from."""
     from .data import Selection, load_selection
-    from .fit import embed
 
     if cfg.threshold == "youden":
         return M.youden_threshold(scores, labels), \
@@ -271,7 +266,7 @@ def _threshold(cfg, ck, run_classes, model, device, scores, labels, text_rows):
     val_sel = Selection(run_classes["shards"], tuple(run_classes["folds"]["val"]),
                         tuple(ck["train_codes"]), tuple(ck["holdout"]))
     val = load_selection(val_sel)
-    v_emb = embed(model, val["signal"], device, amp=True)
+    v_emb = encoder.encode(val["signal"], val["length"], device=device)
     v_scores = v_emb @ np.asarray(ck["text_emb_train"]).T
     folds = run_classes["folds"]["val"]
     if cfg.threshold == "val-seen":

@@ -137,9 +137,9 @@ def test_loss_scale_and_bias_get_no_weight_decay(demo_data, demo_text, tmp_path)
                         out=str(tmp_path / "wd"), loss="bce", device="cpu", weight_decay=0.1)
     trainer = fit.Trainer(cfg, fit.plan(cfg), "cpu")
     decay = {id(p): g["weight_decay"] for g in trainer.opt.param_groups for p in g["params"]}
-    assert decay[id(trainer.loss_fn.logit_scale)] == 0.0
-    assert decay[id(trainer.loss_fn.logit_bias)] == 0.0
-    assert all(decay[id(p)] == 0.1 for p in trainer.model.parameters())
+    assert decay[id(trainer.model.logit_scale)] == 0.0
+    assert decay[id(trainer.model.logit_bias)] == 0.0
+    assert all(decay[id(p)] == 0.1 for p in trainer.model.encoder.parameters())
 
 
 def test_heldout_statement_below_min_likelihood_still_excludes_its_record(tmp_path):

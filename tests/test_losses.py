@@ -16,9 +16,11 @@ def _logsig(x):
     return -math.log1p(math.exp(-x))
 
 
+SCALE, BIAS = torch.tensor(10.0), torch.tensor(-2.0)
+
+
 def test_sigmoid_loss_by_hand():
-    loss = SigmoidLoss(init_scale=10.0, init_bias=-2.0)
-    got = loss(ECG, TEXT, Y).item()
+    got = SigmoidLoss()(ECG, TEXT, Y, SCALE, BIAS).item()
     y = Y.numpy()
     want = -sum(_logsig((2 * y[i, c] - 1) * (10 * SIM[i, c] - 2))
                 for i in range(2) for c in range(3)) / 2
@@ -26,8 +28,7 @@ def test_sigmoid_loss_by_hand():
 
 
 def test_multilabel_clip_loss_by_hand():
-    loss = MultiLabelCLIPLoss(init_scale=10.0)
-    got = loss(ECG, TEXT, Y).item()
+    got = MultiLabelCLIPLoss()(ECG, TEXT, Y, SCALE).item()
     logits = 10 * SIM
     lsm_rows = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     e2t = np.mean([-lsm_rows[0, 0], -(lsm_rows[1, 0] + lsm_rows[1, 1]) / 2])
@@ -40,16 +41,15 @@ def test_multilabel_clip_loss_by_hand():
 def test_clip_loss_with_one_label_per_row_is_plain_clip():
     ecg = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     text = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), dim=1)
-    loss = MultiLabelCLIPLoss(init_scale=5.0)
     logits = 5.0 * ecg @ text.T
     target = torch.arange(4)
     plain = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    assert torch.allclose(loss(ecg, text, torch.eye(4)), plain, atol=1e-6)
+    assert torch.allclose(MultiLabelCLIPLoss()(ecg, text, torch.eye(4), torch.tensor(5.0)),
+                          plain, atol=1e-6)
 
 
 def test_triplet_loss_by_hand():
-    loss = TripletLoss(margin=0.2)
-    got = loss(ECG, TEXT, Y).item()
+    got = TripletLoss(margin=0.2)(ECG, TEXT, Y).item()
     terms = [max(0, 0.2 - SIM[0, 0] + SIM[0, 1]), max(0, 0.2 - SIM[0, 0] + SIM[0, 2]),
              max(0, 0.2 - SIM[1, 0] + SIM[1, 2]), max(0, 0.2 - SIM[1, 1] + SIM[1, 2])]
     assert math.isclose(got, np.mean(terms), rel_tol=1e-5)
@@ -60,9 +60,9 @@ def test_a_gradient_step_lowers_every_loss():
     for name in ("bce", "clip", "triplet"):
         loss = build_loss(name)
         ecg = start.clone().requires_grad_(True)
-        before = loss(F.normalize(ecg, dim=1), TEXT, Y)
+        before = loss(F.normalize(ecg, dim=1), TEXT, Y, SCALE, BIAS)
         before.backward()
-        after = loss(F.normalize(ecg.detach() - 0.05 * ecg.grad, dim=1), TEXT, Y)
+        after = loss(F.normalize(ecg.detach() - 0.05 * ecg.grad, dim=1), TEXT, Y, SCALE, BIAS)
         assert after.item() < before.item(), name
 
 
@@ -70,6 +70,11 @@ def test_a_batch_without_positives_gives_a_finite_loss_and_gradient():
     for name in ("clip", "bce", "triplet"):
         loss_fn = build_loss(name)
         ecg = F.normalize(torch.randn(4, 3), dim=1).requires_grad_()
-        value = loss_fn(ecg, TEXT, torch.zeros(4, 3, dtype=torch.long))
+        value = loss_fn(ecg, TEXT, torch.zeros(4, 3, dtype=torch.long), SCALE, BIAS)
         value.backward()
         assert torch.isfinite(value) and torch.isfinite(ecg.grad).all(), name
+
+
+def test_losses_hold_no_parameters():
+    for name in ("bce", "clip", "triplet"):
+        assert not list(build_loss(name).parameters()), name

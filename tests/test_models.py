@@ -1,13 +1,15 @@
 import pytest
 import torch
 
-from ecgshard.models import ECGEncoder, SeedCNN
+import numpy as np
+
+from ecgshard.models import ECGEncoder, EncoderConfig, SeedCNN, ZeroShotModel
 
 
 @pytest.mark.parametrize("arch", ["seed-cnn", "resnet1d"])
 @pytest.mark.parametrize("n_samples", [1000, 1250])
 def test_encoders_give_unit_vectors_in_text_space(arch, n_samples):
-    model = ECGEncoder(arch, n_samples, text_dim=48).eval()
+    model = ECGEncoder(EncoderConfig(arch=arch, n_samples=n_samples, text_dim=48)).eval()
     out = model(torch.randn(3, 12, n_samples))
     assert out.shape == (3, 48)
     assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
@@ -26,7 +28,7 @@ def test_resnet_pooling_ignores_zero_padding():
     """A 6 s record padded to 10 s: with its valid length, mean and max pool only the feature
     steps that cover it; without, the padding drags the mean down."""
     torch.manual_seed(0)
-    model = ECGEncoder("resnet1d", 1000, text_dim=16).eval()
+    model = ECGEncoder(EncoderConfig(text_dim=16)).eval()
     x = torch.zeros(2, 12, 1000)
     x[:, :, :600] = torch.randn(2, 12, 600)
     length = torch.tensor([600, 1000])
@@ -38,3 +40,30 @@ def test_resnet_pooling_ignores_zero_padding():
         assert torch.allclose(pooled[0], want, atol=1e-5)
         assert torch.allclose(pooled[1], model.backbone(x[1:])[0], atol=1e-5)  # full length
         assert not torch.allclose(pooled[0], model.backbone(x[:1])[0], atol=1e-3)
+
+
+def test_encode_batches_without_gradients_and_equals_forward():
+    torch.manual_seed(0)
+    encoder = ECGEncoder(EncoderConfig(text_dim=8))
+    signal = np.random.default_rng(0).normal(size=(5, 12, 1000)).astype(np.float16)
+    length = np.array([1000, 600, 1000, 800, 1000])
+    got = encoder.encode(signal, length, batch_size=2)
+    with torch.no_grad():
+        want = encoder(torch.from_numpy(signal).float(), torch.from_numpy(length)).numpy()
+    assert got.shape == (5, 8) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert encoder.encode(signal[:0]).shape == (0, 8)
+
+
+def test_the_model_owns_scale_bias_and_class_vectors():
+    text = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    frozen = ZeroShotModel(EncoderConfig(text_dim=8), text)
+    assert torch.equal(frozen.class_emb(), text) and frozen.scale().item() == pytest.approx(10)
+    assert "text_class_emb" not in frozen.state_dict()          # the text matrix is the source
+    decay, no_decay = frozen.param_groups(0.1)
+    assert no_decay["params"] == [frozen.logit_scale, frozen.logit_bias]
+    assert len(decay["params"]) == len(list(frozen.encoder.parameters()))
+    learned = ZeroShotModel(EncoderConfig(text_dim=8), text, learn_class_emb=True)
+    assert any(p is learned.learned_class_emb for p in learned.param_groups(0.1)[0]["params"])
+    with pytest.raises(ValueError, match="unknown architecture"):
+        EncoderConfig(arch="transformer")

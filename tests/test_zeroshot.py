@@ -181,3 +181,31 @@ def test_val_z_threshold_gives_each_class_its_own_scale(demo_data, demo_run, dem
 def test_report_table_folds_compact():
     assert zeroshot._fold_ranges([1, 2, 3, 5, 7, 8]) == "1-3,5,7-8"
     assert zeroshot._fold_ranges([10]) == "10"
+
+
+def test_scoring_pools_only_the_valid_samples_as_training_did(demo_data, demo_run, demo_text,
+                                                              tmp_path):
+    """Challenge records shorter than 10 s are zero-padded in the shards; zeroshot must embed
+    them with their stored lengths, as fit trained (a padded mean is another feature)."""
+    import h5py
+    import numpy as np
+
+    from ecgshard import data, shards
+    from ecgshard.models import ZeroShotModel
+
+    _zs(demo_data, demo_run, demo_text, tmp_path / "len", shards=str(demo_data / "s-cinc"),
+        classes="all", bootstrap=0, control=False, permutations=0, save_embeddings=True)
+    with h5py.File(tmp_path / "len" / "embeddings.h5", "r") as f:
+        saved, ids = f["emb"][...], shards.read_strings(f[shards.RECORD_ID])
+    sel = data.Selection(str(demo_data / "s-cinc"), tuple(range(1, 11)), ())
+    loaded = data.load_selection(sel, with_ids=True)
+    keep = ~np.isin(loaded["source"], ["PTB-XL"])
+    assert list(loaded["record_id"][keep]) == list(ids)
+    short = loaded["length"][keep] < loaded["signal"].shape[-1]
+    assert short.any()
+    encoder = ZeroShotModel.from_checkpoint(
+        shards.load_checkpoint(demo_run / "checkpoint-best.pt")).encoder
+    with_length = encoder.encode(loaded["signal"][keep], loaded["length"][keep])
+    np.testing.assert_allclose(saved, with_length, atol=1e-5)
+    without = encoder.encode(loaded["signal"][keep])
+    assert not np.allclose(saved[short], without[short], atol=1e-3)
