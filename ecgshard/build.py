@@ -2,10 +2,10 @@
 
 Plan (main process): the database (``ecgshard.databases``) lists the records and their labels,
 folds and patients from its own metadata; they are sorted deterministically and cut into
-shards. Work (``--workers`` processes): each task reads, checks, resamples and filters one shard's records and writes the
-shard atomically. Every record that cannot be used is a named skip in the manifest. A rerun
-keeps every finished shard whose checksum and inputs still match, so an interrupted build
-resumes where it stopped.
+shards. Work (``--workers`` processes): each task reads, checks, resamples and filters one
+shard's records and writes the shard atomically. Every record that cannot be used is a named
+skip in the manifest. A rerun keeps every finished shard whose checksum and inputs still match,
+so an interrupted build resumes where it stopped.
 """
 from __future__ import annotations
 
