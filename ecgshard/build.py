@@ -13,7 +13,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,51 +21,18 @@ import numpy as np
 from . import __version__, databases, readers
 from . import shards as S
 from .databases.base import skip
+from .config import BuildConfig
 from .errors import BadRecordError, ECGShardError
-from .filters import FilterSpec, fit_length, preprocess
+from .filters import fit_length, preprocess
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class BuildConfig:
-    source_dir: str
-    out_dir: str
-    format: str = "ptbxl"
-    fs: int = 100
-    seconds: float = 10.0
-    min_seconds: float = 5.0            # shorter records are skipped ("too_short")
-    band: tuple = (0.5, 40.0)
-    notch: float | None = None
-    normalize: str = "mv"
-    workers: int = 0                    # 0: one per CPU core
-    shard_size: int = 2048
-    min_likelihood: float = 0.0         # PTB-XL: statements with a lower likelihood are dropped
-    ptbxl_rate: str = "auto"            # "100", "500", or auto: the folder needing no resampling
-    dx_map: str | None = None           # Challenge: SNOMED table CSV(s); default the package's
-    compression: str | None = None
-    limit: int | None = None            # first N records only (quick looks)
-    flat_leads: str = "skip"            # skip a record with a flat lead, or keep it (noted)
-
-    @property
-    def filter_spec(self):
-        return FilterSpec(fs=self.fs, band=tuple(self.band) if self.band else None,
-                          notch=self.notch, normalize=self.normalize)
-
-    @property
-    def n_samples(self):
-        return int(round(self.fs * self.seconds))
-
 
 def run(cfg: BuildConfig):
     """Build (or resume) a shard directory; returns the manifest dict."""
     database = databases.get(cfg.format)
-    if cfg.normalize not in ("mv", "zscore"):
-        raise ECGShardError(f"--normalize must be mv or zscore, got {cfg.normalize!r}")
     source = Path(cfg.source_dir)
     if not source.is_dir():
         raise ECGShardError(f"source directory {source} does not exist")
-    if cfg.flat_leads not in ("skip", "keep"):
-        raise ECGShardError("--flat-leads must be skip or keep")
     out = Path(cfg.out_dir)
     with S.exclusive_lock(out, "build"):
         return _build(cfg, database, out)

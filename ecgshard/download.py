@@ -14,10 +14,10 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import databases
+from .config import DownloadConfig
 from .errors import ECGShardError
 from .shards import sha256_file
 
@@ -31,25 +31,9 @@ def downloadable():
     return sorted(name for name, db in databases.DATABASES.items() if db.download_url)
 
 
-@dataclass(frozen=True)
-class DownloadConfig:
-    database: str
-    dest: str
-    version: str | None = None
-    base_url: str | None = None
-    workers: int = 4
-    rate: str = "100"                   # PTB-XL: 100, 500 or all (record folders to fetch)
-    sources: tuple = ()                 # Challenge: training/<source> folders (all if empty)
-    retries: int = 5
-    backoff: float = 1.0                # seconds, doubled per retry
-    timeout: float = 60.0
-
-
 def base_url(cfg):
     if cfg.base_url:
         return cfg.base_url.rstrip("/") + "/"
-    if cfg.database not in downloadable():
-        raise ECGShardError(f"ecgshard downloads {downloadable()}, not {cfg.database!r}")
     db = databases.get(cfg.database)
     return db.download_url.format(version=cfg.version or db.download_version)
 

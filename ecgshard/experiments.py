@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
-import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import build, concepts, fit, labels, text, zeroshot
 from . import shards as S
+from .config import ExperimentConfig
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
@@ -39,38 +38,6 @@ log = logging.getLogger(__name__)
 PUBLISHED = {"a_heldout_macro_auroc": 0.59, "a_trained_macro_auroc": 0.70,
              "supervised_xresnet1d101": 0.93, "b_unseen_macro_auroc": "0.57-0.61",
              "b_seen_macro_auroc": "0.70-0.74"}
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    work: str
-    ptbxl: str
-    cinc: str | None = None
-    text_model: str = text.DEFAULT_MODEL
-    pooling: str = "mean"
-    texts: str = "name"                 # name | description | both (see docs/text.md)
-    templates: tuple = ("{name}",)
-    splits: int = 3
-    holdout_size: int = 4              # classes drawn per random split (before expansion)
-    min_val_positives: int = 5         # a class is drawn only with this many in the val folds
-    max_excluded: float = 0.25         # a split may exclude at most this share of train records
-    train_folds: tuple = (1, 2, 3, 4, 5, 6, 7, 8)
-    val_folds: tuple = (9,)
-    test_folds: tuple = (10,)
-    min_macro_positives: int = 10      # zeroshot: positives a class needs to enter a macro
-    control_seeds: int = 10
-    epochs: int = 30
-    batch_size: int = 128
-    arch: str = "resnet1d"
-    loss: str = "clip"
-    device: str = "auto"
-    bootstrap: int = 1000
-    build_workers: int = 0
-    min_positives: int = 5
-    seed: int = 0
-    results: str = "docs/results.md"
-    label: str = ""                     # what the data is, for the table's heading
-    fit_extra: dict = field(default_factory=dict)
 
 
 def _prepare(cfg, with_cinc):
@@ -83,13 +50,11 @@ def _prepare(cfg, with_cinc):
     for name, (src, fmt) in sets.items():
         build.run(build.BuildConfig(source_dir=src, out_dir=str(work / "shards" / name),
                                     format=fmt, workers=cfg.build_workers))
-    variant = "" if cfg.texts == "name" and tuple(cfg.templates) == ("{name}",) else \
-        "-" + S.fingerprint([cfg.texts, list(cfg.templates)])[:8]
-    text_file = work / "text" / f"{_slug(cfg.text_model)}-{cfg.pooling}{variant}.h5"
-    text.run(text.TextConfig(vocab=tuple(str(work / "shards" / n) for n in sets),
-                             out=str(text_file), model=cfg.text_model, pooling=cfg.pooling,
-                             texts=cfg.texts, templates=tuple(cfg.templates),
-                             device=cfg.device))
+    t = cfg.text
+    variant = "" if t.texts == "name" and tuple(t.templates) == ("{name}",) else \
+        "-" + S.fingerprint([t.texts, list(t.templates)])[:8]
+    text_file = work / "text" / f"{_slug(t.model)}-{t.pooling}{variant}.h5"
+    text.run(replace(t, vocab=tuple(str(work / "shards" / n) for n in sets), out=str(text_file)))
     return work, text_file, variant
 
 
@@ -99,12 +64,8 @@ def _fit(cfg, shards, text_file, runs, name, holdout):
     The directory name carries a fingerprint of the whole fit configuration, the shards and
     the text matrix, so a run is reused (or resumed) only for exactly these; anything else
     trains anew beside it."""
-    fc = fit.FitConfig(shards=str(shards), text=str(text_file), out="",
-                       holdout=tuple(holdout), holdout_expand=True, arch=cfg.arch, loss=cfg.loss,
-                       epochs=cfg.epochs, batch_size=cfg.batch_size, device=cfg.device,
-                       min_positives=cfg.min_positives, seed=cfg.seed,
-                       train_folds=tuple(cfg.train_folds), val_folds=tuple(cfg.val_folds),
-                       test_folds=tuple(cfg.test_folds), **cfg.fit_extra)
+    fc = replace(cfg.fit, shards=str(shards), text=str(text_file), holdout=tuple(holdout),
+                 holdout_expand=True)
     key = run_key(fc)
     out = Path(runs) / f"{name}-{S.fingerprint(key)[:10]}"
     summary_file = out / "summary.json"
@@ -114,7 +75,7 @@ def _fit(cfg, shards, text_file, runs, name, holdout):
         if differs:
             raise ECGShardError(f"{out} holds a run of other settings ({', '.join(differs)} "
                                 f"differ); remove it or choose another --work")
-        if done.get("epochs_done") == cfg.epochs:
+        if done.get("epochs_done") == fc.epochs:
             return out
     summary = fit.run(replace(fc, out=str(out), resume=(out / "checkpoint-last.pt").exists()))
     S.write_json(summary_file, dict(summary, key=key))
@@ -145,13 +106,14 @@ def holdout_splits(cfg, shard_dir, manifest):
 
     classes = manifest["classes"]
     codes = tuple(S.class_codes(manifest))
-    n_train, _, train_pos = count_selection(Selection(str(shard_dir), tuple(cfg.train_folds),
+    folds = cfg.fit
+    n_train, _, train_pos = count_selection(Selection(str(shard_dir), tuple(folds.train_folds),
                                                       codes))
-    _, _, val_pos = count_selection(Selection(str(shard_dir), tuple(cfg.val_folds), codes))
-    trainable = [c for c, n in zip(codes, train_pos) if n >= cfg.min_positives]
+    _, _, val_pos = count_selection(Selection(str(shard_dir), tuple(folds.val_folds), codes))
+    trainable = [c for c, n in zip(codes, train_pos) if n >= cfg.fit.min_positives]
 
     def excluded_share(holdout):
-        _, dropped, _ = count_selection(Selection(str(shard_dir), tuple(cfg.train_folds), codes,
+        _, dropped, _ = count_selection(Selection(str(shard_dir), tuple(folds.train_folds), codes,
                                                   tuple(holdout)))
         return dropped / max(1, n_train)
 
@@ -163,7 +125,7 @@ def holdout_splits(cfg, shard_dir, manifest):
         # The package's default is always reported (it is what `fit --holdout default` does);
         # the table states the share of training records each split excluded.
         splits.append(labels.resolve_holdout(default, classes, expand=True, trainable=trainable))
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.fit.seed)
     tries = 0
     while len(splits) < cfg.splits and tries < 200 and eligible:
         tries += 1
@@ -175,16 +137,14 @@ def holdout_splits(cfg, shard_dir, manifest):
             splits.append(full)
     if not splits:
         raise ECGShardError(f"no holdout split found: no class has {cfg.min_val_positives} "
-                            f"positives in validation folds {cfg.val_folds} while excluding at "
+                            f"positives in validation folds {folds.val_folds} while excluding at "
                             f"most {cfg.max_excluded:.0%} of the training records")
     return splits
 
 
 def _zeroshot(cfg, run_dir, shards, text_file, out, **kw):
-    return zeroshot.run(zeroshot.ZeroShotConfig(
-        run=str(run_dir), shards=str(shards), text=str(text_file), out=str(out),
-        bootstrap=cfg.bootstrap, device=cfg.device, seed=cfg.seed,
-        min_positives=cfg.min_macro_positives, control_seeds=cfg.control_seeds, **kw))
+    return zeroshot.run(replace(cfg.zeroshot, run=str(run_dir), shards=str(shards),
+                                text=str(text_file), out=str(out), **kw))
 
 
 def run_a(cfg: ExperimentConfig):
@@ -221,14 +181,6 @@ def run_b(cfg: ExperimentConfig):
 
 
 # ---------------------------------------------------------------- markdown
-
-def _command():
-    # The bin/ runners pass the command the user typed; otherwise the ecgshard command line.
-    import os
-
-    typed = os.environ.get("ECGSHARD_COMMAND")
-    return typed or "ecgshard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
 
 def _f(x, digits=3):
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else \
@@ -283,14 +235,15 @@ def markdown_a(cfg, manifest, reports):
     lines = [
         f"## Experiment A: held-out PTB-XL classes{' — ' + cfg.label if cfg.label else ''}",
         "",
-        f"Command: `{_command()}`",
+        f"Command: `{cfg.command}`",
         "",
         f"Data: {manifest['n_records']} records from `{_where(manifest['source_dir'])}` "
         f"({manifest['fs']} Hz, {manifest['n_skipped']} skipped). Text model: "
-        f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.texts}, templates "
-        f"{list(cfg.templates)}). Encoder `{cfg.arch}`, loss `{cfg.loss}`, "
-        f"{cfg.epochs} epochs. Train folds {_folds_text(cfg.train_folds)}, validation fold "
-        f"{_folds_text(cfg.val_folds)} (checkpoint, threshold, and which classes may be held "
+        f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.text.texts}, templates "
+        f"{list(cfg.text.templates)}). Encoder `{cfg.fit.arch}`, loss `{cfg.fit.loss}`, "
+        f"{cfg.fit.epochs} epochs. Train folds {_folds_text(cfg.fit.train_folds)}, validation "
+        f"fold {_folds_text(cfg.fit.val_folds)} (checkpoint, threshold, and which classes may be "
+        f"held "
         f"out: at least {cfg.min_val_positives} validation positives; random splits exclude at "
         f"most {cfg.max_excluded:.0%} of the training records), test fold "
         f"{_folds_text(p0['folds'])} (reporting only). Each holdout is closed over "
@@ -299,9 +252,9 @@ def markdown_a(cfg, manifest, reports):
         f"training and validation; every held-out class is therefore *unseen*"
         f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
         "",
-        f"Macros are over held-out classes with at least {cfg.min_macro_positives} test "
+        f"Macros are over held-out classes with at least {cfg.zeroshot.min_positives} test "
         f"positives (the others are listed per split); 95% intervals resample patients with the "
-        f"class set fixed. Nulls: {cfg.control_seeds} untrained encoders per split (same "
+        f"class set fixed. Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
         f"pipeline, other seeds) and {p0['permutations']} label permutations.",
         "",
         "| figure (test fold) | ours, mean ± std over splits | published (PTB-XL only, "
@@ -312,7 +265,7 @@ def markdown_a(cfg, manifest, reports):
         f"| unseen (held-out) classes, macro AP | {_ms(unseen_ap)} | — |",
         f"| random-encoder distribution, same classes ({len(control)} encoders) | "
         + (f"{_ms(control)} (range {_f(min(control))}–{_f(max(control))})" if control else
-           f"n/a: no held-out class has {cfg.min_macro_positives} test positives") + " | — |",
+           f"n/a: no held-out class has {cfg.zeroshot.min_positives} test positives") + " | — |",
         f"| splits whose unseen macro is above both nulls | {above} of {len(reports)} | — |",
         f"| trained classes, macro AUROC | {_ms(trained)} | "
         f"{PUBLISHED['a_trained_macro_auroc']} (supervised xresnet1d101: "
@@ -366,10 +319,10 @@ def markdown_b(cfg, manifest, report):
         f"## Experiment B: PTB-XL model scored on Challenge 2021 databases"
         f"{' — ' + cfg.label if cfg.label else ''}",
         "",
-        f"Command: `{_command()}`",
+        f"Command: `{cfg.command}`",
         "",
-        f"Model trained on all PTB-XL classes (folds {_folds_text(cfg.train_folds)}, checkpoint "
-        f"by fold {_folds_text(cfg.val_folds)}); scored on {p['n_records']} records "
+        f"Model trained on all PTB-XL classes (folds {_folds_text(cfg.fit.train_folds)}, "
+        f"checkpoint by fold {_folds_text(cfg.fit.val_folds)}); scored on {p['n_records']} records "
         f"({p['n_patients']} patients) of `{_where(manifest['source_dir'])}` (all folds). "
         f"Text model `{p['text_model']}`. Every class is *seen* (a code of its concept was a "
         f"PTB-XL training class), *related* (a parent, child or near-sibling was) or *unseen* "

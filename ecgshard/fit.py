@@ -12,48 +12,18 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import labels as L
 from . import shards as S
+from .config import FitConfig
 from .device import autocast
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    shards: str
-    text: str
-    out: str
-    holdout: tuple = ()
-    holdout_expand: bool = False
-    include_heldout_records: bool = False    # train on records that carry held-out labels
-    arch: str = "resnet1d"
-    loss: str = "clip"                       # chosen by measurement: docs/training.md
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-2
-    warmup: float = 0.05                     # fraction of steps with a linear warm-up
-    device: str = "auto"
-    amp: bool = True                         # bf16 autocast on CUDA; no-op on CPU
-    train_folds: tuple = (1, 2, 3, 4, 5, 6, 7, 8)
-    val_folds: tuple = (9,)
-    test_folds: tuple = (10,)
-    min_positives: int = 5                   # a training class needs this many train positives
-    data: str = "auto"                       # auto | stream | preload
-    workers: int = 2
-    augment: bool = True
-    seed: int = 0
-    resume: bool = False
-    max_steps: int | None = None             # stop early (smoke runs, benchmarks)
-    compile: bool = False
-    learn_class_embeddings: bool = False     # supervised reference: not a zero-shot model
 
 
 def resolve_holdout(cfg, classes, trainable):
@@ -72,13 +42,6 @@ def plan(cfg):
     """Classes, selections and counts of a run, checked before any training starts."""
     from .data import Selection, count_selection
 
-    for name, folds in (("train", cfg.train_folds), ("val", cfg.val_folds)):
-        overlap = set(folds) & set(cfg.test_folds)
-        if overlap:
-            raise ECGShardError(f"{name} folds {sorted(overlap)} are also test folds; test folds "
-                                f"never steer training")
-    if set(cfg.train_folds) & set(cfg.val_folds):
-        raise ECGShardError("train and validation folds overlap")
     manifest = S.load_manifest(cfg.shards)
     text = S.read_text_matrix(cfg.text)
     every = tuple(S.class_codes(manifest))

@@ -11,36 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from . import concepts, labels
-from .device import resolve_device
 from . import shards as S
+from .config import TextConfig
+from .device import resolve_device
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
 OFFLINE_MODEL = "minilm-offline"
-TEXT_MODES = ("name", "description", "both")
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    vocab: tuple                        # shard directories and/or CSV/JSON vocabulary files
-    out: str
-    model: str = DEFAULT_MODEL
-    pooling: str = "mean"               # plain BERTs: mean or cls
-    templates: tuple = ("{name}",)      # several are averaged, as CLIP does
-    texts: str = "name"
-    device: str = "auto"
-    batch_size: int = 64
-    descriptions: str | None = None     # JSON {code: text}; default the package's file
-    force: bool = False
 
 
 @dataclass
@@ -50,15 +35,10 @@ class Encoder:
     revision: str
     pooling: str
     kind: str                           # "sentence-transformers" or "bert"
-    info: dict = field(default_factory=dict)
 
 
 def run(cfg: TextConfig):
     """Embed the vocabulary; returns the path written (or found up to date)."""
-    if cfg.texts not in TEXT_MODES:
-        raise ECGShardError(f"--texts must be one of {TEXT_MODES}")
-    if cfg.pooling not in ("mean", "cls"):
-        raise ECGShardError("--pooling must be mean or cls")
     classes = collect_vocabulary(cfg.vocab)
     texts = class_texts(classes, cfg.texts, cfg.templates, load_descriptions(cfg.descriptions))
     inputs = {"model": cfg.model, "model_files": _local_model_stamp(cfg.model),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,30 +27,10 @@ import numpy as np
 from . import concepts
 from . import metrics as M
 from . import shards as S
+from .config import ZeroShotConfig, fixed_threshold
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ZeroShotConfig:
-    run: str
-    shards: str
-    text: str
-    out: str
-    classes: str = "heldout"            # heldout | all | CODE,CODE,...
-    folds: tuple | None = None          # default: the run's test folds (same shards) or all
-    bootstrap: int = 1000
-    threshold: str = "val-seen"         # val-seen | val-z | youden | fixed:X
-    checkpoint: str = "best"
-    device: str = "auto"
-    save_embeddings: bool = False
-    control: bool = True
-    control_seeds: int = 10             # untrained encoders in the random-encoder distribution
-    permutations: int = 1000            # label-permutation null draws
-    min_positives: int = 10             # positives a class needs to enter a macro figure
-    allow_signal_mismatch: bool = False
-    seed: int = 0
 
 
 def run(cfg: ZeroShotConfig):
@@ -257,10 +237,8 @@ def _threshold(cfg, ck, run_classes, encoder, device, scores, labels, text_rows)
         return M.youden_threshold(scores, labels), \
             "OPTIMISTIC: per-class Youden threshold chosen on the evaluated labels themselves"
     if cfg.threshold.startswith("fixed:"):
-        value = float(cfg.threshold.split(":", 1)[1])
+        value = fixed_threshold(cfg.threshold)
         return value, f"fixed cosine threshold {value}"
-    if cfg.threshold not in ("val-seen", "val-z"):
-        raise ECGShardError("--threshold must be val-seen, val-z, youden or fixed:X")
     # Both rules are chosen on the run's validation folds with the training classes' labels;
     # the evaluated labels never see them being chosen.
     val_sel = Selection(run_classes["shards"], tuple(run_classes["folds"]["val"]),

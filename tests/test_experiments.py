@@ -3,16 +3,20 @@ import json
 import pytest
 
 from ecgshard import data, experiments, shards
+from ecgshard.config import FitConfig, TextConfig, ZeroShotConfig
 from ecgshard.errors import ECGShardError
 
 
-def _cfg(demo_data, tmp_path, **kw):
-    base = dict(work=str(tmp_path / "work"), ptbxl=str(demo_data / "ptbxl"),
-                text_model="minilm-offline", splits=2, holdout_size=2, min_val_positives=3,
-                epochs=1, batch_size=32, min_positives=2, device="cpu", bootstrap=10,
-                control_seeds=3, min_macro_positives=3, results=str(tmp_path / "results.md"),
-                label="tiny test",
-                fit_extra={"max_steps": 3})
+def _cfg(demo_data, tmp_path, loss="clip", **kw):
+    base = dict(
+        work=str(tmp_path / "work"), ptbxl=str(demo_data / "ptbxl"),
+        text=TextConfig(vocab=(), out="", model="minilm-offline", device="cpu"),
+        fit=FitConfig(shards="", text="", out="", epochs=1, batch_size=32, min_positives=2,
+                      device="cpu", max_steps=3, loss=loss),
+        zeroshot=ZeroShotConfig(run="", shards="", text="", out="", bootstrap=10,
+                                control_seeds=3, min_positives=3, device="cpu"),
+        splits=2, holdout_size=2, min_val_positives=3, results=str(tmp_path / "results.md"),
+        label="tiny test", command="bin/experiment-a tiny")
     return experiments.ExperimentConfig(**{**base, **kw})
 
 
@@ -27,6 +31,7 @@ def test_experiment_a_writes_and_replaces_its_section(demo_data, tmp_path):
     assert "intro kept" in text and text.count("experiment-a-tiny-test:begin") == 1
     assert "unseen (held-out) classes, macro AUROC" in text and "| 1 |" in text
     assert "random-encoder distribution, same classes (6 encoders)" in text
+    assert "Command: `bin/experiment-a tiny`" in text
     # the table names the holdout each run used (closed), not the drawn one
     for split, report in zip(out["splits"], out["reports"]):
         used = json.loads((pytest.importorskip("pathlib").Path(report) / "report.json")
@@ -71,12 +76,13 @@ def test_holdout_choice_never_reads_the_test_fold_and_keeps_most_training_record
     shard_dir = demo_data / "s-ptbxl"
     manifest = shards.load_manifest(shard_dir)
     cfg = _cfg(demo_data, tmp_path, splits=6, holdout_size=2, max_excluded=0.2)
+    train_folds = cfg.fit.train_folds
     splits = experiments.holdout_splits(cfg, shard_dir, manifest)
     assert read and all(10 not in folds for folds in read)
     assert len(splits) >= 3
-    n_train, _, _ = original(data.Selection(str(shard_dir), cfg.train_folds, ()))
+    n_train, _, _ = original(data.Selection(str(shard_dir), train_folds, ()))
     for split in splits[1:]:                               # the random ones (0 is the default)
         assert "SR" not in split and "NORM" not in split   # far over the cap
-        _, dropped, _ = original(data.Selection(str(shard_dir), cfg.train_folds, (),
+        _, dropped, _ = original(data.Selection(str(shard_dir), train_folds, (),
                                                 tuple(split)))
         assert dropped / n_train <= 0.2

@@ -1,0 +1,259 @@
+"""Every stage's typed config, in one light module (no torch, numba or scikit-learn at import).
+
+A config declares its choices once (``CHOICES``: a field -> the allowed values, or a function
+returning a registry, imported only when needed) and checks itself when it is made, so a typo
+fails before any work. The CLI reads its defaults and choices here and nowhere else; each stage
+module re-exports its own config (``fit.FitConfig``...).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import MISSING, dataclass, field
+from typing import ClassVar
+
+from .errors import ECGShardError
+
+DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
+TEXT_MODES = ("name", "description", "both")
+
+
+def _registry(module, name):
+    """A registry's names (``ecgshard.<module>.<name>``), imported when a choice is checked."""
+    return tuple(getattr(importlib.import_module(f"ecgshard.{module}"), name))
+
+
+def _download_names():
+    return importlib.import_module("ecgshard.download").downloadable()
+
+
+def allowed(cls, name):
+    """The allowed values of field ``name`` of config class ``cls`` (None: any)."""
+    choices = getattr(cls, "CHOICES", {}).get(name)
+    return tuple(choices()) if callable(choices) else choices
+
+
+def default(cls, name):
+    """The default of field ``name`` of config class ``cls``."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def check(cfg, *rules):
+    """Refuse a config whose choice fields hold another value, or for which one of ``rules``
+    (``(condition that must hold, message)``) is false."""
+    for name in getattr(cfg, "CHOICES", {}):
+        options = allowed(type(cfg), name)
+        if getattr(cfg, name) not in options:
+            shown = sorted(o for o in options if o is not None)
+            raise ECGShardError(f"--{name.replace('_', '-')} must be one of {shown}, got "
+                                f"{getattr(cfg, name)!r}")
+    for holds, message in rules:
+        if not holds:
+            raise ECGShardError(message)
+
+
+def fixed_threshold(rule):
+    """X of 'fixed:X', or None."""
+    head, _, value = rule.partition(":")
+    try:
+        return float(value) if head == "fixed" else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- the stages
+
+@dataclass(frozen=True)
+class BuildConfig:
+    source_dir: str
+    out_dir: str
+    format: str = "ptbxl"
+    fs: int = 100
+    seconds: float = 10.0
+    min_seconds: float = 5.0            # shorter records are skipped ("too_short")
+    band: tuple = (0.5, 40.0)
+    notch: float | None = None
+    normalize: str = "mv"
+    workers: int = 0                    # 0: one per CPU core
+    shard_size: int = 2048
+    min_likelihood: float = 0.0         # PTB-XL: a statement below it is no label
+    ptbxl_rate: str = "auto"            # "100", "500", or auto: the folder needing no resampling
+    dx_map: str | None = None           # Challenge: SNOMED table CSV(s); default the package's
+    compression: str | None = None
+    limit: int | None = None            # first N records only (quick looks)
+    flat_leads: str = "skip"            # skip a record with a flat lead, or keep it (noted)
+
+    CHOICES: ClassVar[dict] = {"format": lambda: _registry("databases", "DATABASES"),
+                               "normalize": ("mv", "zscore"), "ptbxl_rate": ("auto", "100", "500"),
+                               "compression": (None, "lzf", "gzip"),
+                               "flat_leads": ("skip", "keep")}
+
+    def __post_init__(self):
+        check(self, (self.fs > 0 and self.seconds > 0, "--fs and --seconds must be > 0"),
+              (self.shard_size > 0, "--shard-size must be > 0"),
+              # an upper edge at or above fs/2 means high-pass only (filters.design)
+              (not self.band or 0 < self.band[0] < self.band[1],
+               f"--band LOW HIGH must rise from above 0 Hz, got {self.band}"))
+
+    @property
+    def filter_spec(self):
+        from .filters import FilterSpec
+
+        return FilterSpec(fs=self.fs, band=tuple(self.band) if self.band else None,
+                          notch=self.notch, normalize=self.normalize)
+
+    @property
+    def n_samples(self):
+        return int(round(self.fs * self.seconds))
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab: tuple                        # shard directories and/or CSV/JSON vocabulary files
+    out: str
+    model: str = DEFAULT_TEXT_MODEL
+    pooling: str = "mean"               # plain BERTs: mean or cls
+    templates: tuple = ("{name}",)      # several are averaged, as CLIP does
+    texts: str = "name"
+    device: str = "auto"
+    batch_size: int = 64
+    descriptions: str | None = None     # JSON {code: text}; default the package's file
+    force: bool = False
+
+    CHOICES: ClassVar[dict] = {"texts": TEXT_MODES, "pooling": ("mean", "cls")}
+
+    def __post_init__(self):
+        check(self, (all("{name}" in t for t in self.templates),
+                     f"every --template needs {{name}}, got {list(self.templates)}"),
+              (self.batch_size > 0, "--batch-size must be > 0"))
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    shards: str
+    text: str
+    out: str
+    holdout: tuple = ()
+    holdout_expand: bool = False
+    include_heldout_records: bool = False    # train on records that carry held-out labels
+    arch: str = "resnet1d"
+    loss: str = "clip"                       # chosen by measurement: docs/training.md
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    warmup: float = 0.05                     # fraction of steps with a linear warm-up
+    device: str = "auto"
+    amp: bool = True                         # bf16 autocast on CUDA; no-op on CPU
+    train_folds: tuple = (1, 2, 3, 4, 5, 6, 7, 8)
+    val_folds: tuple = (9,)
+    test_folds: tuple = (10,)
+    min_positives: int = 5                   # a training class needs this many train positives
+    data: str = "auto"                       # auto | stream | preload
+    workers: int = 2
+    augment: bool = True
+    seed: int = 0
+    resume: bool = False
+    max_steps: int | None = None             # stop early (smoke runs, benchmarks)
+    compile: bool = False
+    learn_class_embeddings: bool = False     # supervised reference: not a zero-shot model
+
+    CHOICES: ClassVar[dict] = {"arch": lambda: _registry("models", "ARCHS"),
+                               "loss": lambda: _registry("losses", "LOSSES"),
+                               "data": ("auto", "stream", "preload")}
+
+    def __post_init__(self):
+        test = set(self.test_folds)
+        check(
+            self,
+            (not set(self.train_folds) & test and not set(self.val_folds) & test,
+             f"train {self.train_folds} or validation {self.val_folds} folds are also test "
+             f"folds {self.test_folds}; test folds never steer training"),
+            (not set(self.train_folds) & set(self.val_folds),
+             f"train {self.train_folds} and validation {self.val_folds} folds overlap"),
+            (self.epochs > 0 and self.batch_size > 0 and self.lr > 0,
+             "--epochs, --batch-size and --lr must be > 0"),
+            (0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
+            (self.min_positives > 0, "--min-positives must be > 0"))
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    run: str
+    shards: str
+    text: str
+    out: str
+    classes: str = "heldout"            # heldout | all | CODE,CODE,...
+    folds: tuple | None = None          # default: the run's test folds (same shards) or all
+    bootstrap: int = 1000
+    threshold: str = "val-seen"         # val-seen | val-z | youden | fixed:X
+    checkpoint: str = "best"
+    device: str = "auto"
+    save_embeddings: bool = False
+    control: bool = True
+    control_seeds: int = 10             # untrained encoders in the random-encoder distribution
+    permutations: int = 1000            # label-permutation null draws
+    min_positives: int = 10             # positives a class needs to enter a macro figure
+    allow_signal_mismatch: bool = False
+    seed: int = 0
+
+    CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last")}
+    THRESHOLDS: ClassVar[tuple] = ("val-seen", "val-z", "youden", "fixed:X")
+
+    def __post_init__(self):
+        check(
+            self,
+            (self.threshold in self.THRESHOLDS[:3] or fixed_threshold(self.threshold) is not None,
+             f"--threshold must be one of {list(self.THRESHOLDS)} (X a number), got "
+             f"{self.threshold!r}"),
+            (min(self.bootstrap, self.control_seeds, self.permutations) >= 0,
+             "--bootstrap, --control-seeds and --permutations must be >= 0"),
+            (self.min_positives > 0, "--min-positives must be > 0"))
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    database: str
+    dest: str
+    version: str | None = None
+    base_url: str | None = None
+    workers: int = 4
+    rate: str = "100"                   # PTB-XL: 100, 500 or all (record folders to fetch)
+    sources: tuple = ()                 # Challenge: training/<source> folders (all if empty)
+    retries: int = 5
+    backoff: float = 1.0                # seconds, doubled per retry
+    timeout: float = 60.0
+
+    CHOICES: ClassVar[dict] = {"database": lambda: _download_names(),
+                               "rate": ("100", "500", "all")}
+
+    def __post_init__(self):
+        check(self, (self.workers > 0 and self.retries >= 0,
+                     "--workers must be > 0 and --retries >= 0"))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """An experiment: where, on what, and the stage configs it runs with. ``fit``, ``text`` and
+    ``zeroshot`` are templates; each run fills in its shards, text matrix, holdout and output
+    with ``dataclasses.replace``."""
+    work: str
+    ptbxl: str
+    cinc: str | None = None
+    fit: FitConfig = field(default_factory=lambda: FitConfig(shards="", text="", out=""))
+    text: TextConfig = field(default_factory=lambda: TextConfig(vocab=(), out=""))
+    zeroshot: ZeroShotConfig = field(
+        default_factory=lambda: ZeroShotConfig(run="", shards="", text="", out=""))
+    splits: int = 3
+    holdout_size: int = 4              # classes drawn per random split (before expansion)
+    min_val_positives: int = 5         # a class is drawn only with this many in the val folds
+    max_excluded: float = 0.25         # a random split may exclude at most this share of records
+    build_workers: int = 0
+    results: str = "docs/results.md"
+    label: str = ""                     # what the data is, for the table's heading
+    command: str = ""                   # the command that ran it, for the table
+
+    def __post_init__(self):
+        check(self, (self.splits > 0 and self.holdout_size > 0,
+                     "--splits and --holdout-size must be > 0"),
+              (0 < self.max_excluded <= 1, "--max-excluded is a share in (0, 1]"))
