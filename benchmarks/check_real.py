@@ -65,19 +65,20 @@ def _judge(worst, name, problems, tolerance=2e-3):
 
 
 def shard_records(shard_dir):
-    from ecgshard import shards as S
+    from ecgshard import shards
 
-    manifest = S.load_manifest(shard_dir)
-    codes = S.class_codes(manifest)
-    for path in S.shard_paths(shard_dir, manifest):
-        with S.open_shard(path) as f:
-            ids = S.read_strings(f[S.RECORD_ID])
-            pids = S.read_strings(f[S.PATIENT_ID])
+    manifest = shards.load_manifest(shard_dir)
+    codes = shards.class_codes(manifest)
+    for path in shards.shard_paths(shard_dir, manifest):
+        with shards.open_shard(path) as f:
+            ids = shards.read_strings(f[shards.RECORD_ID])
+            pids = shards.read_strings(f[shards.PATIENT_ID])
             for i, rec in enumerate(ids):
                 yield manifest, codes, {"record_id": rec, "patient_id": pids[i],
-                                        "signal": f[S.SIGNAL][i].astype(np.float64),
-                                        "labels": f[S.LABELS][i], "likelihood": f[S.LIKELIHOOD][i],
-                                        "fold": int(f[S.FOLD][i])}
+                                        "signal": f[shards.SIGNAL][i].astype(np.float64),
+                                        "labels": f[shards.LABELS][i],
+                                        "likelihood": f[shards.LIKELIHOOD][i],
+                                        "fold": int(f[shards.FOLD][i])}
 
 
 def check_ptbxl(src, work, rate, problems):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, databases, readers
-from . import shards as S
+from . import shards
 from .databases.base import skip
 from .config import BuildConfig
 from .errors import BadRecordError, ECGShardError
@@ -34,7 +34,7 @@ def run(cfg: BuildConfig):
     if not source.is_dir():
         raise ECGShardError(f"source directory {source} does not exist")
     out = Path(cfg.out_dir)
-    with S.exclusive_lock(out, "build"):
+    with shards.exclusive_lock(out, "build"):
         return _build(cfg, database, out)
 
 
@@ -55,7 +55,7 @@ def _build(cfg, database, out):
     for index, task in enumerate(tasks):
         # The key holds the schema version (a shard of an older contract is rebuilt) and the
         # size and mtime of every source file (a repaired or rescaled record is read again).
-        task_fp = S.fingerprint([S.SCHEMA_VERSION, params, [asdict(it) for it in task],
+        task_fp = shards.fingerprint([shards.SCHEMA_VERSION, params, [asdict(it) for it in task],
                                  [_source_identity(it) for it in task], list(code_index)])
         old = previous.get(index)
         if old and old["task_fingerprint"] == task_fp and _shard_intact(out, old):
@@ -65,12 +65,12 @@ def _build(cfg, database, out):
     if results:
         log.info("resuming: %d of %d shards already built and verified", len(results), len(tasks))
     partial = {"params": params, "shards": results}
-    if todo and (out / S.MANIFEST).exists():
+    if todo and (out / shards.MANIFEST).exists():
         # The old manifest describes the old shards; beside new ones it would be believed.
         # Progress (the shards kept so far) lives in the partial manifest until the new one
         # is complete.
-        S.write_json(out / S.PARTIAL_MANIFEST, partial)
-        (out / S.MANIFEST).unlink()
+        shards.write_json(out / shards.PARTIAL_MANIFEST, partial)
+        (out / shards.MANIFEST).unlink()
 
     from tqdm.auto import tqdm
 
@@ -81,18 +81,18 @@ def _build(cfg, database, out):
         for res in _execute(todo, cfg, code_index, workers):
             results[res["index"]] = res
             bar.update(res["n_planned"])
-            S.write_json(out / S.PARTIAL_MANIFEST, partial)
+            shards.write_json(out / shards.PARTIAL_MANIFEST, partial)
     finally:
         bar.close()
 
     manifest = _manifest(cfg, plan, [results[i] for i in range(len(tasks))], params)
     # Which records of which database, whatever the build parameters: two shard sets of the
     # same records (e.g. built at 100 and 500 Hz) are the same dataset for fold bookkeeping.
-    manifest["dataset_fingerprint"] = S.fingerprint([cfg.format,
+    manifest["dataset_fingerprint"] = shards.fingerprint([cfg.format,
                                                      sorted(it.record_id for it in items)])
-    S.write_json(out / S.MANIFEST, manifest)
-    if (out / S.PARTIAL_MANIFEST).exists():
-        (out / S.PARTIAL_MANIFEST).unlink()
+    shards.write_json(out / shards.MANIFEST, manifest)
+    if (out / shards.PARTIAL_MANIFEST).exists():
+        (out / shards.PARTIAL_MANIFEST).unlink()
     return manifest
 
 
@@ -119,7 +119,7 @@ def build_shard(index, items, task_fp, cfg, code_index):
 
     spec = cfg.filter_spec
     n_classes = len(code_index)
-    cols = {k: [] for k in S.SHARD_KEYS}
+    cols = {k: [] for k in shards.SHARD_KEYS}
     skipped, notes = [], []
     source_digest = hashlib.sha256()
     for it in items:
@@ -140,24 +140,24 @@ def build_shard(index, items, task_fp, cfg, code_index):
             label[code_index[code]] = lik >= cfg.min_likelihood
             likelihood[code_index[code]] = int(round(lik))
             mentioned[code_index[code]] = 1
-        for key, value in ((S.SIGNAL, sig), (S.LABELS, label), (S.LIKELIHOOD, likelihood),
-                           (S.MENTIONED, mentioned),
-                           (S.RECORD_ID, it.record_id), (S.PATIENT_ID, it.patient_id),
-                           (S.FOLD, it.fold), (S.SOURCE, it.source), (S.AGE, it.age),
-                           (S.SEX, it.sex), (S.LENGTH, length)):
+        for key, value in ((shards.SIGNAL, sig), (shards.LABELS, label),
+                           (shards.LIKELIHOOD, likelihood), (shards.MENTIONED, mentioned),
+                           (shards.RECORD_ID, it.record_id), (shards.PATIENT_ID, it.patient_id),
+                           (shards.FOLD, it.fold), (shards.SOURCE, it.source), (shards.AGE, it.age),
+                           (shards.SEX, it.sex), (shards.LENGTH, length)):
             cols[key].append(value)
     res = {"index": index, "task_fingerprint": task_fp, "n_planned": len(items),
-           "n_records": len(cols[S.RECORD_ID]), "skipped": skipped, "notes": notes,
+           "n_records": len(cols[shards.RECORD_ID]), "skipped": skipped, "notes": notes,
            "source_sha256": source_digest.hexdigest(),
-           "folds": dict(Counter(str(f) for f in cols[S.FOLD])),
-           "sources": dict(Counter(cols[S.SOURCE])),
+           "folds": dict(Counter(str(f) for f in cols[shards.FOLD])),
+           "sources": dict(Counter(cols[shards.SOURCE])),
            "class_counts": [0] * n_classes, "file": None, "sha256": None}
-    if cols[S.RECORD_ID]:
-        arrays = {k: np.stack(v) if k in (S.SIGNAL, S.LABELS, S.LIKELIHOOD, S.MENTIONED) else v
-                  for k, v in cols.items()}
-        res["class_counts"] = arrays[S.LABELS].sum(axis=0, dtype=np.int64).tolist()
-        res["file"] = S.shard_name(index)
-        res["sha256"] = S.write_shard(Path(cfg.out_dir) / res["file"], arrays,
+    if cols[shards.RECORD_ID]:
+        stacked = (shards.SIGNAL, shards.LABELS, shards.LIKELIHOOD, shards.MENTIONED)
+        arrays = {k: np.stack(v) if k in stacked else v for k, v in cols.items()}
+        res["class_counts"] = arrays[shards.LABELS].sum(axis=0, dtype=np.int64).tolist()
+        res["file"] = shards.shard_name(index)
+        res["sha256"] = shards.write_shard(Path(cfg.out_dir) / res["file"], arrays,
                                       {"fs": cfg.fs, "codes": list(code_index)},
                                       compression=cfg.compression)
     return res
@@ -172,14 +172,14 @@ def load_record(it, cfg, spec, notes):
     lead_notes = []
     sig = readers.to_canonical_leads(sig, leads, it.path, lead_notes)
     if not np.isfinite(sig).all():
-        bad = [S.LEADS[i] for i in np.flatnonzero(~np.isfinite(sig).all(axis=1))]
+        bad = [shards.LEADS[i] for i in np.flatnonzero(~np.isfinite(sig).all(axis=1))]
         raise BadRecordError("nan_values", f"{it.path}: non-finite samples in {bad}")
     seconds = sig.shape[1] / fs
     if seconds < cfg.min_seconds:
         raise BadRecordError("too_short", f"{it.path}: {seconds:.2f} s < {cfg.min_seconds} s")
     flat = np.flatnonzero(np.ptp(sig, axis=1) < 1e-3)
     if len(flat):
-        detail = f"{it.path}: no signal in {[S.LEADS[i] for i in flat]}"
+        detail = f"{it.path}: no signal in {[shards.LEADS[i] for i in flat]}"
         if cfg.flat_leads == "skip":
             raise BadRecordError("flat_lead", detail)
         notes.append(skip(it, "flat_lead_kept", detail))
@@ -246,7 +246,7 @@ def _params(cfg):
 
 
 def _previous_shards(out):
-    for name in (S.PARTIAL_MANIFEST, S.MANIFEST):
+    for name in (shards.PARTIAL_MANIFEST, shards.MANIFEST):
         path = out / name
         if path.exists():
             import json
@@ -255,10 +255,10 @@ def _previous_shards(out):
                 data = json.loads(path.read_text())
             except ValueError:
                 continue
-            shards = data.get("shards", {})
-            if isinstance(shards, list):
-                shards = {s["index"]: s for s in shards if "index" in s}
-            return {int(k): v for k, v in shards.items()}
+            entries = data.get("shards", {})
+            if isinstance(entries, list):
+                entries = {e["index"]: e for e in entries if "index" in e}
+            return {int(k): v for k, v in entries.items()}
     return {}
 
 
@@ -266,7 +266,7 @@ def _shard_intact(out, entry):
     if entry.get("file") is None:
         return entry.get("n_records", 0) == 0
     path = out / entry["file"]
-    return path.exists() and S.sha256_file(path) == entry["sha256"]
+    return path.exists() and shards.sha256_file(path) == entry["sha256"]
 
 
 def _manifest(cfg, plan, results, params):
@@ -281,16 +281,16 @@ def _manifest(cfg, plan, results, params):
     for res in results:
         folds.update({int(k): v for k, v in res["folds"].items()})
     n_records = sum(r["n_records"] for r in results)
-    shards = [r for r in results if r["file"]]
+    written = [r for r in results if r["file"]]
     return {
-        "schema_version": S.SCHEMA_VERSION,
+        "schema_version": shards.SCHEMA_VERSION,
         "created_by": f"ecgshard {__version__}",
         "format": cfg.format,
         "source_dir": str(Path(cfg.source_dir).resolve()),
         "params": params,
         "fs": cfg.fs,
         "n_samples": cfg.n_samples,
-        "leads": list(S.LEADS),
+        "leads": list(shards.LEADS),
         "ptbxl_rate": plan["rate"],
         "source_checksums": plan["checksums"],
         "classes": classes,
@@ -304,8 +304,8 @@ def _manifest(cfg, plan, results, params):
         "sources": dict(sum((Counter(r["sources"]) for r in results), Counter())),
         "shards": [{k: r[k] for k in ("index", "file", "sha256", "n_records", "folds",
                                       "source_sha256", "task_fingerprint", "n_planned", "sources",
-                                      "class_counts", "skipped", "notes")} for r in shards],
-        "fingerprint": S.fingerprint([params, [r["sha256"] for r in shards]]),
+                                      "class_counts", "skipped", "notes")} for r in written],
+        "fingerprint": shards.fingerprint([params, [r["sha256"] for r in written]]),
     }
 
 
@@ -333,11 +333,11 @@ def summary_lines(manifest):
 def inspect(shard_dir, verify=False):
     """``ecgshard inspect``: the manifest summary, one line each; with ``verify`` every shard's
     bytes are hashed against the manifest (a mismatch raises, naming the shard)."""
-    manifest = S.load_manifest(shard_dir)
+    manifest = shards.load_manifest(shard_dir)
     lines = summary_lines(manifest)
     if verify:
-        for path, sha256 in S.shard_checksums(shard_dir, manifest).items():
-            S.verify_shard(path, sha256, full=True)
+        for path, sha256 in shards.shard_checksums(shard_dir, manifest).items():
+            shards.verify_shard(path, sha256, full=True)
         lines.append(f"verified: all {len(manifest['shards'])} shards match their checksums")
     return lines
 

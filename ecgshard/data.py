@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import shards as S
+from . import shards
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
 
-BLOCK_RECORDS = 4 * S.CHUNK_RECORDS
+BLOCK_RECORDS = 4 * shards.CHUNK_RECORDS
 BATCH_KEYS = ("signal", "labels", "heldout", "length")
 
 
@@ -42,7 +42,7 @@ class _Columns:
     """Column indices of a Selection in one shard set's label matrix."""
 
     def __init__(self, sel, manifest):
-        codes = S.class_codes(manifest)
+        codes = shards.class_codes(manifest)
         index = {c: i for i, c in enumerate(codes)}
         missing = [c for c in sel.class_codes if c not in index]
         if missing:
@@ -70,13 +70,13 @@ class _Columns:
         """The selected rows of one block of an open shard: (signal, labels, heldout, length,
         rows), or None when no row is selected. Shards are in fold order, so most blocks are
         kept whole and then no mask copy is made."""
-        keep, out, heldout = self.apply(f[S.LABELS][start:stop], f[S.FOLD][start:stop],
-                                        S.read_mentioned(f, slice(start, stop)))
+        keep, out, heldout = self.apply(f[shards.LABELS][start:stop], f[shards.FOLD][start:stop],
+                                        shards.read_mentioned(f, slice(start, stop)))
         if not keep.any():
             return None
         rows = slice(None) if keep.all() else keep
-        return (f[S.SIGNAL][start:stop][rows], out[rows], heldout[rows],
-                f[S.LENGTH][start:stop][rows], rows)
+        return (f[shards.SIGNAL][start:stop][rows], out[rows], heldout[rows],
+                f[shards.LENGTH][start:stop][rows], rows)
 
 
 def shard_blocks(sel, manifest):
@@ -94,13 +94,14 @@ def shard_blocks(sel, manifest):
 
 def count_selection(sel):
     """Records kept, records dropped for an excluded label, and positives per output class."""
-    manifest = S.load_manifest(sel.shard_dir)
+    manifest = shards.load_manifest(sel.shard_dir)
     cols = _Columns(sel, manifest)
     kept = excluded = 0
     positives = np.zeros(len(sel.class_codes), np.int64)
-    for path, sha256 in S.shard_checksums(sel.shard_dir, manifest).items():
-        with S.open_shard(path, sha256) as f:
-            labels, folds, mentioned = f[S.LABELS][...], f[S.FOLD][...], S.read_mentioned(f)
+    for path, sha256 in shards.shard_checksums(sel.shard_dir, manifest).items():
+        with shards.open_shard(path, sha256) as f:
+            labels, folds = f[shards.LABELS][...], f[shards.FOLD][...]
+            mentioned = shards.read_mentioned(f)
         keep, out, _ = cols.apply(labels, folds, mentioned)
         in_folds = np.isin(folds, cols.folds)
         excluded += int((in_folds & ~keep).sum())
@@ -112,20 +113,20 @@ def count_selection(sel):
 def load_selection(sel, with_ids=False):
     """All selected records in shard order: float16 signal (N, 12, T), labels (N, C), heldout (N,)
     and, with ``with_ids``, record ids, patient ids and sources."""
-    manifest = S.load_manifest(sel.shard_dir)
+    manifest = shards.load_manifest(sel.shard_dir)
     cols = _Columns(sel, manifest)
-    checksums = S.shard_checksums(sel.shard_dir, manifest)
+    checksums = shards.shard_checksums(sel.shard_dir, manifest)
     sig, lab, held, lengths, ids, patients, sources = [], [], [], [], [], [], []
     for path, start, stop in shard_blocks(sel, manifest):
-        with S.open_shard(path, checksums[path]) as f:
+        with shards.open_shard(path, checksums[path]) as f:
             block = cols.read_block(f, start, stop)
             if block is None:
                 continue
             signal, out, heldout, length, rows = block
             if with_ids:
-                ids.append(S.read_strings(f[S.RECORD_ID], slice(start, stop))[rows])
-                patients.append(S.read_strings(f[S.PATIENT_ID], slice(start, stop))[rows])
-                sources.append(S.read_strings(f[S.SOURCE], slice(start, stop))[rows])
+                ids.append(shards.read_strings(f[shards.RECORD_ID], slice(start, stop))[rows])
+                patients.append(shards.read_strings(f[shards.PATIENT_ID], slice(start, stop))[rows])
+                sources.append(shards.read_strings(f[shards.SOURCE], slice(start, stop))[rows])
         sig.append(signal)
         lab.append(out)
         held.append(heldout)
@@ -151,9 +152,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         super().__init__()
         self.sel, self.batch_size, self.seed, self.group = sel, batch_size, seed, group
         self.buffer_records, self.drop_last = buffer_records, drop_last
-        self.manifest = S.load_manifest(sel.shard_dir)
+        self.manifest = shards.load_manifest(sel.shard_dir)
         self.blocks = shard_blocks(sel, self.manifest)
-        self.checksums = S.shard_checksums(sel.shard_dir, self.manifest)
+        self.checksums = shards.shard_checksums(sel.shard_dir, self.manifest)
         self.epoch = 0
         self._files = None
 
@@ -165,7 +166,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self._files is None:
             self._files = {}
         if path not in self._files:
-            self._files[path] = S.open_shard(path, self.checksums[path])
+            self._files[path] = shards.open_shard(path, self.checksums[path])
         return self._files[path]
 
     def __iter__(self):
@@ -233,8 +234,8 @@ class StreamLoader:
 class Preloaded:
     """The whole selection as tensors on ``device``; an epoch is a seeded permutation."""
 
-    def __init__(self, sel, batch_size, device, seed=0, arrays=None):
-        arrays = arrays if arrays is not None else load_selection(sel)
+    def __init__(self, sel, batch_size, device, seed=0):
+        arrays = load_selection(sel)
         self.device = torch.device(device)
         self.tensors = {k: torch.from_numpy(arrays[k]).to(self.device) for k in BATCH_KEYS}
         self.batch_size, self.seed = batch_size, seed

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import build, concepts, fit, labels, text, zeroshot
-from . import shards as S
+from . import shards
 from .config import ExperimentConfig
 from .errors import ECGShardError
 
@@ -52,22 +52,22 @@ def _prepare(cfg, with_cinc):
                                     format=fmt, workers=cfg.build_workers))
     t = cfg.text
     variant = "" if t.texts == "name" and tuple(t.templates) == ("{name}",) else \
-        "-" + S.fingerprint([t.texts, list(t.templates)])[:8]
+        "-" + shards.fingerprint([t.texts, list(t.templates)])[:8]
     text_file = work / "text" / f"{_slug(t.model)}-{t.pooling}{variant}.h5"
     text.run(replace(t, vocab=tuple(str(work / "shards" / n) for n in sets), out=str(text_file)))
     return work, text_file, variant
 
 
-def _fit(cfg, shards, text_file, runs, name, holdout):
+def _fit(cfg, shard_dir, text_file, runs, name, holdout):
     """Train (or reuse) the run of ``name`` for these settings; returns its directory.
 
     The directory name carries a fingerprint of the whole fit configuration, the shards and
     the text matrix, so a run is reused (or resumed) only for exactly these; anything else
     trains anew beside it."""
-    fc = replace(cfg.fit, shards=str(shards), text=str(text_file), holdout=tuple(holdout),
+    fc = replace(cfg.fit, shards=str(shard_dir), text=str(text_file), holdout=tuple(holdout),
                  holdout_expand=True)
     key = run_key(fc)
-    out = Path(runs) / f"{name}-{S.fingerprint(key)[:10]}"
+    out = Path(runs) / f"{name}-{shards.fingerprint(key)[:10]}"
     summary_file = out / "summary.json"
     if summary_file.exists():
         done = json.loads(summary_file.read_text())
@@ -78,7 +78,7 @@ def _fit(cfg, shards, text_file, runs, name, holdout):
         if done.get("epochs_done") == fc.epochs:
             return out
     summary = fit.run(replace(fc, out=str(out), resume=(out / "checkpoint-last.pt").exists()))
-    S.write_json(summary_file, dict(summary, key=key))
+    shards.write_json(summary_file, dict(summary, key=key))
     return out
 
 
@@ -88,9 +88,9 @@ def run_key(fc):
     format (a run this ecgshard cannot load is no run to reuse)."""
     config = {k: v for k, v in asdict(fc).items() if k not in ("out", "resume")}
     return {"config": json.loads(json.dumps(config)),
-            "checkpoint_schema": S.CHECKPOINT_SCHEMA_VERSION,
-            "shards_fingerprint": S.load_manifest(fc.shards)["fingerprint"],
-            "text_sha256": S.read_text_matrix(fc.text).sha256}
+            "checkpoint_schema": shards.CHECKPOINT_SCHEMA_VERSION,
+            "shards_fingerprint": shards.load_manifest(fc.shards)["fingerprint"],
+            "text_sha256": shards.read_text_matrix(fc.text).sha256}
 
 
 def holdout_splits(cfg, shard_dir, manifest):
@@ -105,7 +105,7 @@ def holdout_splits(cfg, shard_dir, manifest):
     from .data import Selection, count_selection
 
     classes = manifest["classes"]
-    codes = tuple(S.class_codes(manifest))
+    codes = tuple(shards.class_codes(manifest))
     folds = cfg.fit
     n_train, _, train_pos = count_selection(Selection(str(shard_dir), tuple(folds.train_folds),
                                                       codes))
@@ -142,21 +142,21 @@ def holdout_splits(cfg, shard_dir, manifest):
     return splits
 
 
-def _zeroshot(cfg, run_dir, shards, text_file, out, **kw):
-    return zeroshot.run(replace(cfg.zeroshot, run=str(run_dir), shards=str(shards),
+def _zeroshot(cfg, run_dir, shard_dir, text_file, out, **kw):
+    return zeroshot.run(replace(cfg.zeroshot, run=str(run_dir), shards=str(shard_dir),
                                 text=str(text_file), out=str(out), **kw))
 
 
 def run_a(cfg: ExperimentConfig):
     work, text_file, variant = _prepare(cfg, with_cinc=False)
-    shards = work / "shards" / "ptbxl"
-    manifest = S.load_manifest(shards)
-    splits = holdout_splits(cfg, shards, manifest)
+    shard_dir = work / "shards" / "ptbxl"
+    manifest = shards.load_manifest(shard_dir)
+    splits = holdout_splits(cfg, shard_dir, manifest)
     reports, outs = [], []
     for i, holdout in enumerate(splits):
-        run_dir = _fit(cfg, shards, text_file, work / "runs", f"a-split{i}{variant}", holdout)
+        run_dir = _fit(cfg, shard_dir, text_file, work / "runs", f"a-split{i}{variant}", holdout)
         outs.append(work / "reports" / run_dir.name)
-        reports.append(_zeroshot(cfg, run_dir, shards, text_file, outs[-1]))
+        reports.append(_zeroshot(cfg, run_dir, shard_dir, text_file, outs[-1]))
         counts = json.loads((run_dir / "classes.json").read_text())
         dropped = counts["records_excluded_for_heldout_labels"]["train"]
         reports[-1]["excluded_train_share"] = dropped / max(1, dropped +
@@ -174,7 +174,7 @@ def run_b(cfg: ExperimentConfig):
     out = work / "reports" / f"b-cinc2021-{run_dir.name}"
     report = _zeroshot(cfg, run_dir, work / "shards" / "cinc2021", text_file, out,
                        classes="all")
-    cinc_manifest = S.load_manifest(work / "shards" / "cinc2021")
+    cinc_manifest = shards.load_manifest(work / "shards" / "cinc2021")
     section = markdown_b(cfg, cinc_manifest, report)
     write_section(cfg.results, _key("experiment-b", cfg), section)
     return {"report": str(out), "markdown": section}
@@ -385,7 +385,7 @@ def write_section(path, key, body):
         new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
-    with S.atomic_path(path) as tmp:
+    with shards.atomic_path(path) as tmp:
         tmp.write_text(new)
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import labels as L
-from . import shards as S
+from . import labels
+from . import shards
 from .config import FitConfig
 from .device import autocast
 from .errors import ECGShardError
@@ -32,19 +32,19 @@ def resolve_holdout(cfg, classes, trainable):
     codes = list(cfg.holdout)
     if codes == ["default"]:
         present = {c["code"] for c in classes}
-        codes = [c for c in L.DEFAULT_PTBXL_HOLDOUT if c in present]
+        codes = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in present]
     if not codes:
         return []
-    return L.resolve_holdout(codes, classes, expand=cfg.holdout_expand, trainable=trainable)
+    return labels.resolve_holdout(codes, classes, expand=cfg.holdout_expand, trainable=trainable)
 
 
 def plan(cfg):
     """Classes, selections and counts of a run, checked before any training starts."""
     from .data import Selection, count_selection
 
-    manifest = S.load_manifest(cfg.shards)
-    text = S.read_text_matrix(cfg.text)
-    every = tuple(S.class_codes(manifest))
+    manifest = shards.load_manifest(cfg.shards)
+    text = shards.read_text_matrix(cfg.text)
+    every = tuple(shards.class_codes(manifest))
     _, _, positives = count_selection(Selection(cfg.shards, tuple(cfg.train_folds), every))
     trainable = [c for c, n in zip(every, positives) if n >= cfg.min_positives]
     holdout = resolve_holdout(cfg, manifest["classes"], trainable)
@@ -52,7 +52,7 @@ def plan(cfg):
     if cfg.include_heldout_records and holdout:
         log.warning("!!! --include-heldout-records: records carrying held-out labels ARE TRAINED "
                     "ON (only the label columns are removed). Results are NOT strict zero-shot.")
-    candidates = tuple(c for c in S.class_codes(manifest) if c not in set(holdout))
+    candidates = tuple(c for c in shards.class_codes(manifest) if c not in set(holdout))
     train_sel = Selection(cfg.shards, tuple(cfg.train_folds), candidates, exclude, tuple(holdout))
     n_train, n_excluded, positives = count_selection(train_sel)
     train_codes = tuple(c for c, n in zip(candidates, positives) if n >= cfg.min_positives)
@@ -93,7 +93,7 @@ def _check_text_covers(cfg, text, train_codes, positives):
 def run(cfg: FitConfig):
     """Train; returns the summary dict also written to ``RUN_DIR/summary.json``."""
     out = Path(cfg.out)
-    with S.exclusive_lock(out, "fit"):
+    with shards.exclusive_lock(out, "fit"):
         return _train(cfg, out)
 
 
@@ -124,14 +124,14 @@ def _train(cfg, out):
     state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0, "records_seen": 0,
              "batches": 0}
     if cfg.resume and (out / "checkpoint-last.pt").exists():
-        ck = S.load_checkpoint(out / "checkpoint-last.pt", map_location=device)
+        ck = shards.load_checkpoint(out / "checkpoint-last.pt", map_location=device)
         if ck["text_sha256"] != p["text"].sha256 or ck["train_codes"] != p["train_codes"]:
             raise ECGShardError(f"{out} was trained against another text matrix or class list; "
                                 f"resume it with the same --text and holdout, or use a new --out")
         before = json.loads((out / "classes.json").read_text())
         if before.get("shards_fingerprint") != p["manifest"]["fingerprint"]:
-            diffs = S.signal_path_differences(before.get("signal_path", {}),
-                                              S.signal_path(p["manifest"]))
+            diffs = shards.signal_path_differences(before.get("signal_path", {}),
+                                              shards.signal_path(p["manifest"]))
             if before["records"]["train"] != p["n_train"]:
                 diffs.append(f"training records: {before['records']['train']} vs "
                              f"{p['n_train']}")
@@ -165,8 +165,8 @@ def _train(cfg, out):
             f.write(json.dumps(record) + "\n")
         ck = t.checkpoint(state, val_auroc)
         if is_best:
-            S.save_checkpoint(out / "checkpoint-best.pt", ck)
-        S.save_checkpoint(out / "checkpoint-last.pt", ck)
+            shards.save_checkpoint(out / "checkpoint-best.pt", ck)
+        shards.save_checkpoint(out / "checkpoint-last.pt", ck)
         _write_heldout_check(out, state, p["holdout"], cfg.include_heldout_records)
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
@@ -178,7 +178,7 @@ def _train(cfg, out):
                "holdout": p["holdout"], "text_model": p["text"].attrs.get("model_id"),
                "epochs_done": state["epoch"], "steps": state["step"],
                "data_path": "preload" if use_preload else "stream"}
-    S.write_json(out / "summary.json", summary)
+    shards.write_json(out / "summary.json", summary)
     return summary
 
 
@@ -291,9 +291,9 @@ class Trainer:
 
 
 def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
-    S.write_json(out / "config.json", {"config": asdict(cfg), "model": asdict(encoder_cfg),
+    shards.write_json(out / "config.json", {"config": asdict(cfg), "model": asdict(encoder_cfg),
                                        "data_path": "preload" if use_preload else "stream"})
-    S.write_json(out / "classes.json", {
+    shards.write_json(out / "classes.json", {
         "train_codes": p["train_codes"], "holdout": p["holdout"],
         "holdout_requested": list(cfg.holdout),
         "dropped_rare_classes": p["dropped_rare"],
@@ -304,7 +304,7 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
                   "test": list(cfg.test_folds)},
         "shards": str(Path(cfg.shards).resolve()),
         "shards_fingerprint": p["manifest"]["fingerprint"],
-        "signal_path": S.signal_path(p["manifest"]),
+        "signal_path": shards.signal_path(p["manifest"]),
         "dataset_fingerprint": p["manifest"].get("dataset_fingerprint"),
         "shard_sources": sorted(p["manifest"]["sources"]),
         "text": str(Path(cfg.text).resolve()), "text_sha256": p["text"].sha256,
@@ -313,7 +313,7 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
 
 def _write_heldout_check(out, state, holdout, allowed):
     ok = state["heldout_seen"] == 0 or allowed
-    S.write_json(out / "heldout_check.json", {
+    shards.write_json(out / "heldout_check.json", {
         "holdout": holdout, "batches": state["batches"], "records_seen": state["records_seen"],
         "records_with_heldout_label_seen": state["heldout_seen"], "passed": ok})
     if not ok:

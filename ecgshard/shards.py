@@ -54,7 +54,7 @@ import numpy as np
 from .errors import SchemaError
 
 SCHEMA_VERSION = 2
-TEXT_SCHEMA_VERSION = 2
+TEXT_SCHEMA_VERSION = 1
 CHECKPOINT_SCHEMA_VERSION = 2
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -89,6 +89,14 @@ MANIFEST = "manifest.json"
 PARTIAL_MANIFEST = "manifest.partial.json"
 REQUIRED_MANIFEST_FIELDS = ("schema_version", "format", "params", "classes", "shards", "skipped",
                             "n_records", "fs", "n_samples", "leads")
+
+
+def check_version(found, expected, what, path, fix):
+    """The one schema check of every artifact: a version other than this ecgshard's is refused
+    with the way out."""
+    if found != expected:
+        raise SchemaError(f"{path}: {what} schema version {found}, this ecgshard reads "
+                          f"{expected}; {fix}")
 
 
 def shard_name(index):
@@ -286,10 +294,8 @@ def exclusive_lock(directory, what):
 
 
 def check_shard(f, path=""):
-    version = f.attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise SchemaError(f"{path}: shard schema version {version}, this ecgshard reads "
-                          f"{SCHEMA_VERSION}; rebuild the shards")
+    check_version(f.attrs.get("schema_version"), SCHEMA_VERSION, "shard", path,
+                  "rebuild the shards")
     missing = [k for k in SHARD_KEYS if k not in f]
     if missing:
         raise SchemaError(f"{path}: shard lacks datasets {missing}")
@@ -321,9 +327,8 @@ def load_manifest(shard_dir):
             if (Path(shard_dir) / PARTIAL_MANIFEST).exists() else ""
         raise SchemaError(f"{shard_dir} has no {MANIFEST}; not a finished shard directory{hint}")
     manifest = json.loads(path.read_text())
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"{path}: schema version {manifest.get('schema_version')}, this "
-                          f"ecgshard reads {SCHEMA_VERSION}; rebuild the shards")
+    check_version(manifest.get("schema_version"), SCHEMA_VERSION, "manifest", path,
+                  "rebuild the shards")
     missing = [k for k in REQUIRED_MANIFEST_FIELDS if k not in manifest]
     if missing:
         raise SchemaError(f"{path}: manifest lacks {missing}")
@@ -413,9 +418,8 @@ def read_text_matrix(path):
         raise SchemaError(f"no text matrix at {path}; create it with `ecgshard embed-text`")
     with h5py.File(path, "r") as f:
         attrs = {k: _maybe_json(v) for k, v in f.attrs.items()}
-        if attrs.get("schema_version") != TEXT_SCHEMA_VERSION:
-            raise SchemaError(f"{path}: text matrix schema {attrs.get('schema_version')}, "
-                              f"expected {TEXT_SCHEMA_VERSION}")
+        check_version(attrs.get("schema_version"), TEXT_SCHEMA_VERSION, "text matrix", path,
+                      "rerun `ecgshard embed-text --force`")
         emb = f["emb"][...]
         codes, texts, names = (list(read_strings(f[k])) for k in ("codes", "texts", "names"))
     if text_content_sha256(emb, codes, texts) != attrs["content_sha256"]:
@@ -453,7 +457,6 @@ def load_checkpoint(path, map_location="cpu"):
     if not Path(path).exists():
         raise SchemaError(f"no checkpoint at {path}")
     state = torch.load(path, map_location=map_location, weights_only=False)
-    if state.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
-        raise SchemaError(f"{path}: checkpoint schema {state.get('schema_version')}, expected "
-                          f"{CHECKPOINT_SCHEMA_VERSION}")
+    check_version(state.get("schema_version"), CHECKPOINT_SCHEMA_VERSION, "checkpoint", path,
+                  "train the run again with this ecgshard")
     return state

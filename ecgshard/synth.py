@@ -266,6 +266,14 @@ def write_ptbxl(root, n_records=500, seed=0, rates=(100, 500), seconds=10):
                      "age": float(rng.integers(18, 90)), "sex": int(rng.integers(0, 2)),
                      "scp_codes": repr(likelihood),
                      "strat_fold": _patient_fold(patient), "filename_lr": lr, "filename_hr": hr})
+    write_ptbxl_tables(root, rows)
+    return rows
+
+
+def write_ptbxl_tables(root, rows):
+    """PTB-XL's two CSVs: ``ptbxl_database.csv`` with ``rows`` (dicts of its columns) and
+    ``scp_statements.csv`` with the statements the synthetic records use."""
+    root = Path(root)
     with open(root / "ptbxl_database.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=PTBXL_COLUMNS, restval="")
         w.writeheader()
@@ -276,7 +284,6 @@ def write_ptbxl(root, n_records=500, seed=0, rates=(100, 500), seconds=10):
         for code, (desc, diag, form, rhythm, cls, sub) in SCP_USED.items():
             w.writerow([code, desc, _flag(diag), _flag(form), _flag(rhythm), cls, sub, "", desc,
                         "", "", "", ""])
-    return rows
 
 
 PTBXL_LEAD_NAMES = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import concepts, labels
-from . import shards as S
+from . import shards
 from .config import TextConfig
 from .device import resolve_device
 from .errors import ECGShardError
@@ -44,11 +44,11 @@ def run(cfg: TextConfig):
     inputs = {"model": cfg.model, "model_files": _local_model_stamp(cfg.model),
               "pooling": cfg.pooling, "templates": list(cfg.templates), "texts": cfg.texts,
               "classes": [[c["code"], t] for c, t in zip(classes, texts)]}
-    fp = S.fingerprint(inputs)
+    fp = shards.fingerprint(inputs)
     out = Path(cfg.out)
     if out.exists() and not cfg.force:
         try:
-            if S.read_text_matrix(out).attrs.get("input_fingerprint") == fp:
+            if shards.read_text_matrix(out).attrs.get("input_fingerprint") == fp:
                 log.info("%s is up to date (same model, texts and classes): cache hit", out)
                 return out
         except ECGShardError as exc:
@@ -64,7 +64,7 @@ def run(cfg: TextConfig):
         rows.append(v / np.linalg.norm(v))
         start += len(group)
     matrix = np.stack(rows).astype(np.float32)
-    S.write_text_matrix(out, matrix, [c["code"] for c in classes],
+    shards.write_text_matrix(out, matrix, [c["code"] for c in classes],
                         [" | ".join(group) for group in texts], [c["name"] for c in classes], {
                             "model_id": encoder.model_id, "model_revision": encoder.revision,
                             "model_kind": encoder.kind, "pooling": encoder.pooling,
@@ -84,7 +84,8 @@ def collect_vocabulary(sources):
     merged = {}
     for src in sources:
         src = Path(src)
-        classes = S.load_manifest(src)["classes"] if src.is_dir() else labels.load_vocab_file(src)
+        classes = shards.load_manifest(src)["classes"] if src.is_dir() else \
+            labels.load_vocab_file(src)
         for c in classes:
             if c.get("known") is False:
                 log.warning("class %s has no name in the code table; it cannot be written as "
@@ -296,7 +297,7 @@ def most_similar_pairs(matrix, top=20):
 
 
 def text_sim_lines(path, top=20):
-    m = S.read_text_matrix(path)
+    m = shards.read_text_matrix(path)
     lines = [f"{m.attrs['model_id']} ({m.attrs['pooling']}), {len(m.codes)} classes: the "
              f"{top} most similar pairs"]
     names = dict(zip(m.codes, m.names))

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from . import concepts
-from . import metrics as M
-from . import shards as S
+from . import metrics
+from . import shards
 from .config import ZeroShotConfig, fixed_threshold
 from .errors import ECGShardError
 
@@ -42,13 +42,13 @@ def run(cfg: ZeroShotConfig):
     device = resolve_device(cfg.device)
     run_dir = Path(cfg.run)
     ck_path = run_dir / f"checkpoint-{cfg.checkpoint}.pt"
-    ck = S.load_checkpoint(ck_path, map_location="cpu")
+    ck = shards.load_checkpoint(ck_path, map_location="cpu")
     run_classes = json.loads((run_dir / "classes.json").read_text())
     train_codes, holdout = list(ck["train_codes"]), list(ck["holdout"])
-    text = S.read_text_matrix(cfg.text)
+    text = shards.read_text_matrix(cfg.text)
     _check_text_space(text, ck)
 
-    manifest = S.load_manifest(cfg.shards)
+    manifest = shards.load_manifest(cfg.shards)
     _check_signal_path(run_classes, manifest, cfg)
     same_set = manifest["fingerprint"] == run_classes["shards_fingerprint"] or (
         manifest.get("dataset_fingerprint") is not None
@@ -127,9 +127,9 @@ def run(cfg: ZeroShotConfig):
     if same_set and holdout:
         # The trained classes on the same test records: what the encoder does where it learned.
         t_scores = emb @ text.emb[text.rows(train_codes)].T
-        auroc, ap = M.per_class(t_scores, all_labels[:, [column[c] for c in train_codes]])
-        refs["trained_classes_same_folds"] = {"macro_auroc": _num(M.macro(auroc)),
-                                              "macro_ap": _num(M.macro(ap)),
+        auroc, ap = metrics.per_class(t_scores, all_labels[:, [column[c] for c in train_codes]])
+        refs["trained_classes_same_folds"] = {"macro_auroc": _num(metrics.macro(auroc)),
+                                              "macro_ap": _num(metrics.macro(ap)),
                                               "n_classes": int(np.isfinite(auroc).sum())}
     if controls is not None:
         ctrl = groups.get("all", {}).get("control") or {}
@@ -142,7 +142,7 @@ def run(cfg: ZeroShotConfig):
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    S.write_json(out / "report.json", report)
+    shards.write_json(out / "report.json", report)
     _write_per_class_csv(out / "per_class.csv", classes)
     _plots(out, scores, data["labels"], targets, classes)
     if cfg.save_embeddings:
@@ -155,8 +155,8 @@ def _check_signal_path(run_classes, manifest, cfg):
     """The evaluated shards must have been made like the run's training shards."""
     trained = run_classes.get("signal_path")
     if trained is None:                        # runs written before the signal path was kept
-        trained = S.signal_path(S.load_manifest(run_classes["shards"]))
-    diffs = S.signal_path_differences(trained, S.signal_path(manifest))
+        trained = shards.signal_path(shards.load_manifest(run_classes["shards"]))
+    diffs = shards.signal_path_differences(trained, shards.signal_path(manifest))
     if diffs and not cfg.allow_signal_mismatch:
         raise ECGShardError(
             f"the evaluated shards {cfg.shards} were built with another signal path than the "
@@ -208,7 +208,7 @@ def _check_text_space(text, ck):
 
 def _target_classes(spec, manifest, text, train_codes, holdout, same_set):
     in_text = set(text.codes)
-    vocab = S.class_codes(manifest)
+    vocab = shards.class_codes(manifest)
     if spec == "heldout":
         if same_set:
             if not holdout:
@@ -234,7 +234,7 @@ def _threshold(cfg, ck, run_classes, encoder, device, scores, labels, text_rows)
     from .data import Selection, load_selection
 
     if cfg.threshold == "youden":
-        return M.youden_threshold(scores, labels), \
+        return metrics.youden_threshold(scores, labels), \
             "OPTIMISTIC: per-class Youden threshold chosen on the evaluated labels themselves"
     if cfg.threshold.startswith("fixed:"):
         value = fixed_threshold(cfg.threshold)
@@ -248,14 +248,14 @@ def _threshold(cfg, ck, run_classes, encoder, device, scores, labels, text_rows)
     v_scores = v_emb @ np.asarray(ck["text_emb_train"]).T
     folds = run_classes["folds"]["val"]
     if cfg.threshold == "val-seen":
-        value = M.pooled_youden_threshold(v_scores, val["labels"])
+        value = metrics.pooled_youden_threshold(v_scores, val["labels"])
         return value, (f"cosine threshold {value:.4f}: mean-Youden optimum over the training "
                        f"classes on validation folds {folds}")
     # val-z: each class's cosine is standardised by its mean and spread over the validation
     # records (inputs only, so unseen classes get a scale too), and one z threshold is chosen
     # on the training classes there.
     z_train = (v_scores - v_scores.mean(0)) / v_scores.std(0).clip(min=1e-6)
-    z = M.pooled_youden_threshold(z_train, val["labels"])
+    z = metrics.pooled_youden_threshold(z_train, val["labels"])
     target_val = v_emb @ text_rows.T
     value = target_val.mean(0) + z * target_val.std(0).clip(min=1e-6)
     return value, (f"per-class cosine thresholds mean + {z:.3f} sd of each class's scores on the "
@@ -265,11 +265,11 @@ def _threshold(cfg, ck, run_classes, encoder, device, scores, labels, text_rows)
 
 def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, controls):
     """Per-class rows and per-group macro figures with intervals and nulls."""
-    auroc, ap = M.per_class(scores, labels)
-    sens, spec, f1 = M.at_threshold(scores, labels, threshold)
-    boot = M.bootstrap_per_class(scores, labels, cfg.bootstrap, cfg.seed, groups=patients) \
+    auroc, ap = metrics.per_class(scores, labels)
+    sens, spec, f1 = metrics.at_threshold(scores, labels, threshold)
+    boot = metrics.bootstrap_per_class(scores, labels, cfg.bootstrap, cfg.seed, groups=patients) \
         if cfg.bootstrap > 0 else None
-    ctrl_auroc = np.stack([M.per_class_fast(c, labels)[0] for c in controls]) \
+    ctrl_auroc = np.stack([metrics.per_class_fast(c, labels)[0] for c in controls]) \
         if controls is not None else None
     n_pos = labels.sum(axis=0).astype(int)
 
@@ -281,7 +281,7 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
             "why": st.why, "n_pos": int(n_pos[i]), "n": int(len(labels)),
             "in_macro": bool(np.isfinite(auroc[i]) and n_pos[i] >= cfg.min_positives),
             "auroc": _num(auroc[i]),
-            "auroc_ci": M.percentile_ci(boot["auroc"][:, i]) if boot is not None else None,
+            "auroc_ci": metrics.percentile_ci(boot["auroc"][:, i]) if boot is not None else None,
             "ap": _num(ap[i]), "prevalence": float(labels[:, i].mean()),
             "sensitivity": _num(sens[i]), "specificity": _num(spec[i]), "f1": _num(f1[i]),
             "threshold": _num(np.broadcast_to(threshold, (len(targets),))[i])}
@@ -305,14 +305,14 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
         if ok:
             g.update({
                 "macro_auroc": _num(auroc[ok].mean()), "macro_ap": _num(ap[ok].mean()),
-                "micro_auroc": _num(M.micro_auroc(scores, labels, ok)),
-                "macro_sensitivity": _num(M.macro(sens[ok])),
-                "macro_specificity": _num(M.macro(spec[ok])),
-                "macro_f1": _num(M.macro(f1[ok]))})
+                "micro_auroc": _num(metrics.micro_auroc(scores, labels, ok)),
+                "macro_sensitivity": _num(metrics.macro(sens[ok])),
+                "macro_specificity": _num(metrics.macro(spec[ok])),
+                "macro_f1": _num(metrics.macro(f1[ok]))})
             if boot is not None:
-                rows = M.macro_rows(boot["auroc"][:, ok])
-                g["macro_auroc_ci"] = M.percentile_ci(rows)
-                g["macro_ap_ci"] = M.percentile_ci(M.macro_rows(boot["ap"][:, ok]))
+                rows = metrics.macro_rows(boot["auroc"][:, ok])
+                g["macro_auroc_ci"] = metrics.percentile_ci(rows)
+                g["macro_ap_ci"] = metrics.percentile_ci(metrics.macro_rows(boot["ap"][:, ok]))
                 g["bootstrap_replicates_used"] = int(np.isfinite(rows).sum())
             _place_in_nulls(g, scores[:, ok], labels[:, ok],
                             ctrl_auroc[:, ok] if ctrl_auroc is not None else None, cfg)
@@ -330,13 +330,13 @@ def _place_in_nulls(group, scores, labels, ctrl_auroc, cfg):
                             "mean": _num(values.mean()),
                             "sd": _num(values.std(ddof=1)) if len(values) > 1 else None,
                             "min": _num(values.min()), "max": _num(values.max()),
-                            **M.null_position(value, values)}
+                            **metrics.null_position(value, values)}
         beats.append(value > values.max())
     if cfg.permutations > 0:
-        null = M.permutation_null(scores, labels, cfg.permutations, cfg.seed)
+        null = metrics.permutation_null(scores, labels, cfg.permutations, cfg.seed)
         group["permutation"] = {"mean": _num(null.mean()),
                                 "q95": _num(np.quantile(null, 0.95)),
-                                **M.null_position(value, null)}
+                                **metrics.null_position(value, null)}
         beats.append(group["permutation"]["p"] < 0.05)
     if beats:
         group["distinguishable_from_nulls"] = bool(all(beats))
@@ -348,7 +348,7 @@ def _per_source(scores, labels, sources, classes, min_positives):
     out = {}
     for source in sorted(set(sources)):
         mask = sources == source
-        auroc, ap = M.per_class(scores[mask], labels[mask])
+        auroc, ap = metrics.per_class(scores[mask], labels[mask])
         n_pos = labels[mask].sum(axis=0)
         entry = {"n_records": int(mask.sum())}
         for group in concepts.GROUPS:
@@ -370,7 +370,7 @@ def _write_per_class_csv(path, classes):
     fields = ["code", "name", "group", "via", "why", "n_pos", "n", "in_macro", "prevalence",
               "auroc", "auroc_ci_low", "auroc_ci_high", "control_auroc_min", "control_auroc_max",
               "ap", "sensitivity", "specificity", "f1", "threshold"]
-    with S.atomic_path(path) as tmp:
+    with shards.atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
@@ -430,12 +430,12 @@ def _plots(out, scores, labels, targets, classes):
 def _save_embeddings(path, emb, data, folds, provenance):
     import h5py
 
-    with S.atomic_path(path) as tmp:
+    with shards.atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("emb", data=emb.astype(np.float32))
-            f.create_dataset(S.RECORD_ID, data=data["record_id"].astype(object),
+            f.create_dataset(shards.RECORD_ID, data=data["record_id"].astype(object),
                              dtype=h5py.string_dtype())
-            f.create_dataset(S.SOURCE, data=data["source"].astype(object),
+            f.create_dataset(shards.SOURCE, data=data["source"].astype(object),
                              dtype=h5py.string_dtype())
             f.attrs["provenance"] = json.dumps(provenance)
             f.attrs["folds"] = json.dumps(list(folds))

@@ -5,7 +5,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import csv  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -48,21 +47,10 @@ def write_ptbxl_tree(root, n=24, fs=100, folder="records100", suffix="lr", codes
                      "sex": k % 2, "scp_codes": repr(codes), "strat_fold": (k % 10) + 1,
                      "filename_lr": rec if suffix == "lr" else rec.replace("_hr", "_lr"),
                      "filename_hr": rec if suffix == "hr" else rec.replace("_lr", "_hr")})
-    write_ptbxl_csvs(root, rows)
+    synth.write_ptbxl_tables(root, rows)
     return rows
 
 
-def write_ptbxl_csvs(root, rows):
-    with open(Path(root) / "ptbxl_database.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=synth.PTBXL_COLUMNS, restval="")
-        w.writeheader()
-        w.writerows(rows)
-    with open(Path(root) / "scp_statements.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(synth.SCP_COLUMNS)
-        for code, (desc, diag, form, rhythm, cls, sub) in synth.SCP_USED.items():
-            w.writerow([code, desc, synth._flag(diag), synth._flag(form), synth._flag(rhythm),
-                        cls, sub, "", desc, "", "", "", ""])
 
 
 @pytest.fixture(scope="session")

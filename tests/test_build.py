@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import identity_signal, write_ptbxl_csvs, write_ptbxl_tree, wrsamp
+from conftest import identity_signal, write_ptbxl_tree, wrsamp
 from ecgshard import build, shards, synth
 from ecgshard.cli import main
 from ecgshard.errors import ECGShardError, SchemaError
@@ -84,7 +84,7 @@ def test_bad_records_are_named_skips_never_lost(tmp_path):
     rows.append(dict(rows[0], ecg_id=13, filename_lr="records100/00000/00013_lr"))  # no file
     rows.append(dict(rows[0], ecg_id=14, scp_codes="{}",
                      filename_lr="records100/00000/00009_lr"))                    # no labels
-    write_ptbxl_csvs(src, rows)
+    synth.write_ptbxl_tables(src, rows)
     manifest = build.run(_cfg(src, tmp_path / "out", shard_size=5))
     by_id = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
     assert by_id == {"1": "truncated_signal", "2": "missing_signal_file", "3": "nan_values",

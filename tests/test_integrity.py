@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import identity_signal, write_ptbxl_csvs, write_ptbxl_tree, wrsamp
-from ecgshard import build, data, fit, shards
+from conftest import identity_signal, write_ptbxl_tree, wrsamp
+from ecgshard import build, data, fit, shards, synth
 from ecgshard.cli import main
 from ecgshard.errors import ECGShardError, SchemaError
 
@@ -113,11 +113,9 @@ def test_a_record_id_listed_twice_is_kept_once(tmp_path, fmt):
     if fmt == "ptbxl":
         rows = write_ptbxl_tree(tmp_path / "src", n=10)
         copy = dict(rows[2], strat_fold=10 if rows[2]["strat_fold"] != 10 else 1)
-        write_ptbxl_csvs(tmp_path / "src", rows + [copy])    # ecg_id 3 twice, another fold
+        synth.write_ptbxl_tables(tmp_path / "src", rows + [copy])    # ecg_id 3 twice, another fold
         dup = "3"
     else:
-        from ecgshard import synth
-
         synth.write_cinc2021(tmp_path / "src", n_per_source=3, seed=0)
         heas = sorted((tmp_path / "src").rglob("*.hea"))
         dup = heas[0].stem
@@ -200,7 +198,7 @@ def test_malformed_ptbxl_metadata_is_a_named_skip_or_a_clear_error(tmp_path):
     rows[1]["scp_codes"] = "['NORM', 'SR']"                # a list
     rows[2]["scp_codes"] = "{'NORM': 'high'}"              # a likelihood that is no number
     rows[3]["strat_fold"] = 3.7                            # no fold (not fold 3)
-    write_ptbxl_csvs(tmp_path / "src", rows)
+    synth.write_ptbxl_tables(tmp_path / "src", rows)
     manifest = _build(tmp_path / "src", tmp_path / "out")
     by_id = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
     assert by_id == {"1": "bad_metadata", "2": "bad_metadata", "3": "bad_metadata",
@@ -212,8 +210,6 @@ def test_malformed_ptbxl_metadata_is_a_named_skip_or_a_clear_error(tmp_path):
 
 
 def _challenge(tmp_path, n=2):
-    from ecgshard import synth
-
     synth.write_cinc2021(tmp_path / "src", n_per_source=n, seed=0)
     return sorted((tmp_path / "src").rglob("*.hea"))
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from ecgshard import metrics as M
+from ecgshard import metrics
 
 
 @pytest.fixture
@@ -15,18 +15,18 @@ def scored():
 
 def test_per_class_matches_sklearn_and_skips_classes_without_positives(scored):
     scores, labels = scored
-    auroc, ap = M.per_class(scores, labels)
+    auroc, ap = metrics.per_class(scores, labels)
     for c in range(3):
         assert auroc[c] == pytest.approx(roc_auc_score(labels[:, c], scores[:, c]))
         assert ap[c] == pytest.approx(average_precision_score(labels[:, c], scores[:, c]))
     assert np.isnan(auroc[3]) and np.isnan(ap[3])
     # the empty class is left out of the macro, not counted as 0 or 1
-    assert M.macro(auroc) == pytest.approx(np.mean(auroc[:3]))
+    assert metrics.macro(auroc) == pytest.approx(np.mean(auroc[:3]))
 
 
 def test_threshold_metrics_match_sklearn(scored):
     scores, labels = scored
-    sens, spec, f1 = M.at_threshold(scores, labels, 0.3)
+    sens, spec, f1 = metrics.at_threshold(scores, labels, 0.3)
     for c in range(3):
         pred = scores[:, c] >= 0.3
         assert f1[c] == pytest.approx(f1_score(labels[:, c], pred))
@@ -38,22 +38,22 @@ def test_threshold_metrics_match_sklearn(scored):
 def test_youden_thresholds_separate_a_perfect_class():
     labels = np.array([[0], [0], [1], [1]])
     scores = np.array([[0.1], [0.2], [0.7], [0.9]])
-    t = M.youden_threshold(scores, labels)[0]
+    t = metrics.youden_threshold(scores, labels)[0]
     assert 0.2 < t <= 0.7
-    assert 0.2 < M.pooled_youden_threshold(scores, labels) <= 0.7
+    assert 0.2 < metrics.pooled_youden_threshold(scores, labels) <= 0.7
 
 
 def test_bootstrap_interval_brackets_the_estimate(scored):
     scores, labels = scored
-    auroc, _ = M.per_class(scores, labels)
-    boot = M.bootstrap_per_class(scores, labels, n_boot=200, seed=1)
+    auroc, _ = metrics.per_class(scores, labels)
+    boot = metrics.bootstrap_per_class(scores, labels, n_boot=200, seed=1)
     assert boot["auroc"].shape == (200, 4) and np.isnan(boot["auroc"][:, 3]).all()
-    lo, hi = M.percentile_ci(M.macro_rows(boot["auroc"][:, :3]))
-    assert lo < M.macro(auroc) < hi and hi - lo < 0.2
+    lo, hi = metrics.percentile_ci(metrics.macro_rows(boot["auroc"][:, :3]))
+    assert lo < metrics.macro(auroc) < hi and hi - lo < 0.2
     # the macro's class set is fixed: a replicate missing one of its classes is no replicate
-    assert np.isnan(M.macro_rows(boot["auroc"])).all()
+    assert np.isnan(metrics.macro_rows(boot["auroc"])).all()
     for c in range(3):
-        lo, hi = M.percentile_ci(boot["auroc"][:, c])
+        lo, hi = metrics.percentile_ci(boot["auroc"][:, c])
         assert lo < auroc[c] < hi
 
 
@@ -61,8 +61,8 @@ def test_fast_per_class_equals_sklearn_with_ties(scored):
     scores, labels = scored
     rounded = np.round(scores, 1)                  # many ties
     for s in (scores, rounded):
-        fast_auroc, fast_ap = M.per_class_fast(s, labels)
-        auroc, ap = M.per_class(s, labels)
+        fast_auroc, fast_ap = metrics.per_class_fast(s, labels)
+        auroc, ap = metrics.per_class(s, labels)
         np.testing.assert_allclose(fast_auroc, auroc, atol=1e-12)
         np.testing.assert_allclose(fast_ap, ap, atol=1e-12)
 
@@ -76,21 +76,22 @@ def test_patient_bootstrap_keeps_a_patients_records_together():
     labels = np.repeat(base_labels, 20)[:, None]
     scores = np.repeat(base_scores, 20)[:, None]
     patients = np.repeat(np.arange(10), 20)
-    by_record = M.bootstrap_per_class(scores, labels, 300, seed=0)["auroc"][:, 0]
-    by_patient = M.bootstrap_per_class(scores, labels, 300, seed=0, groups=patients)["auroc"][:, 0]
-    width = lambda b: np.subtract(*M.percentile_ci(b)[::-1])       # noqa: E731
+    by_record = metrics.bootstrap_per_class(scores, labels, 300, seed=0)["auroc"][:, 0]
+    by_patient = metrics.bootstrap_per_class(scores, labels, 300, seed=0,
+                                             groups=patients)["auroc"][:, 0]
+    width = lambda b: np.subtract(*metrics.percentile_ci(b)[::-1])       # noqa: E731
     assert width(by_patient) > 2 * width(by_record)
     # a replicate draws whole patients: its record count is a multiple of 20
-    one = M.bootstrap_per_class(scores, labels, 1, seed=5, groups=patients)
+    one = metrics.bootstrap_per_class(scores, labels, 1, seed=5, groups=patients)
     assert np.isfinite(one["auroc"]).all() or np.isnan(one["auroc"]).all()
 
 
 def test_permutation_null_sits_at_chance_and_places_a_real_signal(scored):
     scores, labels = scored
     cols = [0, 1, 2]
-    null = M.permutation_null(scores[:, cols], labels[:, cols], n_perm=300, seed=0)
+    null = metrics.permutation_null(scores[:, cols], labels[:, cols], n_perm=300, seed=0)
     assert abs(null.mean() - 0.5) < 0.02
-    observed = M.macro(M.per_class(scores[:, cols], labels[:, cols])[0])
-    pos = M.null_position(observed, null)
+    observed = metrics.macro(metrics.per_class(scores[:, cols], labels[:, cols])[0])
+    pos = metrics.null_position(observed, null)
     assert pos["p"] == pytest.approx(1 / 301, abs=1e-6) and pos["percentile"] == 100.0
-    assert M.null_position(0.5, null)["p"] > 0.2
+    assert metrics.null_position(0.5, null)["p"] > 0.2

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from .. import labels, readers
-from .. import shards as S
+from .. import shards
 from ..errors import BadRecordError, ECGShardError
 from .base import Database, Item, find, float_or, read_header_text, skip
 
@@ -96,7 +96,7 @@ class CinC2021(Database):
                         dict(unknown.most_common(10)))
         checksums = {}
         if cfg.dx_map:
-            checksums = {p: S.sha256_file(p) for p in str(cfg.dx_map).split(",")}
+            checksums = {p: shards.sha256_file(p) for p in str(cfg.dx_map).split(",")}
         return {"classes": labels.snomed_vocabulary(table, counts), "items": items,
                 "skipped": skipped, "unknown_codes": dict(unknown), "rate": None,
                 "checksums": checksums}

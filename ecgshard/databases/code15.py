@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import readers
-from .. import shards as S
+from .. import shards
 from ..errors import BadRecordError, ECGShardError
 from .base import Database, Item, float_or, id_text, orphan, read_csv, skip
 
@@ -56,7 +56,7 @@ class CODE15(Database):
             raise BadRecordError("empty_record", f"{item.path}[{item.index}]: all samples are "
                                  f"zero")
         trace = trace[:, nonzero[0]:nonzero[-1] + 1]
-        return trace, FS, list(S.LEADS), hashlib.sha256(trace.tobytes()).hexdigest()
+        return trace, FS, list(shards.LEADS), hashlib.sha256(trace.tobytes()).hexdigest()
 
     def plan(self, cfg):
         """The six labels are definitive 0/1, so an exam with none is a negative, not
@@ -106,4 +106,4 @@ class CODE15(Database):
                                       "exams.csv"))
         classes = [{"code": c, "name": n, "known": True} for c, n in CLASSES]
         return {"classes": classes, "items": items, "skipped": skipped, "unknown_codes": {},
-                "rate": None, "checksums": {"exams.csv": S.sha256_file(source / "exams.csv")}}
+                "rate": None, "checksums": {"exams.csv": shards.sha256_file(source / "exams.csv")}}

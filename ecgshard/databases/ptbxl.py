@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from .. import labels
-from .. import shards as S
+from .. import shards
 from ..errors import BadRecordError, ECGShardError
 from .base import Database, Item, find, float_or, id_text, int_or, orphan, skip
 
@@ -161,7 +161,7 @@ class PTBXL(Database):
             raise ECGShardError(f"{source}: ptbxl_database.csv lists no records")
         return {"classes": classes, "items": items, "skipped": skipped,
                 "unknown_codes": dict(unknown), "rate": rate,
-                "checksums": {f: S.sha256_file(source / f) for f in FILES}}
+                "checksums": {f: shards.sha256_file(source / f) for f in FILES}}
 
 
 def records_rate(cfg, source):

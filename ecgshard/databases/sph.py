@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import readers
-from .. import shards as S
+from .. import shards
 from ..errors import BadRecordError, ECGShardError
 from .base import Database, Item, float_or, id_text, orphan, read_csv, skip
 
@@ -42,7 +42,7 @@ class SPH(Database):
         if sig.ndim != 2 or sig.shape[0] != 12:
             raise BadRecordError("missing_lead", f"{path}: ecg has shape {sig.shape}, not "
                                  f"(12, N)")
-        return sig, FS, list(S.LEADS), hashlib.sha256(sig.tobytes()).hexdigest()
+        return sig, FS, list(shards.LEADS), hashlib.sha256(sig.tobytes()).hexdigest()
 
     def plan(self, cfg):
         """Labels are the primary AHA statements of ``AHA_Code`` (``;``-separated; modifiers
@@ -88,4 +88,5 @@ class SPH(Database):
             log.warning("AHA codes not in code.csv (kept by code): %s", unknown)
         return {"classes": classes, "items": items, "skipped": skipped,
                 "unknown_codes": unknown, "rate": None,
-                "checksums": {f: S.sha256_file(source / f) for f in ("metadata.csv", "code.csv")}}
+                "checksums": {f: shards.sha256_file(source / f)
+                              for f in ("metadata.csv", "code.csv")}}
