@@ -13,6 +13,7 @@ import click
 
 from . import config as C
 from .errors import ECGShardError
+from .report import fold_ranges
 
 
 class _Group(click.Group):
@@ -43,7 +44,7 @@ def _opt(cls, name, *decls, **kw):
     takes several values."""
     default = C.default(cls, name)
     if isinstance(default, tuple) and not kw.get("multiple") and "nargs" not in kw:
-        default = _fold_text(default) if name.endswith("folds") else ",".join(default)
+        default = fold_ranges(default) if name.endswith("folds") else ",".join(default)
     if C.allowed(cls, name) is not None:
         kw["type"] = _Choice(cls, name)
     kw.setdefault("show_default", default not in (None, "", ()))
@@ -57,18 +58,6 @@ def _folds(text):
         lo, _, hi = part.partition("-")
         out += range(int(lo), int(hi or lo) + 1)
     return tuple(out)
-
-
-def _fold_text(folds):
-    """(1, ..., 8) -> '1-8'."""
-    folds, parts, i = sorted(folds), [], 0
-    while i < len(folds):
-        j = i
-        while j + 1 < len(folds) and folds[j + 1] == folds[j] + 1:
-            j += 1
-        parts.append(str(folds[i]) if i == j else f"{folds[i]}-{folds[j]}")
-        i = j + 1
-    return ",".join(parts)
 
 
 def _codes(text):
@@ -319,11 +308,12 @@ def _zeroshot_options(*macro_flags):
 @_opt(Z, "seed")
 def zeroshot(run_dir, folds, min_macro_positives, **options):
     """Score classes zero-shot (held-out classes, or another dataset) and write a report."""
+    from . import report as present
     from . import zeroshot as stage
 
     cfg = stage.ZeroShotConfig(run=run_dir, folds=_folds(folds) if folds else None,
                                min_positives=min_macro_positives, **options)
-    for line in stage.summary_lines(stage.run(cfg)):
+    for line in present.summary_lines(stage.run(cfg)):
         click.echo(line)
 
 
@@ -332,9 +322,9 @@ def zeroshot(run_dir, folds, min_macro_positives, **options):
                 type=click.Path(exists=True, file_okay=False))
 def report(report_dirs):
     """Print several zero-shot reports side by side."""
-    from . import zeroshot as stage
+    from . import report as present
 
-    for line in stage.report_table(report_dirs):
+    for line in present.report_table(report_dirs):
         click.echo(line)
 
 

@@ -26,19 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build, concepts, fit, labels, text, zeroshot
+from . import build, fit, labels, report, text, zeroshot
 from . import shards
 from .config import ExperimentConfig
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
-
-# The published PTB-XL-only version of this design (frozen Bio_ClinicalBERT CLS embeddings,
-# trained projection, CLIP loss, 128 Hz), for comparison beside our numbers.
-PUBLISHED = {"a_heldout_macro_auroc": 0.59, "a_trained_macro_auroc": 0.70,
-             "supervised_xresnet1d101": 0.93, "b_unseen_macro_auroc": "0.57-0.61",
-             "b_seen_macro_auroc": "0.70-0.74"}
-
 
 def _prepare(cfg, with_cinc):
     work = Path(cfg.work)
@@ -161,7 +154,7 @@ def run_a(cfg: ExperimentConfig):
         dropped = counts["records_excluded_for_heldout_labels"]["train"]
         reports[-1]["excluded_train_share"] = dropped / max(1, dropped +
                                                             counts["records"]["train"])
-    section = markdown_a(cfg, manifest, reports)
+    section = report.markdown_a(cfg, manifest, reports)
     write_section(cfg.results, _key("experiment-a", cfg), section)
     return {"splits": [r["provenance"]["holdout"] for r in reports],
             "reports": [str(o) for o in outs], "markdown": section}
@@ -172,208 +165,15 @@ def run_b(cfg: ExperimentConfig):
     run_dir = _fit(cfg, work / "shards" / "ptbxl", text_file, work / "runs",
                    f"b-all-ptbxl{variant}", ())
     out = work / "reports" / f"b-cinc2021-{run_dir.name}"
-    report = _zeroshot(cfg, run_dir, work / "shards" / "cinc2021", text_file, out,
+    result = _zeroshot(cfg, run_dir, work / "shards" / "cinc2021", text_file, out,
                        classes="all")
     cinc_manifest = shards.load_manifest(work / "shards" / "cinc2021")
-    section = markdown_b(cfg, cinc_manifest, report)
+    section = report.markdown_b(cfg, cinc_manifest, result)
     write_section(cfg.results, _key("experiment-b", cfg), section)
     return {"report": str(out), "markdown": section}
 
 
-# ---------------------------------------------------------------- markdown
-
-def _f(x, digits=3):
-    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else \
-        f"{x:.{digits}f}"
-
-
-def _ci(ci):
-    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-
-
-def _class_cells(c):
-    """The positives | AUROC [CI] | AP cells every per-class table ends with."""
-    return f"{c['n_pos']} | {_f(c['auroc'])}{_ci(c['auroc_ci'])} | {_f(c['ap'])} |"
-
-
-def _ms(values):
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if not len(v):
-        return "n/a"
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
-
-
-def _control_cell(group):
-    """'0.512 [0.44, 0.58] (10 seeds); perm p 0.001; above both' for a group's macro."""
-    ctrl, perm = group.get("control"), group.get("permutation")
-    parts = []
-    if ctrl:
-        parts.append(f"{_f(ctrl['mean'])} [{_f(ctrl['min'])}, {_f(ctrl['max'])}]")
-    if perm and perm.get("p") is not None:
-        parts.append(f"perm p {perm['p']:.3f}")
-    if "distinguishable_from_nulls" in group:
-        parts.append("**above both nulls**" if group["distinguishable_from_nulls"] else
-                     "**not distinguishable from the nulls**")
-    return "; ".join(parts) or "—"
-
-
-def _folds_text(folds):
-    return zeroshot._fold_ranges(list(folds))
-
-
-def markdown_a(cfg, manifest, reports):
-    p0 = reports[0]["provenance"]
-    groups = [r["groups"].get("unseen", {}) for r in reports]
-    unseen = [g.get("macro_auroc") for g in groups]
-    unseen_ap = [g.get("macro_ap") for g in groups]
-    trained = [r["references"].get("trained_classes_same_folds", {}).get("macro_auroc")
-               for r in reports]
-    control = [v for g in groups for v in (g.get("control") or {}).get("values", [])]
-    above = sum(bool(g.get("distinguishable_from_nulls")) for g in groups)
-    val = [r["provenance"].get("checkpoint_val_macro_auroc") for r in reports]
-    not_unseen = [c["code"] for r in reports for c in r["classes"] if c["group"] != "unseen"]
-    lines = [
-        f"## Experiment A: held-out PTB-XL classes{' — ' + cfg.label if cfg.label else ''}",
-        "",
-        f"Command: `{cfg.command}`",
-        "",
-        f"Data: {manifest['n_records']} records from `{_where(manifest['source_dir'])}` "
-        f"({manifest['fs']} Hz, {manifest['n_skipped']} skipped). Text model: "
-        f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.text.texts}, templates "
-        f"{list(cfg.text.templates)}). Encoder `{cfg.fit.arch}`, loss `{cfg.fit.loss}`, "
-        f"{cfg.fit.epochs} epochs. Train folds {_folds_text(cfg.fit.train_folds)}, validation "
-        f"fold {_folds_text(cfg.fit.val_folds)} (checkpoint, threshold, and which classes may be "
-        f"held "
-        f"out: at least {cfg.min_val_positives} validation positives; random splits exclude at "
-        f"most {cfg.max_excluded:.0%} of the training records), test fold "
-        f"{_folds_text(p0['folds'])} (reporting only). Each holdout is closed over "
-        f"`ecgshard/data/concept_relations.csv` (synonyms, parents, children, near-siblings), "
-        f"and every record carrying a held-out statement at any likelihood is excluded from "
-        f"training and validation; every held-out class is therefore *unseen*"
-        f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
-        "",
-        f"Macros are over held-out classes with at least {cfg.zeroshot.min_positives} test "
-        f"positives (the others are listed per split); 95% intervals resample patients with the "
-        f"class set fixed. Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
-        f"pipeline, other seeds) and {p0['permutations']} label permutations.",
-        "",
-        "| figure (test fold) | ours, mean ± std over splits | published (PTB-XL only, "
-        "Bio_ClinicalBERT) |",
-        "|---|---|---|",
-        f"| unseen (held-out) classes, macro AUROC | {_ms(unseen)} | "
-        f"{PUBLISHED['a_heldout_macro_auroc']} |",
-        f"| unseen (held-out) classes, macro AP | {_ms(unseen_ap)} | — |",
-        f"| random-encoder distribution, same classes ({len(control)} encoders) | "
-        + (f"{_ms(control)} (range {_f(min(control))}–{_f(max(control))})" if control else
-           f"n/a: no held-out class has {cfg.zeroshot.min_positives} test positives") + " | — |",
-        f"| splits whose unseen macro is above both nulls | {above} of {len(reports)} | — |",
-        f"| trained classes, macro AUROC | {_ms(trained)} | "
-        f"{PUBLISHED['a_trained_macro_auroc']} (supervised xresnet1d101: "
-        f"{PUBLISHED['supervised_xresnet1d101']}) |",
-        f"| validation macro AUROC, trained classes | {_ms(val)} | — |",
-        "",
-        "Per split: the holdout the run used (after closure), the unseen macro and where it "
-        "falls in the nulls:",
-        "",
-        "| split | held out (closed) | training records excluded | unseen classes in macro | "
-        "macro AUROC [95% CI] | random encoders mean [min, max]; permutation; verdict | "
-        "not in macro (positives) |",
-        "|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(reports):
-        g = r["groups"].get("unseen", {})
-        few = ", ".join(f"{c} ({n})" for c, n in g.get("excluded_few_positives", {}).items())
-        lines.append(f"| {i} | {', '.join(r['provenance']['holdout'])} | "
-                     f"{r.get('excluded_train_share', 0):.0%} | {g.get('n_classes', 0)} "
-                     f"| {_f(g.get('macro_auroc'))}{_ci(g.get('macro_auroc_ci'))} | "
-                     f"{_control_cell(g)} | {few or '—'} |")
-    lines += ["", "Per held-out class (AUROC with 95% bootstrap CI over patients; the range of "
-              "the untrained encoders beside it):", "",
-              "| split | class | name | group | positives | AUROC [95% CI] | AP | "
-              "random encoders |",
-              "|---|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(reports):
-        for c in r["classes"]:
-            lines.append(f"| {i} | {c['code']} | {c['name']} | {c['group']} | "
-                         f"{_class_cells(c)} {_ctrl_range(c)} |")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def _where(path):
-    """A data path as the reader of the table can use it: relative to where the command ran."""
-    import os
-
-    rel = os.path.relpath(path)
-    return path if rel.startswith(os.pardir + os.sep + os.pardir) else rel
-
-
-def _ctrl_range(c):
-    ctrl = c.get("control_auroc")
-    return f"{_f(ctrl['min'])}–{_f(ctrl['max'])}" if ctrl else "—"
-
-
-def markdown_b(cfg, manifest, report):
-    p = report["provenance"]
-    g = report["groups"]
-    lines = [
-        f"## Experiment B: PTB-XL model scored on Challenge 2021 databases"
-        f"{' — ' + cfg.label if cfg.label else ''}",
-        "",
-        f"Command: `{cfg.command}`",
-        "",
-        f"Model trained on all PTB-XL classes (folds {_folds_text(cfg.fit.train_folds)}, "
-        f"checkpoint by fold {_folds_text(cfg.fit.val_folds)}); scored on {p['n_records']} records "
-        f"({p['n_patients']} patients) of `{_where(manifest['source_dir'])}` (all folds). "
-        f"Text model `{p['text_model']}`. Every class is *seen* (a code of its concept was a "
-        f"PTB-XL training class), *related* (a parent, child or near-sibling was) or *unseen* "
-        f"(nothing related was), by `ecgshard/data/concept_relations.csv`; `ecgshard "
-        f"relations CODE --run RUN` says why. The headline is **unseen**. Macros over classes "
-        f"with at least {p['min_positives_for_macro']} positives; 95% intervals resample "
-        f"patients. Threshold: {p['threshold_rule']}.",
-        "",
-        *(["Not scored: " + ", ".join(f"{n} {src} records" for src, n in
-                                       p["excluded_sources_same_as_training"].items()) +
-           " (the training database itself, inside this collection).", ""]
-          if p.get("excluded_sources_same_as_training") else []),
-        "| group | classes in macro | macro AUROC [95% CI] | macro AP | macro F1 | random "
-        "encoders mean [min, max]; permutation; verdict | published |",
-        "|---|---|---|---|---|---|---|"]
-    for name, published in (("unseen", PUBLISHED["b_unseen_macro_auroc"]), ("related", "—"),
-                            ("seen", PUBLISHED["b_seen_macro_auroc"]), ("all", "—")):
-        if name not in g:
-            lines.append(f"| {name} | 0 | no class of this collection is {name} for this run "
-                         f"| | | | {published} |")
-        else:
-            row = g[name]
-            lines.append(f"| {name} | {row['n_classes']} | {_f(row['macro_auroc'])}"
-                         f"{_ci(row['macro_auroc_ci'])} | {_f(row['macro_ap'])} | "
-                         f"{_f(row.get('macro_f1'))} | {_control_cell(row)} | {published} |")
-    few = {name: row["excluded_few_positives"] for name, row in g.items()
-           if name != "all" and row["excluded_few_positives"]}
-    if few:
-        lines += ["", "Not in a macro (fewer positives than the minimum): " + "; ".join(
-            f"{name}: " + ", ".join(f"{c} ({n})" for c, n in codes.items())
-            for name, codes in few.items()) + "."]
-    lines += ["", "Per source database (macro AUROC over the classes with enough positives "
-              "there):", "",
-              "| source | records | unseen: classes, AUROC | related: classes, AUROC | "
-              "seen: classes, AUROC |",
-              "|---|---|---|---|---|"]
-    for source, e in report["per_source"].items():
-        lines.append(f"| {source} | {e['n_records']} | " + " | ".join(
-            f"{e[k]['n_classes']}, {_f(e[k]['macro_auroc'])}" for k in concepts.GROUPS[::-1])
-            + " |")
-    lines += ["", "Per class:", "",
-              "| code | name | group (via) | positives | AUROC [95% CI] | AP | random encoders |",
-              "|---|---|---|---|---|---|---|"]
-    order = {name: i for i, name in enumerate(concepts.GROUPS[::-1])}
-    for c in sorted(report["classes"], key=lambda c: (order[c["group"]], -(c["auroc"] or 0))):
-        lines.append(f"| {c['code']} | {c['name']} | {c['group']}"
-                     f"{' (' + c['via'] + ')' if c['via'] else ''} | {_class_cells(c)} "
-                     f"{_ctrl_range(c)} |")
-    lines.append("")
-    return "\n".join(lines)
-
+# ---------------------------------------------------------------- results.md
 
 def write_section(path, key, body):
     """Replace (or append) the ``key`` section of a markdown file, atomically."""

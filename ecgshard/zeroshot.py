@@ -16,10 +16,9 @@ classes, text model and threshold rule.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,43 +34,98 @@ log = logging.getLogger(__name__)
 
 def run(cfg: ZeroShotConfig):
     """Evaluate; returns the report dict written to ``OUT/report.json``."""
-    from .data import Selection, load_selection
     from .device import resolve_device
     from .models import ZeroShotModel
 
     device = resolve_device(cfg.device)
-    run_dir = Path(cfg.run)
-    ck_path = run_dir / f"checkpoint-{cfg.checkpoint}.pt"
-    ck = shards.load_checkpoint(ck_path, map_location="cpu")
-    run_classes = json.loads((run_dir / "classes.json").read_text())
-    train_codes, holdout = list(ck["train_codes"]), list(ck["holdout"])
+    trained = _load_run(cfg)
     text = shards.read_text_matrix(cfg.text)
-    _check_text_space(text, ck)
-
+    _check_text_space(text, trained.ck)
     manifest = shards.load_manifest(cfg.shards)
-    _check_signal_path(run_classes, manifest, cfg)
-    same_set = manifest["fingerprint"] == run_classes["shards_fingerprint"] or (
+    _check_signal_path(trained.info, manifest, cfg)
+    same_set, folds = _evaluated_folds(cfg, trained, manifest)
+    targets = _target_classes(cfg.classes, manifest, text, trained.train_codes, trained.holdout,
+                              same_set)
+    data, excluded = _load_records(cfg, trained, folds, targets, same_set)
+
+    encoder = ZeroShotModel.from_checkpoint(trained.ck).encoder.to(device)
+    text_rows = text.emb[text.rows(targets)]
+    emb = encoder.encode(data["signal"], data["length"], device=device)
+    scores = emb @ text_rows.T                                   # (N, C) cosines
+    threshold, rule = _threshold(cfg, trained.ck, trained.info, encoder, device, scores,
+                                 data["labels"], text_rows)
+    controls = _control_scores(trained.ck, data, text_rows, device, cfg) if cfg.control else None
+
+    report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
+                                        rule, excluded)}
+    classes, groups = _evaluate(scores, data["labels"], targets,
+                                concepts.load().statuses(targets, trained.train_codes),
+                                dict(zip(text.codes, text.names)), threshold, cfg,
+                                data["patient"], controls)
+    report.update(classes=classes, groups=groups,
+                  not_evaluable=[c["code"] for c in classes if c["auroc"] is None],
+                  per_source=_per_source(scores, data["labels"], data["source"], classes,
+                                         cfg.min_positives),
+                  references=_references(cfg, trained, text, emb, data, groups, same_set))
+    _write(cfg, report, emb, scores, data, targets, folds)
+    return report
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """The run being evaluated: its checkpoint and its ``classes.json``."""
+    dir: Path
+    checkpoint: Path
+    ck: dict
+    info: dict
+
+    @property
+    def train_codes(self):
+        return list(self.ck["train_codes"])
+
+    @property
+    def holdout(self):
+        return list(self.ck["holdout"])
+
+
+def _load_run(cfg):
+    run_dir = Path(cfg.run)
+    path = run_dir / f"checkpoint-{cfg.checkpoint}.pt"
+    return _Trained(run_dir, path, shards.load_checkpoint(path, map_location="cpu"),
+                    json.loads((run_dir / "classes.json").read_text()))
+
+
+def _evaluated_folds(cfg, trained, manifest):
+    """Whether the shards hold the run's own dataset (by record identity, so a rebuild with
+    other parameters counts), and the folds to score: its test folds there, all elsewhere."""
+    info = trained.info
+    same_set = manifest["fingerprint"] == info["shards_fingerprint"] or (
         manifest.get("dataset_fingerprint") is not None
-        and manifest.get("dataset_fingerprint") == run_classes.get("dataset_fingerprint"))
+        and manifest.get("dataset_fingerprint") == info.get("dataset_fingerprint"))
     folds = tuple(cfg.folds) if cfg.folds else (
-        tuple(run_classes["folds"]["test"]) if same_set else tuple(range(1, 11)))
+        tuple(info["folds"]["test"]) if same_set else tuple(range(1, 11)))
     if same_set:
-        steering = set(folds) & set(run_classes["folds"]["train"] + run_classes["folds"]["val"])
+        steering = set(folds) & set(info["folds"]["train"] + info["folds"]["val"])
         if steering:
             log.warning("evaluating on folds %s that the run trained or validated on",
                         sorted(steering))
-    targets = _target_classes(cfg.classes, manifest, text, train_codes, holdout, same_set)
-    status = concepts.load().statuses(targets, train_codes)
+    return same_set, folds
 
-    # On the run's own dataset the trained classes' labels come along, so that the reference
-    # figure below reuses these records' embeddings instead of reading and embedding them again.
-    label_codes = list(dict.fromkeys(targets + (train_codes if same_set else [])))
+
+def _load_records(cfg, trained, folds, targets, same_set):
+    """The evaluated records with the targets' labels (and, on the run's own dataset, the
+    training classes' labels too, as ``train_labels``: the reference figure reuses these
+    records' embeddings instead of reading and embedding them again)."""
+    from .data import Selection, load_selection
+
+    extra = trained.train_codes if same_set else []
+    label_codes = list(dict.fromkeys(targets + extra))
     data = load_selection(Selection(cfg.shards, folds, tuple(label_codes)), with_ids=True)
     excluded = {}
     if not same_set:
         # Another collection can hold the training database itself (the Challenge's PTB-XL
         # records are PTB-XL records): those were trained on, so they are not scored.
-        overlap = set(run_classes.get("shard_sources", [])) & set(data["source"])
+        overlap = set(trained.info.get("shard_sources", [])) & set(data["source"])
         if overlap:
             drop = np.isin(data["source"], sorted(overlap))
             excluded = {s: int((data["source"] == s).sum()) for s in sorted(overlap)}
@@ -80,75 +134,64 @@ def run(cfg: ZeroShotConfig):
     if len(data["labels"]) == 0:
         raise ECGShardError(f"no records in folds {folds} of {cfg.shards}")
     column = {c: i for i, c in enumerate(label_codes)}
-    all_labels = data["labels"]
-    data["labels"] = all_labels[:, :len(targets)]
+    data["train_labels"] = data["labels"][:, [column[c] for c in extra]]
+    data["labels"] = data["labels"][:, :len(targets)]
     # A patient's records are resampled together; records without a patient stand alone.
-    patients = np.asarray([f"{s}/{p}" for s, p in zip(data["source"], data["patient_id"])])
-    encoder = ZeroShotModel.from_checkpoint(ck).encoder.to(device)
-    text_rows = text.emb[text.rows(targets)]
-    emb = encoder.encode(data["signal"], data["length"], device=device)
-    scores = emb @ text_rows.T
+    data["patient"] = np.asarray([f"{s}/{p}" for s, p in zip(data["source"],
+                                                              data["patient_id"])])
+    return data, excluded
 
-    threshold, rule = _threshold(cfg, ck, run_classes, encoder, device, scores, data["labels"],
-                                 text_rows)
-    controls = None
-    if cfg.control:
-        controls = _control_scores(ck, data, text_rows, device, cfg)
-    report = {
-        "provenance": {
-            "run": str(run_dir.resolve()), "checkpoint": str(ck_path.resolve()),
-            "checkpoint_val_macro_auroc": ck.get("val_macro_auroc"),
-            "shards": str(Path(cfg.shards).resolve()),
-            "shards_fingerprint": manifest["fingerprint"],
-            "same_shard_set_as_training": same_set, "folds": list(folds),
-            "n_records": int(len(data["labels"])), "n_patients": int(len(set(patients))),
-            "text": str(Path(cfg.text).resolve()),
-            "text_model": text.attrs.get("model_id"), "text_pooling": text.attrs.get("pooling"),
-            "text_templates": text.attrs.get("templates"),
-            "train_classes": train_codes, "holdout": holdout,
-            "holdout_requested": run_classes.get("holdout_requested", holdout),
-            "strict_zero_shot": run_classes.get("strict_zero_shot", True),
-            "threshold_rule": rule, "bootstrap": cfg.bootstrap,
-            "bootstrap_unit": "patient", "min_positives_for_macro": cfg.min_positives,
-            "control_seeds": cfg.control_seeds if cfg.control else 0,
-            "permutations": cfg.permutations, "config": asdict(cfg),
-            "excluded_sources_same_as_training": excluded},
-    }
-    names = dict(zip(text.codes, text.names))
-    classes, groups = _evaluate(scores, data["labels"], targets, status, names, threshold,
-                                cfg, patients, controls)
-    report["classes"] = classes
-    report["groups"] = groups
-    report["not_evaluable"] = [c["code"] for c in classes if c["auroc"] is None]
-    report["per_source"] = _per_source(scores, data["labels"], data["source"], classes,
-                                       cfg.min_positives)
 
+def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, excluded):
+    """What every number of the report rests on."""
+    return {
+        "run": str(trained.dir.resolve()), "checkpoint": str(trained.checkpoint.resolve()),
+        "checkpoint_val_macro_auroc": trained.ck.get("val_macro_auroc"),
+        "shards": str(Path(cfg.shards).resolve()), "shards_fingerprint": manifest["fingerprint"],
+        "same_shard_set_as_training": same_set, "folds": list(folds),
+        "n_records": int(len(data["labels"])), "n_patients": int(len(set(data["patient"]))),
+        "text": str(Path(cfg.text).resolve()), "text_model": text.attrs.get("model_id"),
+        "text_pooling": text.attrs.get("pooling"), "text_templates": text.attrs.get("templates"),
+        "train_classes": trained.train_codes, "holdout": trained.holdout,
+        "holdout_requested": trained.info.get("holdout_requested", trained.holdout),
+        "strict_zero_shot": trained.info.get("strict_zero_shot", True),
+        "threshold_rule": rule, "bootstrap": cfg.bootstrap, "bootstrap_unit": "patient",
+        "min_positives_for_macro": cfg.min_positives,
+        "control_seeds": cfg.control_seeds if cfg.control else 0,
+        "permutations": cfg.permutations, "config": asdict(cfg),
+        "excluded_sources_same_as_training": excluded}
+
+
+def _references(cfg, trained, text, emb, data, groups, same_set):
+    """Figures beside the zero-shot ones: the trained classes on the same records (what the
+    encoder does where it learned) and the random-encoder summary."""
     refs = {}
-    if same_set and holdout:
-        # The trained classes on the same test records: what the encoder does where it learned.
-        t_scores = emb @ text.emb[text.rows(train_codes)].T
-        auroc, ap = metrics.per_class(t_scores, all_labels[:, [column[c] for c in train_codes]])
+    if same_set and trained.holdout:
+        scores = emb @ text.emb[text.rows(trained.train_codes)].T
+        auroc, ap = metrics.per_class(scores, data["train_labels"])
         refs["trained_classes_same_folds"] = {"macro_auroc": _num(metrics.macro(auroc)),
                                               "macro_ap": _num(metrics.macro(ap)),
                                               "n_classes": int(np.isfinite(auroc).sum())}
-    if controls is not None:
+    if cfg.control:
         ctrl = groups.get("all", {}).get("control") or {}
         refs["random_encoder_control"] = {
-            "macro_auroc": ctrl.get("mean"), "sd": ctrl.get("sd"),
-            "n_seeds": cfg.control_seeds,
+            "macro_auroc": ctrl.get("mean"), "sd": ctrl.get("sd"), "n_seeds": cfg.control_seeds,
             "note": "same pipeline, untrained encoders (one per seed), every group's macro "
                     "class set; per group under groups.*.control"}
-    report["references"] = refs
+    return refs
+
+
+def _write(cfg, report, emb, scores, data, targets, folds):
+    from . import report as present
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     shards.write_json(out / "report.json", report)
-    _write_per_class_csv(out / "per_class.csv", classes)
-    _plots(out, scores, data["labels"], targets, classes)
+    present.write_per_class_csv(out / "per_class.csv", report["classes"])
+    present.write_plots(out, scores, data["labels"], targets, report["classes"])
     if cfg.save_embeddings:
         _save_embeddings(out / "embeddings.h5", emb, data, folds, report["provenance"])
     log.debug("report written to %s", out)
-    return report
 
 
 def _check_signal_path(run_classes, manifest, cfg):
@@ -366,67 +409,6 @@ def _num(x):
     return None if not np.isfinite(x) else round(x, 6)
 
 
-def _write_per_class_csv(path, classes):
-    fields = ["code", "name", "group", "via", "why", "n_pos", "n", "in_macro", "prevalence",
-              "auroc", "auroc_ci_low", "auroc_ci_high", "control_auroc_min", "control_auroc_max",
-              "ap", "sensitivity", "specificity", "f1", "threshold"]
-    with shards.atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            w.writeheader()
-            for c in classes:
-                ci = c["auroc_ci"] or [None, None]
-                ctrl = c.get("control_auroc") or {}
-                w.writerow(dict(c, auroc_ci_low=ci[0], auroc_ci_high=ci[1],
-                                control_auroc_min=ctrl.get("min"),
-                                control_auroc_max=ctrl.get("max")))
-
-
-GROUP_COLORS = {"seen": "tab:blue", "related": "tab:green", "unseen": "tab:orange"}
-
-
-def _plots(out, scores, labels, targets, classes):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    shown = [i for i, c in enumerate(classes) if c["auroc"] is not None and c["group"] == "unseen"]
-    shown = shown or [i for i, c in enumerate(classes) if c["auroc"] is not None]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
-    for i in shown[:20]:
-        fpr, tpr, _ = roc_curve(labels[:, i], scores[:, i])
-        prec, rec, _ = precision_recall_curve(labels[:, i], scores[:, i])
-        label = f"{targets[i]} ({classes[i]['auroc']:.2f})"
-        ax1.plot(fpr, tpr, label=label)
-        ax2.plot(rec, prec, label=targets[i])
-    ax1.plot([0, 1], [0, 1], "k:", lw=1)
-    ax1.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (zero-shot)")
-    ax2.set(xlabel="recall", ylabel="precision", title="precision-recall (zero-shot)")
-    ax1.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "roc_pr.png", dpi=110)
-    plt.close(fig)
-
-    ok = [c for c in classes if c["auroc"] is not None]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(ok) + 2), 6))
-    x = np.arange(len(ok))
-    vals = [c["auroc"] for c in ok]
-    lo = [c["auroc"] - c["auroc_ci"][0] if c["auroc_ci"] else 0 for c in ok]
-    hi = [c["auroc_ci"][1] - c["auroc"] if c["auroc_ci"] else 0 for c in ok]
-    colors = [GROUP_COLORS[c["group"]] for c in ok]
-    ax.bar(x, vals, yerr=[lo, hi], color=colors, capsize=3)
-    ax.axhline(0.5, color="k", ls=":", lw=1)
-    ax.set_xticks(x, [c["code"] if c["code"] == c["name"] else f"{c['name'][:26]} ({c['code']})"
-                      for c in ok], rotation=75, ha="right", fontsize=7)
-    ax.set(ylim=(0, 1), ylabel="AUROC (95% bootstrap CI)",
-           title="per-class zero-shot AUROC (orange: unseen, green: related, blue: seen)")
-    fig.tight_layout()
-    fig.savefig(out / "auroc_per_class.png", dpi=110)
-    plt.close(fig)
-
-
 def _save_embeddings(path, emb, data, folds, provenance):
     import h5py
 
@@ -439,94 +421,3 @@ def _save_embeddings(path, emb, data, folds, provenance):
                              dtype=h5py.string_dtype())
             f.attrs["provenance"] = json.dumps(provenance)
             f.attrs["folds"] = json.dumps(list(folds))
-
-
-def summary_lines(report):
-    p = report["provenance"]
-    lines = [f"zero-shot on {p['n_records']} records ({p['n_patients']} patients), folds "
-             f"{p['folds']} of {p['shards']}",
-             f"  text model: {p['text_model']}; threshold: {p['threshold_rule']}",
-             f"  macros over classes with >= {p['min_positives_for_macro']} positives; 95% CIs "
-             f"resample patients"]
-    for name in concepts.GROUPS + ("all",):
-        g = report["groups"].get(name)
-        if g is None:
-            continue
-        ci = g.get("macro_auroc_ci")
-        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        lines.append(f"  {name:>7}: {g['n_classes']:3d} classes  macro AUROC "
-                     f"{_fmt(g['macro_auroc'])}{ci_text}  macro AP {_fmt(g['macro_ap'])}  "
-                     f"F1 {_fmt(g.get('macro_f1'))}  {null_text(g)}")
-        if g["excluded_few_positives"]:
-            lines.append(f"           not in the macro (too few positives): "
-                         f"{g['excluded_few_positives']}")
-    ref = report["references"].get("trained_classes_same_folds")
-    if ref:
-        lines.append(f"  reference trained classes, same records: macro AUROC "
-                     f"{_fmt(ref['macro_auroc'])}")
-    if report["not_evaluable"]:
-        lines.append(f"  not evaluable (no positives or no negatives): {report['not_evaluable']}")
-    return lines
-
-
-def null_text(group):
-    """'control 0.51 [0.44-0.58], perm p 0.001: distinguishable' for one group's macro."""
-    parts = []
-    ctrl = group.get("control")
-    if ctrl:
-        parts.append(f"random encoders {_fmt(ctrl['mean'])} [{_fmt(ctrl['min'])}, "
-                     f"{_fmt(ctrl['max'])}] over {len(ctrl['values'])} seeds")
-    perm = group.get("permutation")
-    if perm and perm["p"] is not None:
-        parts.append(f"permutation p {perm['p']:.3f}")
-    if "distinguishable_from_nulls" in group:
-        parts.append("above both nulls" if group["distinguishable_from_nulls"]
-                     else "NOT distinguishable from the nulls")
-    return "; ".join(parts)
-
-
-def _fmt(x):
-    return "  n/a" if x is None else f"{x:.3f}"
-
-
-def report_table(report_dirs):
-    """``ecgshard report``: several reports side by side, one row per figure."""
-    reports = [json.loads((Path(d) / "report.json").read_text()) for d in report_dirs]
-    rows = [("records", lambda r: str(r["provenance"]["n_records"])),
-            ("folds", lambda r: _fold_ranges(r["provenance"]["folds"])),
-            ("text model", lambda r: str(r["provenance"]["text_model"]).split(" (")[0])]
-    for group in concepts.GROUPS + ("all",):
-        for key in ("n_classes", "macro_auroc", "macro_ap", "macro_f1"):
-            rows.append((f"{group} {key}", lambda r, g=group, k=key: _cell(r["groups"].get(g, {})
-                                                                            .get(k))))
-    rows.append(("trained classes AUROC", lambda r: _cell(
-        r["references"].get("trained_classes_same_folds", {}).get("macro_auroc"))))
-    rows.append(("random control AUROC", lambda r: _cell(
-        r["references"].get("random_encoder_control", {}).get("macro_auroc"))))
-    rows.append(("unseen vs nulls", lambda r: {True: "above", False: "NOT above", None: "-"}[
-        r["groups"].get("unseen", {}).get("distinguishable_from_nulls")]))
-    names = [Path(d).name for d in report_dirs]
-    cells = [[get(r) for r in reports] for _, get in rows]
-    width = max(len(x) for x in names + [c for row in cells for c in row]) + 2
-    lines = [f"{'':<24}" + "".join(f"{n:>{width}}" for n in names)]
-    for (label, _), row in zip(rows, cells):
-        lines.append(f"{label:<24}" + "".join(f"{c:>{width}}" for c in row))
-    return lines
-
-
-def _fold_ranges(folds):
-    """[1, 2, 3, 5] -> '1-3,5'."""
-    out, start = [], None
-    for i, f in enumerate(folds):
-        if start is None:
-            start = f
-        if i + 1 == len(folds) or folds[i + 1] != f + 1:
-            out.append(str(start) if start == f else f"{start}-{f}")
-            start = None
-    return ",".join(out)
-
-
-def _cell(x):
-    if x is None:
-        return "-"
-    return f"{x:.3f}" if isinstance(x, float) else str(x)

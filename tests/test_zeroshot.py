@@ -179,8 +179,12 @@ def test_val_z_threshold_gives_each_class_its_own_scale(demo_data, demo_run, dem
 
 
 def test_report_table_folds_compact():
-    assert zeroshot._fold_ranges([1, 2, 3, 5, 7, 8]) == "1-3,5,7-8"
-    assert zeroshot._fold_ranges([10]) == "10"
+    from ecgshard import report
+
+    assert report.fold_ranges([1, 2, 3, 5, 7, 8]) == "1-3,5,7-8"
+    assert report.fold_ranges([10]) == "10"
+    assert report.num(0.12345) == "0.123" and report.num(None) == "n/a"
+    assert report.num(float("nan"), missing="-") == "-" and report.num(7) == "7"
 
 
 def test_scoring_pools_only_the_valid_samples_as_training_did(demo_data, demo_run, demo_text,

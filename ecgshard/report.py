@@ -1,0 +1,357 @@
+"""Presentation of zero-shot reports: the per-class CSV, the plots, the terminal summary,
+``ecgshard report``'s side-by-side table and the markdown tables of the experiments. One
+number formatter (``num``) for all of them; nothing here computes a figure.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import concepts, shards
+
+# The published PTB-XL-only version of this design (frozen Bio_ClinicalBERT CLS embeddings,
+# trained projection, CLIP loss, 128 Hz), for comparison beside our numbers.
+PUBLISHED = {"a_heldout_macro_auroc": 0.59, "a_trained_macro_auroc": 0.70,
+             "supervised_xresnet1d101": 0.93, "b_unseen_macro_auroc": "0.57-0.61",
+             "b_seen_macro_auroc": "0.70-0.74"}
+
+
+def num(x, digits=3, missing="n/a"):
+    """A figure as text: ``digits`` decimals for a float, ``missing`` for None or NaN."""
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return missing
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def interval(ci):
+    """' [lo, hi]' of a 95% interval, or nothing where there is none."""
+    return f" [{num(ci[0])}, {num(ci[1])}]" if ci else ""
+
+
+def fold_ranges(folds):
+    """(1, 2, 3, 5) -> '1-3,5'."""
+    folds, parts, i = sorted(folds), [], 0
+    while i < len(folds):
+        j = i
+        while j + 1 < len(folds) and folds[j + 1] == folds[j] + 1:
+            j += 1
+        parts.append(str(folds[i]) if i == j else f"{folds[i]}-{folds[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+# ---------------------------------------------------------------- files
+
+def write_per_class_csv(path, classes):
+    fields = ["code", "name", "group", "via", "why", "n_pos", "n", "in_macro", "prevalence",
+              "auroc", "auroc_ci_low", "auroc_ci_high", "control_auroc_min", "control_auroc_max",
+              "ap", "sensitivity", "specificity", "f1", "threshold"]
+    with shards.atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for c in classes:
+                ci = c["auroc_ci"] or [None, None]
+                ctrl = c.get("control_auroc") or {}
+                w.writerow(dict(c, auroc_ci_low=ci[0], auroc_ci_high=ci[1],
+                                control_auroc_min=ctrl.get("min"),
+                                control_auroc_max=ctrl.get("max")))
+
+
+GROUP_COLORS = {"seen": "tab:blue", "related": "tab:green", "unseen": "tab:orange"}
+
+
+def write_plots(out, scores, labels, targets, classes):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    shown = [i for i, c in enumerate(classes) if c["auroc"] is not None and c["group"] == "unseen"]
+    shown = shown or [i for i, c in enumerate(classes) if c["auroc"] is not None]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    for i in shown[:20]:
+        fpr, tpr, _ = roc_curve(labels[:, i], scores[:, i])
+        prec, rec, _ = precision_recall_curve(labels[:, i], scores[:, i])
+        label = f"{targets[i]} ({classes[i]['auroc']:.2f})"
+        ax1.plot(fpr, tpr, label=label)
+        ax2.plot(rec, prec, label=targets[i])
+    ax1.plot([0, 1], [0, 1], "k:", lw=1)
+    ax1.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (zero-shot)")
+    ax2.set(xlabel="recall", ylabel="precision", title="precision-recall (zero-shot)")
+    ax1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "roc_pr.png", dpi=110)
+    plt.close(fig)
+
+    ok = [c for c in classes if c["auroc"] is not None]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(ok) + 2), 6))
+    x = np.arange(len(ok))
+    vals = [c["auroc"] for c in ok]
+    lo = [c["auroc"] - c["auroc_ci"][0] if c["auroc_ci"] else 0 for c in ok]
+    hi = [c["auroc_ci"][1] - c["auroc"] if c["auroc_ci"] else 0 for c in ok]
+    colors = [GROUP_COLORS[c["group"]] for c in ok]
+    ax.bar(x, vals, yerr=[lo, hi], color=colors, capsize=3)
+    ax.axhline(0.5, color="k", ls=":", lw=1)
+    ax.set_xticks(x, [c["code"] if c["code"] == c["name"] else f"{c['name'][:26]} ({c['code']})"
+                      for c in ok], rotation=75, ha="right", fontsize=7)
+    ax.set(ylim=(0, 1), ylabel="AUROC (95% bootstrap CI)",
+           title="per-class zero-shot AUROC (orange: unseen, green: related, blue: seen)")
+    fig.tight_layout()
+    fig.savefig(out / "auroc_per_class.png", dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- terminal
+
+def summary_lines(report):
+    p = report["provenance"]
+    lines = [f"zero-shot on {p['n_records']} records ({p['n_patients']} patients), folds "
+             f"{p['folds']} of {p['shards']}",
+             f"  text model: {p['text_model']}; threshold: {p['threshold_rule']}",
+             f"  macros over classes with >= {p['min_positives_for_macro']} positives; 95% CIs "
+             f"resample patients"]
+    for name in concepts.GROUPS + ("all",):
+        g = report["groups"].get(name)
+        if g is None:
+            continue
+        lines.append(f"  {name:>7}: {g['n_classes']:3d} classes  macro AUROC "
+                     f"{num(g['macro_auroc'])}{interval(g.get('macro_auroc_ci'))}  macro AP "
+                     f"{num(g['macro_ap'])}  "
+                     f"F1 {num(g.get('macro_f1'))}  {null_text(g)}")
+        if g["excluded_few_positives"]:
+            lines.append(f"           not in the macro (too few positives): "
+                         f"{g['excluded_few_positives']}")
+    ref = report["references"].get("trained_classes_same_folds")
+    if ref:
+        lines.append(f"  reference trained classes, same records: macro AUROC "
+                     f"{num(ref['macro_auroc'])}")
+    if report["not_evaluable"]:
+        lines.append(f"  not evaluable (no positives or no negatives): {report['not_evaluable']}")
+    return lines
+
+
+def null_text(group):
+    """'control 0.51 [0.44-0.58], perm p 0.001: distinguishable' for one group's macro."""
+    parts = []
+    ctrl = group.get("control")
+    if ctrl:
+        parts.append(f"random encoders {num(ctrl['mean'])} [{num(ctrl['min'])}, "
+                     f"{num(ctrl['max'])}] over {len(ctrl['values'])} seeds")
+    perm = group.get("permutation")
+    if perm and perm["p"] is not None:
+        parts.append(f"permutation p {perm['p']:.3f}")
+    if "distinguishable_from_nulls" in group:
+        parts.append("above both nulls" if group["distinguishable_from_nulls"]
+                     else "NOT distinguishable from the nulls")
+    return "; ".join(parts)
+
+
+def report_table(report_dirs):
+    """``ecgshard report``: several reports side by side, one row per figure."""
+    reports = [json.loads((Path(d) / "report.json").read_text()) for d in report_dirs]
+    rows = [("records", lambda r: str(r["provenance"]["n_records"])),
+            ("folds", lambda r: fold_ranges(r["provenance"]["folds"])),
+            ("text model", lambda r: str(r["provenance"]["text_model"]).split(" (")[0])]
+    for group in concepts.GROUPS + ("all",):
+        for key in ("n_classes", "macro_auroc", "macro_ap", "macro_f1"):
+            rows.append((f"{group} {key}", lambda r, g=group, k=key: num(r["groups"].get(g, {})
+                                                                            .get(k))))
+    rows.append(("trained classes AUROC", lambda r: num(
+        r["references"].get("trained_classes_same_folds", {}).get("macro_auroc"))))
+    rows.append(("random control AUROC", lambda r: num(
+        r["references"].get("random_encoder_control", {}).get("macro_auroc"))))
+    rows.append(("unseen vs nulls", lambda r: {True: "above", False: "NOT above", None: "-"}[
+        r["groups"].get("unseen", {}).get("distinguishable_from_nulls")]))
+    names = [Path(d).name for d in report_dirs]
+    cells = [[get(r) for r in reports] for _, get in rows]
+    width = max(len(x) for x in names + [c for row in cells for c in row]) + 2
+    lines = [f"{'':<24}" + "".join(f"{n:>{width}}" for n in names)]
+    for (label, _), row in zip(rows, cells):
+        lines.append(f"{label:<24}" + "".join(f"{c:>{width}}" for c in row))
+    return lines
+
+
+# ---------------------------------------------------------------- markdown (experiments)
+
+def _class_cells(c):
+    """The positives | AUROC [CI] | AP cells every per-class table ends with."""
+    return f"{c['n_pos']} | {num(c['auroc'])}{interval(c['auroc_ci'])} | {num(c['ap'])} |"
+
+
+def _ms(values):
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if not len(v):
+        return "n/a"
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+
+def _control_cell(group):
+    """'0.512 [0.44, 0.58] (10 seeds); perm p 0.001; above both' for a group's macro."""
+    ctrl, perm = group.get("control"), group.get("permutation")
+    parts = []
+    if ctrl:
+        parts.append(f"{num(ctrl['mean'])} [{num(ctrl['min'])}, {num(ctrl['max'])}]")
+    if perm and perm.get("p") is not None:
+        parts.append(f"perm p {perm['p']:.3f}")
+    if "distinguishable_from_nulls" in group:
+        parts.append("**above both nulls**" if group["distinguishable_from_nulls"] else
+                     "**not distinguishable from the nulls**")
+    return "; ".join(parts) or "—"
+
+
+def markdown_a(cfg, manifest, reports):
+    p0 = reports[0]["provenance"]
+    groups = [r["groups"].get("unseen", {}) for r in reports]
+    unseen = [g.get("macro_auroc") for g in groups]
+    unseen_ap = [g.get("macro_ap") for g in groups]
+    trained = [r["references"].get("trained_classes_same_folds", {}).get("macro_auroc")
+               for r in reports]
+    control = [v for g in groups for v in (g.get("control") or {}).get("values", [])]
+    above = sum(bool(g.get("distinguishable_from_nulls")) for g in groups)
+    val = [r["provenance"].get("checkpoint_val_macro_auroc") for r in reports]
+    not_unseen = [c["code"] for r in reports for c in r["classes"] if c["group"] != "unseen"]
+    lines = [
+        f"## Experiment A: held-out PTB-XL classes{' — ' + cfg.label if cfg.label else ''}",
+        "",
+        f"Command: `{cfg.command}`",
+        "",
+        f"Data: {manifest['n_records']} records from `{_where(manifest['source_dir'])}` "
+        f"({manifest['fs']} Hz, {manifest['n_skipped']} skipped). Text model: "
+        f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.text.texts}, templates "
+        f"{list(cfg.text.templates)}). Encoder `{cfg.fit.arch}`, loss `{cfg.fit.loss}`, "
+        f"{cfg.fit.epochs} epochs. Train folds {fold_ranges(cfg.fit.train_folds)}, validation "
+        f"fold {fold_ranges(cfg.fit.val_folds)} (checkpoint, threshold, and which classes may be "
+        f"held "
+        f"out: at least {cfg.min_val_positives} validation positives; random splits exclude at "
+        f"most {cfg.max_excluded:.0%} of the training records), test fold "
+        f"{fold_ranges(p0['folds'])} (reporting only). Each holdout is closed over "
+        f"`ecgshard/data/concept_relations.csv` (synonyms, parents, children, near-siblings), "
+        f"and every record carrying a held-out statement at any likelihood is excluded from "
+        f"training and validation; every held-out class is therefore *unseen*"
+        f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
+        "",
+        f"Macros are over held-out classes with at least {cfg.zeroshot.min_positives} test "
+        f"positives (the others are listed per split); 95% intervals resample patients with the "
+        f"class set fixed. Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
+        f"pipeline, other seeds) and {p0['permutations']} label permutations.",
+        "",
+        "| figure (test fold) | ours, mean ± std over splits | published (PTB-XL only, "
+        "Bio_ClinicalBERT) |",
+        "|---|---|---|",
+        f"| unseen (held-out) classes, macro AUROC | {_ms(unseen)} | "
+        f"{PUBLISHED['a_heldout_macro_auroc']} |",
+        f"| unseen (held-out) classes, macro AP | {_ms(unseen_ap)} | — |",
+        f"| random-encoder distribution, same classes ({len(control)} encoders) | "
+        + (f"{_ms(control)} (range {num(min(control))}–{num(max(control))})" if control else
+           f"n/a: no held-out class has {cfg.zeroshot.min_positives} test positives") + " | — |",
+        f"| splits whose unseen macro is above both nulls | {above} of {len(reports)} | — |",
+        f"| trained classes, macro AUROC | {_ms(trained)} | "
+        f"{PUBLISHED['a_trained_macro_auroc']} (supervised xresnet1d101: "
+        f"{PUBLISHED['supervised_xresnet1d101']}) |",
+        f"| validation macro AUROC, trained classes | {_ms(val)} | — |",
+        "",
+        "Per split: the holdout the run used (after closure), the unseen macro and where it "
+        "falls in the nulls:",
+        "",
+        "| split | held out (closed) | training records excluded | unseen classes in macro | "
+        "macro AUROC [95% CI] | random encoders mean [min, max]; permutation; verdict | "
+        "not in macro (positives) |",
+        "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(reports):
+        g = r["groups"].get("unseen", {})
+        few = ", ".join(f"{c} ({n})" for c, n in g.get("excluded_few_positives", {}).items())
+        lines.append(f"| {i} | {', '.join(r['provenance']['holdout'])} | "
+                     f"{r.get('excluded_train_share', 0):.0%} | {g.get('n_classes', 0)} "
+                     f"| {num(g.get('macro_auroc'))}{interval(g.get('macro_auroc_ci'))} | "
+                     f"{_control_cell(g)} | {few or '—'} |")
+    lines += ["", "Per held-out class (AUROC with 95% bootstrap CI over patients; the range of "
+              "the untrained encoders beside it):", "",
+              "| split | class | name | group | positives | AUROC [95% CI] | AP | "
+              "random encoders |",
+              "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(reports):
+        for c in r["classes"]:
+            lines.append(f"| {i} | {c['code']} | {c['name']} | {c['group']} | "
+                         f"{_class_cells(c)} {_ctrl_range(c)} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _where(path):
+    """A data path as the reader of the table can use it: relative to where the command ran."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir + os.sep + os.pardir) else rel
+
+
+def _ctrl_range(c):
+    ctrl = c.get("control_auroc")
+    return f"{num(ctrl['min'])}–{num(ctrl['max'])}" if ctrl else "—"
+
+
+def markdown_b(cfg, manifest, report):
+    p = report["provenance"]
+    g = report["groups"]
+    lines = [
+        f"## Experiment B: PTB-XL model scored on Challenge 2021 databases"
+        f"{' — ' + cfg.label if cfg.label else ''}",
+        "",
+        f"Command: `{cfg.command}`",
+        "",
+        f"Model trained on all PTB-XL classes (folds {fold_ranges(cfg.fit.train_folds)}, "
+        f"checkpoint by fold {fold_ranges(cfg.fit.val_folds)}); scored on {p['n_records']} records "
+        f"({p['n_patients']} patients) of `{_where(manifest['source_dir'])}` (all folds). "
+        f"Text model `{p['text_model']}`. Every class is *seen* (a code of its concept was a "
+        f"PTB-XL training class), *related* (a parent, child or near-sibling was) or *unseen* "
+        f"(nothing related was), by `ecgshard/data/concept_relations.csv`; `ecgshard "
+        f"relations CODE --run RUN` says why. The headline is **unseen**. Macros over classes "
+        f"with at least {p['min_positives_for_macro']} positives; 95% intervals resample "
+        f"patients. Threshold: {p['threshold_rule']}.",
+        "",
+        *(["Not scored: " + ", ".join(f"{n} {src} records" for src, n in
+                                       p["excluded_sources_same_as_training"].items()) +
+           " (the training database itself, inside this collection).", ""]
+          if p.get("excluded_sources_same_as_training") else []),
+        "| group | classes in macro | macro AUROC [95% CI] | macro AP | macro F1 | random "
+        "encoders mean [min, max]; permutation; verdict | published |",
+        "|---|---|---|---|---|---|---|"]
+    for name, published in (("unseen", PUBLISHED["b_unseen_macro_auroc"]), ("related", "—"),
+                            ("seen", PUBLISHED["b_seen_macro_auroc"]), ("all", "—")):
+        if name not in g:
+            lines.append(f"| {name} | 0 | no class of this collection is {name} for this run "
+                         f"| | | | {published} |")
+        else:
+            row = g[name]
+            lines.append(f"| {name} | {row['n_classes']} | {num(row['macro_auroc'])}"
+                         f"{interval(row['macro_auroc_ci'])} | {num(row['macro_ap'])} | "
+                         f"{num(row.get('macro_f1'))} | {_control_cell(row)} | {published} |")
+    few = {name: row["excluded_few_positives"] for name, row in g.items()
+           if name != "all" and row["excluded_few_positives"]}
+    if few:
+        lines += ["", "Not in a macro (fewer positives than the minimum): " + "; ".join(
+            f"{name}: " + ", ".join(f"{c} ({n})" for c, n in codes.items())
+            for name, codes in few.items()) + "."]
+    lines += ["", "Per source database (macro AUROC over the classes with enough positives "
+              "there):", "",
+              "| source | records | unseen: classes, AUROC | related: classes, AUROC | "
+              "seen: classes, AUROC |",
+              "|---|---|---|---|---|"]
+    for source, e in report["per_source"].items():
+        lines.append(f"| {source} | {e['n_records']} | " + " | ".join(
+            f"{e[k]['n_classes']}, {num(e[k]['macro_auroc'])}" for k in concepts.GROUPS[::-1])
+            + " |")
+    lines += ["", "Per class:", "",
+              "| code | name | group (via) | positives | AUROC [95% CI] | AP | random encoders |",
+              "|---|---|---|---|---|---|---|"]
+    order = {name: i for i, name in enumerate(concepts.GROUPS[::-1])}
+    for c in sorted(report["classes"], key=lambda c: (order[c["group"]], -(c["auroc"] or 0))):
+        lines.append(f"| {c['code']} | {c['name']} | {c['group']}"
+                     f"{' (' + c['via'] + ')' if c['via'] else ''} | {_class_cells(c)} "
+                     f"{_ctrl_range(c)} |")
+    lines.append("")
+    return "\n".join(lines)
