@@ -193,19 +193,10 @@ def text_sim(text_file, top):
               help="A shard directory: print each code's holdout closure in its vocabulary.")
 def relations(codes, run_dir, vocab):
     """Why a class is seen, related or unseen: its synonyms, parents, children, near-siblings."""
-    from . import concepts
+    from . import concepts, shards
 
-    trained = None
-    if run_dir:
-        import json
-        from pathlib import Path
-
-        trained = json.loads((Path(run_dir) / "classes.json").read_text())["train_codes"]
-    vocabulary = None
-    if vocab:
-        from . import shards
-
-        vocabulary = shards.class_codes(shards.load_manifest(vocab))
+    trained = shards.read_run_info(run_dir).train_codes if run_dir else None
+    vocabulary = shards.class_codes(shards.load_manifest(vocab)) if vocab else None
     for code in codes:
         for line in concepts.describe(code, trained, vocabulary):
             click.echo(line)

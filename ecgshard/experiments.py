@@ -150,10 +150,9 @@ def run_a(cfg: ExperimentConfig):
         run_dir = _fit(cfg, shard_dir, text_file, work / "runs", f"a-split{i}{variant}", holdout)
         outs.append(work / "reports" / run_dir.name)
         reports.append(_zeroshot(cfg, run_dir, shard_dir, text_file, outs[-1]))
-        counts = json.loads((run_dir / "classes.json").read_text())
-        dropped = counts["records_excluded_for_heldout_labels"]["train"]
-        reports[-1]["excluded_train_share"] = dropped / max(1, dropped +
-                                                            counts["records"]["train"])
+        info = shards.read_run_info(run_dir)
+        dropped = info.records_excluded_for_heldout_labels["train"]
+        reports[-1]["excluded_train_share"] = dropped / max(1, dropped + info.records["train"])
     section = report.markdown_a(cfg, manifest, reports)
     write_section(cfg.results, _key("experiment-a", cfg), section)
     return {"splits": [r["provenance"]["holdout"] for r in reports],

@@ -128,16 +128,16 @@ def _train(cfg, out):
         if ck["text_sha256"] != p["text"].sha256 or ck["train_codes"] != p["train_codes"]:
             raise ECGShardError(f"{out} was trained against another text matrix or class list; "
                                 f"resume it with the same --text and holdout, or use a new --out")
-        before = json.loads((out / "classes.json").read_text())
-        if before.get("shards_fingerprint") != p["manifest"]["fingerprint"]:
-            diffs = shards.signal_path_differences(before.get("signal_path", {}),
-                                              shards.signal_path(p["manifest"]))
-            if before["records"]["train"] != p["n_train"]:
-                diffs.append(f"training records: {before['records']['train']} vs "
+        before = shards.read_run_info(out)
+        if before.shards_fingerprint != p["manifest"]["fingerprint"]:
+            diffs = shards.signal_path_differences(before.signal_path,
+                                                   shards.signal_path(p["manifest"]))
+            if before.records["train"] != p["n_train"]:
+                diffs.append(f"training records: {before.records['train']} vs "
                              f"{p['n_train']}")
             raise ECGShardError(
                 f"{out} was trained on other shards than {cfg.shards} (fingerprint "
-                f"{before.get('shards_fingerprint', '?')[:12]} vs "
+                f"{before.shards_fingerprint[:12]} vs "
                 f"{p['manifest']['fingerprint'][:12]}; run vs now: "
                 f"{'; '.join(diffs) or 'same signal path and counts, other shard bytes'}). "
                 f"Resume with the shards it was trained on, or use a new --out")
@@ -152,8 +152,9 @@ def _train(cfg, out):
              p["holdout"], p["excluded"]["train"])
     for epoch in range(state["epoch"], cfg.epochs):
         record = t.train_epoch(train, epoch, state)
-        record["val_macro_auroc"] = val_auroc = evaluate(t.model.encoder, val, device, cfg.amp,
-                                                         t.model.class_emb().detach())
+        val_auroc, val_emb = evaluate(t.model.encoder, val, device, cfg.amp,
+                                      t.model.class_emb().detach())
+        record["val_macro_auroc"] = val_auroc
         state["epoch"] = epoch + 1
         is_best = val_auroc > state["best_auroc"] or not (out / "checkpoint-best.pt").exists()
         if is_best:
@@ -163,7 +164,7 @@ def _train(cfg, out):
                  cfg.val_folds, record["samples_per_s"], 100 * record["data_wait_fraction"])
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        ck = t.checkpoint(state, val_auroc)
+        ck = t.checkpoint(state, val_auroc, {"emb": val_emb, "labels": val["labels"]})
         if is_best:
             shards.save_checkpoint(out / "checkpoint-best.pt", ck)
         shards.save_checkpoint(out / "checkpoint-last.pt", ck)
@@ -264,7 +265,7 @@ class Trainer:
                 "lr": self.sched.get_last_lr()[0], "seconds": elapsed,
                 "logit_scale": float(self.model.scale().detach())}
 
-    def checkpoint(self, state, val_auroc):
+    def checkpoint(self, state, val_auroc, validation):
         p, learned = self.p, self.model.learned_class_emb
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "state": state,
@@ -274,7 +275,7 @@ class Trainer:
                 "text_emb_train": p["text"].emb[p["text"].rows(p["train_codes"])],
                 "learned_class_emb": None if learned is None else learned.detach().cpu().numpy(),
                 "text_model": p["text"].attrs.get("model_id"), "config": asdict(self.cfg),
-                "val_macro_auroc": val_auroc}
+                "val_macro_auroc": val_auroc, "validation": validation}
 
     def restore(self, ck):
         stored = ck["model_config"]
@@ -292,23 +293,21 @@ class Trainer:
 
 def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
     shards.write_json(out / "config.json", {"config": asdict(cfg), "model": asdict(encoder_cfg),
-                                       "data_path": "preload" if use_preload else "stream"})
-    shards.write_json(out / "classes.json", {
-        "train_codes": p["train_codes"], "holdout": p["holdout"],
-        "holdout_requested": list(cfg.holdout),
-        "dropped_rare_classes": p["dropped_rare"],
-        "records": {"train": p["n_train"], "val": p["n_val"]},
-        "records_excluded_for_heldout_labels": p["excluded"],
-        "strict_zero_shot": not cfg.include_heldout_records,
-        "folds": {"train": list(cfg.train_folds), "val": list(cfg.val_folds),
-                  "test": list(cfg.test_folds)},
-        "shards": str(Path(cfg.shards).resolve()),
-        "shards_fingerprint": p["manifest"]["fingerprint"],
-        "signal_path": shards.signal_path(p["manifest"]),
-        "dataset_fingerprint": p["manifest"].get("dataset_fingerprint"),
-        "shard_sources": sorted(p["manifest"]["sources"]),
-        "text": str(Path(cfg.text).resolve()), "text_sha256": p["text"].sha256,
-        "text_model": p["text"].attrs.get("model_id")})
+                                            "data_path": "preload" if use_preload else "stream"})
+    shards.write_run_info(out, shards.RunInfo(
+        train_codes=p["train_codes"], holdout=p["holdout"],
+        holdout_requested=list(cfg.holdout), dropped_rare_classes=p["dropped_rare"],
+        records={"train": p["n_train"], "val": p["n_val"]},
+        records_excluded_for_heldout_labels=p["excluded"],
+        strict_zero_shot=not cfg.include_heldout_records,
+        folds={"train": list(cfg.train_folds), "val": list(cfg.val_folds),
+               "test": list(cfg.test_folds)},
+        shards=str(Path(cfg.shards).resolve()), shards_fingerprint=p["manifest"]["fingerprint"],
+        dataset_fingerprint=p["manifest"].get("dataset_fingerprint"),
+        shard_sources=sorted(p["manifest"]["sources"]),
+        signal_path=shards.signal_path(p["manifest"]),
+        text=str(Path(cfg.text).resolve()), text_sha256=p["text"].sha256,
+        text_model=p["text"].attrs.get("model_id")))
 
 
 def _write_heldout_check(out, state, holdout, allowed):
@@ -322,12 +321,12 @@ def _write_heldout_check(out, state, holdout, allowed):
 
 
 def evaluate(encoder, val, device, amp, class_emb):
-    """Validation macro AUROC over the training classes (cosine similarity as the score)."""
+    """Validation macro AUROC over the training classes (cosine similarity as the score), and
+    the validation embeddings (N, D) it came from."""
     from .metrics import macro, per_class
 
+    emb = encoder.encode(val["signal"], val["length"], device=device, amp=amp)
     if len(val["labels"]) == 0:
-        return float("nan")
-    scores = encoder.encode(val["signal"], val["length"], device=device, amp=amp) @ \
-        class_emb.float().cpu().numpy().T
-    auroc, _ = per_class(scores, val["labels"])
-    return macro(auroc)
+        return float("nan"), emb
+    auroc, _ = per_class(emb @ class_emb.float().cpu().numpy().T, val["labels"])
+    return macro(auroc), emb

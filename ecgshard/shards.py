@@ -34,10 +34,15 @@ shard directory
 text matrix (HDF5)
     ``emb`` (C, D) float32 L2-normalised rows, ``codes`` and ``texts`` (C,) str, and attributes
     naming the model, revision, pooling, templates and an input fingerprint.
+run record (``RUN_DIR/run.json``, ``RunInfo``)
+    what a trained run is for every later stage: classes, holdout, folds, the shards and text
+    matrix it was trained on (fingerprints, signal path) and its record counts.
 checkpoint (torch ``.pt``)
     a dict with ``schema_version``, the encoder config (``models.EncoderConfig``) and the
     ``ZeroShotModel`` state (encoder, logit scale and bias, learned class vectors if any),
-    optimiser and schedule, class codes, the training classes' text rows, text-matrix hash.
+    optimiser and schedule, class codes, the training classes' text rows, text-matrix hash, and
+    ``validation``: that checkpoint's embeddings and labels of the validation records (what
+    ``zeroshot`` chooses thresholds on, without reading the training shards again).
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ import errno
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +60,8 @@ from .errors import SchemaError
 
 SCHEMA_VERSION = 2
 TEXT_SCHEMA_VERSION = 1
-CHECKPOINT_SCHEMA_VERSION = 2
+CHECKPOINT_SCHEMA_VERSION = 3
+RUN_SCHEMA_VERSION = 1
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CHUNK_RECORDS = 64
@@ -438,6 +444,47 @@ def _maybe_json(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# ---------------------------------------------------------------- run record
+
+RUN_INFO = "run.json"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a trained run is, for every stage after ``fit``; written once by ``fit``."""
+    train_codes: list
+    holdout: list                       # the closed holdout the run used
+    holdout_requested: list             # as asked, before closure
+    dropped_rare_classes: list          # below --min-positives in the training folds
+    records: dict                       # {"train": n, "val": n}
+    records_excluded_for_heldout_labels: dict
+    strict_zero_shot: bool
+    folds: dict                         # {"train": [...], "val": [...], "test": [...]}
+    shards: str
+    shards_fingerprint: str
+    dataset_fingerprint: str | None
+    shard_sources: list
+    signal_path: dict                   # see signal_path(): what evaluated shards must match
+    text: str
+    text_sha256: str
+    text_model: str | None
+
+
+def write_run_info(run_dir, info):
+    write_json(Path(run_dir) / RUN_INFO, dict(asdict(info), schema_version=RUN_SCHEMA_VERSION))
+
+
+def read_run_info(run_dir):
+    path = Path(run_dir) / RUN_INFO
+    if not path.exists():
+        raise SchemaError(f"{run_dir} has no {RUN_INFO}: not a run directory (`ecgshard fit` "
+                          f"writes one)")
+    data = json.loads(path.read_text())
+    check_version(data.pop("schema_version", None), RUN_SCHEMA_VERSION, "run record", path,
+                  "train the run again with this ecgshard")
+    return RunInfo(**data)
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -52,8 +52,7 @@ def run(cfg: ZeroShotConfig):
     text_rows = text.emb[text.rows(targets)]
     emb = encoder.encode(data["signal"], data["length"], device=device)
     scores = emb @ text_rows.T                                   # (N, C) cosines
-    threshold, rule = _threshold(cfg, trained.ck, trained.info, encoder, device, scores,
-                                 data["labels"], text_rows)
+    threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows)
     controls = _control_scores(trained.ck, data, text_rows, device, cfg) if cfg.control else None
 
     report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
@@ -73,11 +72,11 @@ def run(cfg: ZeroShotConfig):
 
 @dataclass(frozen=True)
 class _Trained:
-    """The run being evaluated: its checkpoint and its ``classes.json``."""
+    """The run being evaluated: its checkpoint and its run record."""
     dir: Path
     checkpoint: Path
     ck: dict
-    info: dict
+    info: shards.RunInfo
 
     @property
     def train_codes(self):
@@ -92,20 +91,20 @@ def _load_run(cfg):
     run_dir = Path(cfg.run)
     path = run_dir / f"checkpoint-{cfg.checkpoint}.pt"
     return _Trained(run_dir, path, shards.load_checkpoint(path, map_location="cpu"),
-                    json.loads((run_dir / "classes.json").read_text()))
+                    shards.read_run_info(run_dir))
 
 
 def _evaluated_folds(cfg, trained, manifest):
     """Whether the shards hold the run's own dataset (by record identity, so a rebuild with
     other parameters counts), and the folds to score: its test folds there, all elsewhere."""
     info = trained.info
-    same_set = manifest["fingerprint"] == info["shards_fingerprint"] or (
+    same_set = manifest["fingerprint"] == info.shards_fingerprint or (
         manifest.get("dataset_fingerprint") is not None
-        and manifest.get("dataset_fingerprint") == info.get("dataset_fingerprint"))
+        and manifest.get("dataset_fingerprint") == info.dataset_fingerprint)
     folds = tuple(cfg.folds) if cfg.folds else (
-        tuple(info["folds"]["test"]) if same_set else tuple(range(1, 11)))
+        tuple(info.folds["test"]) if same_set else tuple(range(1, 11)))
     if same_set:
-        steering = set(folds) & set(info["folds"]["train"] + info["folds"]["val"])
+        steering = set(folds) & set(info.folds["train"] + info.folds["val"])
         if steering:
             log.warning("evaluating on folds %s that the run trained or validated on",
                         sorted(steering))
@@ -125,7 +124,7 @@ def _load_records(cfg, trained, folds, targets, same_set):
     if not same_set:
         # Another collection can hold the training database itself (the Challenge's PTB-XL
         # records are PTB-XL records): those were trained on, so they are not scored.
-        overlap = set(trained.info.get("shard_sources", [])) & set(data["source"])
+        overlap = set(trained.info.shard_sources) & set(data["source"])
         if overlap:
             drop = np.isin(data["source"], sorted(overlap))
             excluded = {s: int((data["source"] == s).sum()) for s in sorted(overlap)}
@@ -153,8 +152,8 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
         "text": str(Path(cfg.text).resolve()), "text_model": text.attrs.get("model_id"),
         "text_pooling": text.attrs.get("pooling"), "text_templates": text.attrs.get("templates"),
         "train_classes": trained.train_codes, "holdout": trained.holdout,
-        "holdout_requested": trained.info.get("holdout_requested", trained.holdout),
-        "strict_zero_shot": trained.info.get("strict_zero_shot", True),
+        "holdout_requested": trained.info.holdout_requested,
+        "strict_zero_shot": trained.info.strict_zero_shot,
         "threshold_rule": rule, "bootstrap": cfg.bootstrap, "bootstrap_unit": "patient",
         "min_positives_for_macro": cfg.min_positives,
         "control_seeds": cfg.control_seeds if cfg.control else 0,
@@ -194,18 +193,15 @@ def _write(cfg, report, emb, scores, data, targets, folds):
     log.debug("report written to %s", out)
 
 
-def _check_signal_path(run_classes, manifest, cfg):
+def _check_signal_path(info, manifest, cfg):
     """The evaluated shards must have been made like the run's training shards."""
-    trained = run_classes.get("signal_path")
-    if trained is None:                        # runs written before the signal path was kept
-        trained = shards.signal_path(shards.load_manifest(run_classes["shards"]))
-    diffs = shards.signal_path_differences(trained, shards.signal_path(manifest))
+    diffs = shards.signal_path_differences(info.signal_path, shards.signal_path(manifest))
     if diffs and not cfg.allow_signal_mismatch:
         raise ECGShardError(
             f"the evaluated shards {cfg.shards} were built with another signal path than the "
-            f"run's training shards {run_classes['shards']} (training vs evaluated: "
-            f"{'; '.join(diffs)}). Rebuild them with the run's settings, or pass "
-            f"--allow-signal-mismatch if the difference is deliberate.")
+            f"run's training shards {info.shards} (training vs evaluated: {'; '.join(diffs)}). "
+            f"Rebuild them with the run's settings, or pass --allow-signal-mismatch if the "
+            f"difference is deliberate.")
     if diffs:
         log.warning("signal path differs from training (%s); allowed by "
                     "--allow-signal-mismatch", "; ".join(diffs))
@@ -272,33 +268,29 @@ def _target_classes(spec, manifest, text, train_codes, holdout, same_set):
     return targets
 
 
-def _threshold(cfg, ck, run_classes, encoder, device, scores, labels, text_rows):
+def _threshold(cfg, trained, scores, labels, text_rows):
     """The decision threshold(s) and a sentence saying where they come from."""
-    from .data import Selection, load_selection
-
     if cfg.threshold == "youden":
         return metrics.youden_threshold(scores, labels), \
             "OPTIMISTIC: per-class Youden threshold chosen on the evaluated labels themselves"
     if cfg.threshold.startswith("fixed:"):
         value = fixed_threshold(cfg.threshold)
         return value, f"fixed cosine threshold {value}"
-    # Both rules are chosen on the run's validation folds with the training classes' labels;
-    # the evaluated labels never see them being chosen.
-    val_sel = Selection(run_classes["shards"], tuple(run_classes["folds"]["val"]),
-                        tuple(ck["train_codes"]), tuple(ck["holdout"]))
-    val = load_selection(val_sel)
-    v_emb = encoder.encode(val["signal"], val["length"], device=device)
-    v_scores = v_emb @ np.asarray(ck["text_emb_train"]).T
-    folds = run_classes["folds"]["val"]
+    # Both rules are chosen on the run's validation folds with the training classes' labels
+    # (the checkpoint's own embeddings of them, kept by fit); the evaluated labels never see
+    # them being chosen.
+    v_emb, v_labels = trained.ck["validation"]["emb"], trained.ck["validation"]["labels"]
+    v_scores = v_emb @ np.asarray(trained.ck["text_emb_train"]).T
+    folds = trained.info.folds["val"]
     if cfg.threshold == "val-seen":
-        value = metrics.pooled_youden_threshold(v_scores, val["labels"])
+        value = metrics.pooled_youden_threshold(v_scores, v_labels)
         return value, (f"cosine threshold {value:.4f}: mean-Youden optimum over the training "
                        f"classes on validation folds {folds}")
     # val-z: each class's cosine is standardised by its mean and spread over the validation
     # records (inputs only, so unseen classes get a scale too), and one z threshold is chosen
     # on the training classes there.
     z_train = (v_scores - v_scores.mean(0)) / v_scores.std(0).clip(min=1e-6)
-    z = metrics.pooled_youden_threshold(z_train, val["labels"])
+    z = metrics.pooled_youden_threshold(z_train, v_labels)
     target_val = v_emb @ text_rows.T
     value = target_val.mean(0) + z * target_val.std(0).clip(min=1e-6)
     return value, (f"per-class cosine thresholds mean + {z:.3f} sd of each class's scores on the "

@@ -16,9 +16,10 @@ def test_short_fit_beats_chance_on_training_classes(demo_run):
     log = [json.loads(line) for line in (demo_run / "log.jsonl").read_text().splitlines()]
     assert len(log) == 10 and log[-1]["loss"] < log[0]["loss"]
     assert all(0 <= r["data_wait_fraction"] < 1 and r["samples_per_s"] > 0 for r in log)
-    classes = json.loads((demo_run / "classes.json").read_text())
-    assert classes["holdout"] == ["LVOLT"] and "LVOLT" not in classes["train_codes"]
-    assert classes["records_excluded_for_heldout_labels"]["train"] > 0
+    info = shards.read_run_info(demo_run)
+    assert info.holdout == ["LVOLT"] and "LVOLT" not in info.train_codes
+    assert info.records_excluded_for_heldout_labels["train"] > 0
+    assert info.signal_path == shards.signal_path(shards.load_manifest(info.shards))
     check = json.loads((demo_run / "heldout_check.json").read_text())
     assert check["passed"] and check["records_with_heldout_label_seen"] == 0
     assert check["records_seen"] > 0

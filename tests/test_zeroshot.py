@@ -213,3 +213,29 @@ def test_scoring_pools_only_the_valid_samples_as_training_did(demo_data, demo_ru
     np.testing.assert_allclose(saved, with_length, atol=1e-5)
     without = encoder.encode(loaded["signal"][keep])
     assert not np.allclose(saved[short], without[short], atol=1e-3)
+
+
+def test_scoring_needs_the_run_not_its_training_shards(demo_data, demo_text, tmp_path):
+    """The run record and the checkpoint carry what zeroshot needs (validation embeddings for
+    the thresholds, the signal path): the training shards may be gone."""
+    import shutil
+
+    from ecgshard import fit, shards
+
+    train_copy, eval_copy = tmp_path / "train-shards", tmp_path / "eval-shards"
+    shutil.copytree(demo_data / "s-ptbxl", train_copy)
+    shutil.copytree(demo_data / "s-ptbxl", eval_copy)
+    fit.run(fit.FitConfig(shards=str(train_copy), text=str(demo_text), out=str(tmp_path / "run"),
+                          holdout=("LVOLT",), epochs=1, max_steps=3, batch_size=64,
+                          device="cpu", min_positives=3))
+    ck = shards.load_checkpoint(tmp_path / "run" / "checkpoint-best.pt")
+    info = shards.read_run_info(tmp_path / "run")
+    assert ck["validation"]["emb"].shape[0] == info.records["val"]
+    shutil.rmtree(train_copy)
+    for rule in ("val-seen", "val-z"):
+        report = zeroshot.run(zeroshot.ZeroShotConfig(
+            run=str(tmp_path / "run"), shards=str(eval_copy), text=str(demo_text),
+            out=str(tmp_path / rule), threshold=rule, bootstrap=0, control=False,
+            permutations=0, min_positives=3, device="cpu"))
+        assert report["provenance"]["same_shard_set_as_training"]
+        assert "validation folds [9]" in report["provenance"]["threshold_rule"]
