@@ -63,7 +63,8 @@ def profile(paths, spec):
         del hdr, ok
     n = len(sigs)
     arrays = {shards.SIGNAL: np.stack(sigs), shards.LABELS: np.zeros((n, 5), np.uint8),
-              shards.LIKELIHOOD: np.zeros((n, 5), np.uint8), shards.RECORD_ID: list(range(n)),
+              shards.LIKELIHOOD: np.zeros((n, 5), np.uint8),
+              shards.MENTIONED: np.zeros((n, 5), np.uint8), shards.RECORD_ID: list(range(n)),
               shards.PATIENT_ID: list(range(n)), shards.FOLD: np.ones(n), shards.SOURCE: ["x"] * n,
               shards.AGE: np.zeros(n), shards.SEX: np.zeros(n), shards.LENGTH: np.zeros(n)}
     tmp = Path(tempfile.mkdtemp())
