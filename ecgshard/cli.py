@@ -296,14 +296,17 @@ def _zeroshot_options(*macro_flags):
 @click.option("--allow-signal-mismatch", is_flag=True,
               help="Score shards built with another rate, band, notch or normalisation than "
               "the run's training shards.")
+@_opt(Z, "leads", help="Score with only these leads present, e.g. I or I,II,III,aVR,aVL,aVF "
+      "(the others zeroed); all 12 by default.")
 @_opt(Z, "seed")
-def zeroshot(run_dir, folds, min_macro_positives, **options):
+def zeroshot(run_dir, folds, min_macro_positives, leads, **options):
     """Score classes zero-shot (held-out classes, or another dataset) and write a report."""
     from . import report as present
     from . import zeroshot as stage
 
     cfg = stage.ZeroShotConfig(run=run_dir, folds=_folds(folds) if folds else None,
-                               min_positives=min_macro_positives, **options)
+                               min_positives=min_macro_positives, leads=_codes(leads),
+                               **options)
     for line in present.summary_lines(stage.run(cfg)):
         click.echo(line)
 
@@ -366,9 +369,11 @@ E = C.ExperimentConfig
 @_opt(E, "results", help="Markdown file whose section this experiment (re)writes.")
 @_opt(E, "label", help="What the data is (heading and section key).")
 @_opt(E, "command", help="The command as typed, for the table (default: this one).")
+@_opt(Z, "leads", help="Score with only these leads present (the others zeroed).")
 def experiment(which, ptbxl, cinc, work, model, pooling, templates, texts, arch, loss, epochs,
                batch_size, train_folds, val_folds, test_folds, min_positives, device, seed,
-               bootstrap, control_seeds, permutations, min_macro_positives, command, **options):
+               bootstrap, control_seeds, permutations, min_macro_positives, command, leads,
+               **options):
     """Run Experiment A (held-out PTB-XL classes) or B (Challenge 2021) end to end."""
     from . import experiments as stage
 
@@ -382,7 +387,8 @@ def experiment(which, ptbxl, cinc, work, model, pooling, templates, texts, arch,
                         min_positives=min_positives, device=device, seed=seed),
         zeroshot=C.ZeroShotConfig(run="", shards="", text="", out="", bootstrap=bootstrap,
                                   control_seeds=control_seeds, permutations=permutations,
-                                  min_positives=min_macro_positives, device=device, seed=seed),
+                                  min_positives=min_macro_positives, device=device, seed=seed,
+                                  leads=_codes(leads)),
         command=command or "ecgshard " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         **options)
     result = (stage.run_a if which == "a" else stage.run_b)(cfg)

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field
 from typing import ClassVar
 
 from .errors import ECGShardError
+from .shards import LEADS
 
 DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
 TEXT_MODES = ("name", "description", "both")
@@ -195,6 +196,7 @@ class ZeroShotConfig:
     permutations: int = 1000            # label-permutation null draws
     min_positives: int = 10             # positives a class needs to enter a macro figure
     allow_signal_mismatch: bool = False
+    leads: tuple = ()                   # score with only these present (others zeroed); all
     seed: int = 0
 
     CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last")}
@@ -208,7 +210,9 @@ class ZeroShotConfig:
              f"{self.threshold!r}"),
             (min(self.bootstrap, self.control_seeds, self.permutations) >= 0,
              "--bootstrap, --control-seeds and --permutations must be >= 0"),
-            (self.min_positives > 0, "--min-positives must be > 0"))
+            (self.min_positives > 0, "--min-positives must be > 0"),
+            (set(self.leads) <= set(LEADS) and len(set(self.leads)) == len(self.leads),
+             f"--leads takes distinct names of {list(LEADS)}, got {list(self.leads)}"))
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,7 @@ def run_a(cfg: ExperimentConfig):
     reports, outs = [], []
     for i, holdout in enumerate(splits):
         run_dir = _fit(cfg, shard_dir, text_file, work / "runs", f"a-split{i}{variant}", holdout)
-        outs.append(work / "reports" / run_dir.name)
+        outs.append(work / "reports" / (run_dir.name + _leads_suffix(cfg)))
         reports.append(_zeroshot(cfg, run_dir, shard_dir, text_file, outs[-1]))
         info = shards.read_run_info(run_dir)
         dropped = info.records_excluded_for_heldout_labels["train"]
@@ -163,7 +163,7 @@ def run_b(cfg: ExperimentConfig):
     work, text_file, variant = _prepare(cfg, with_cinc=True)
     run_dir = _fit(cfg, work / "shards" / "ptbxl", text_file, work / "runs",
                    f"b-all-ptbxl{variant}", ())
-    out = work / "reports" / f"b-cinc2021-{run_dir.name}"
+    out = work / "reports" / f"b-cinc2021-{run_dir.name}{_leads_suffix(cfg)}"
     result = _zeroshot(cfg, run_dir, work / "shards" / "cinc2021", text_file, out,
                        classes="all")
     cinc_manifest = shards.load_manifest(work / "shards" / "cinc2021")
@@ -186,6 +186,11 @@ def write_section(path, key, body):
         new = old.rstrip("\n") + "\n\n" + block + "\n"
     with shards.atomic_path(path) as tmp:
         tmp.write_text(new)
+
+
+def _leads_suffix(cfg):
+    """Reports scored with fewer leads sit beside the 12-lead ones, not over them."""
+    return "-leads-" + "-".join(cfg.zeroshot.leads) if cfg.zeroshot.leads else ""
 
 
 def _key(name, cfg):

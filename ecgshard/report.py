@@ -114,6 +114,9 @@ def summary_lines(report):
     lines = [f"zero-shot on {p['n_records']} records ({p['n_patients']} patients), folds "
              f"{p['folds']} of {p['shards']}",
              f"  text model: {p['text_model']}; threshold: {p['threshold_rule']}",
+             f"  leads: {', '.join(p['leads'])}"
+             + ("" if len(p["leads"]) == 12 else " (the others zeroed; thresholds were chosen "
+                                                 "on 12-lead validation records)"),
              f"  macros over classes with >= {p['min_positives_for_macro']} positives; 95% CIs "
              f"resample patients"]
     for name in concepts.GROUPS + ("all",):
@@ -236,6 +239,8 @@ def markdown_a(cfg, manifest, reports):
         f"training and validation; every held-out class is therefore *unseen*"
         f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
         "",
+        f"Leads scored: {_leads_text(p0)}.",
+        "",
         f"Macros are over held-out classes with at least {cfg.zeroshot.min_positives} test "
         f"positives (the others are listed per split); 95% intervals resample patients with the "
         f"class set fixed. Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
@@ -289,6 +294,11 @@ def _where(path):
     return path if rel.startswith(os.pardir + os.sep + os.pardir) else rel
 
 
+def _leads_text(provenance):
+    leads = provenance.get("leads", list(shards.LEADS))
+    return "all 12" if len(leads) == 12 else f"{', '.join(leads)} (the others zeroed)"
+
+
 def _ctrl_range(c):
     ctrl = c.get("control_auroc")
     return f"{num(ctrl['min'])}–{num(ctrl['max'])}" if ctrl else "—"
@@ -311,7 +321,7 @@ def markdown_b(cfg, manifest, report):
         f"(nothing related was), by `ecgshard/data/concept_relations.csv`; `ecgshard "
         f"relations CODE --run RUN` says why. The headline is **unseen**. Macros over classes "
         f"with at least {p['min_positives_for_macro']} positives; 95% intervals resample "
-        f"patients. Threshold: {p['threshold_rule']}.",
+        f"patients. Threshold: {p['threshold_rule']}. Leads scored: {_leads_text(p)}.",
         "",
         *(["Not scored: " + ", ".join(f"{n} {src} records" for src, n in
                                        p["excluded_sources_same_as_training"].items()) +

@@ -47,6 +47,11 @@ def run(cfg: ZeroShotConfig):
     targets = _target_classes(cfg.classes, manifest, text, trained.train_codes, trained.holdout,
                               same_set)
     data, excluded = _load_records(cfg, trained, folds, targets, same_set)
+    if cfg.leads:
+        # Fewer leads, as a reduced-lead recording presents them: the others are zeros, which
+        # is what the model met in training through lead-dropout augmentation.
+        absent = [i for i, lead in enumerate(shards.LEADS) if lead not in cfg.leads]
+        data["signal"][:, absent] = 0
 
     encoder = ZeroShotModel.from_checkpoint(trained.ck).encoder.to(device)
     text_rows = text.emb[text.rows(targets)]
@@ -158,6 +163,7 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
         "min_positives_for_macro": cfg.min_positives,
         "control_seeds": cfg.control_seeds if cfg.control else 0,
         "permutations": cfg.permutations, "config": asdict(cfg),
+        "leads": list(cfg.leads) if cfg.leads else list(shards.LEADS),
         "excluded_sources_same_as_training": excluded}
 
 

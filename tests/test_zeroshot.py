@@ -239,3 +239,32 @@ def test_scoring_needs_the_run_not_its_training_shards(demo_data, demo_text, tmp
             permutations=0, min_positives=3, device="cpu"))
         assert report["provenance"]["same_shard_set_as_training"]
         assert "validation folds [9]" in report["provenance"]["threshold_rule"]
+
+
+def test_fewer_leads_are_scored_with_the_others_zeroed(demo_data, demo_run, demo_text, tmp_path):
+    import h5py
+    import numpy as np
+
+    from ecgshard import data, shards
+    from ecgshard.models import ZeroShotModel
+
+    common = dict(shards=str(demo_data / "s-ptbxl"), classes="all", bootstrap=0, control=False,
+                  permutations=0)
+    full = _zs(demo_data, demo_run, demo_text, tmp_path / "12", **common)
+    one = _zs(demo_data, demo_run, demo_text, tmp_path / "1", leads=("I",), save_embeddings=True,
+              **common)
+    assert full["provenance"]["leads"] == list(shards.LEADS)
+    assert one["provenance"]["leads"] == ["I"]
+    sel = data.Selection(str(demo_data / "s-ptbxl"), (10,), ())
+    loaded = data.load_selection(sel, with_ids=True)
+    lead_i = loaded["signal"].copy()
+    lead_i[:, 1:] = 0
+    encoder = ZeroShotModel.from_checkpoint(
+        shards.load_checkpoint(demo_run / "checkpoint-best.pt")).encoder
+    with h5py.File(tmp_path / "1" / "embeddings.h5", "r") as f:
+        np.testing.assert_allclose(f["emb"][...], encoder.encode(lead_i, loaded["length"]),
+                                   atol=1e-5)
+    aurocs = [r["groups"]["all"]["macro_auroc"] for r in (full, one)]
+    assert aurocs[0] != aurocs[1]
+    with pytest.raises(ECGShardError, match="--leads takes distinct names"):
+        zeroshot.ZeroShotConfig(run="r", shards="s", text="t", out="o", leads=("avl",))
