@@ -52,14 +52,13 @@ class _Columns:
         self.watch = np.asarray([index[c] for c in sel.watch_codes if c in index], np.int64)
         self.folds = np.asarray(sel.folds, dtype=np.int64)
 
-    def apply(self, labels, folds, mentioned=None):
+    def apply(self, labels, folds, mentioned):
         """Raw shard rows -> (keep mask, output labels, held-out-positive flags).
 
-        ``mentioned`` (default: ``labels``) marks every statement a record carries at any
-        likelihood: a record is excluded for a held-out statement even where the statement
-        stayed below the build's --min-likelihood and is no label."""
+        ``mentioned`` marks every statement a record carries at any likelihood: a record is
+        excluded for a held-out statement even where the statement stayed below the build's
+        --min-likelihood and is no label."""
         keep = np.isin(folds, self.folds)
-        mentioned = labels if mentioned is None else mentioned
         if len(self.exclude):
             keep &= ~mentioned[:, self.exclude].any(axis=1)
         heldout = mentioned[:, self.watch].any(axis=1) if len(self.watch) else \

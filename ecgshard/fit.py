@@ -193,11 +193,11 @@ class Trainer:
         from .models import EncoderConfig, ZeroShotModel
 
         self.cfg, self.p, self.device = cfg, p, device
-        text_emb = torch.from_numpy(p["text"].emb[p["text"].rows(p["train_codes"])])
+        self.text_rows = p["text"].emb[p["text"].rows(p["train_codes"])]   # (C, D) numpy
         self.encoder_cfg = EncoderConfig(arch=cfg.arch, n_samples=p["manifest"]["n_samples"],
-                                         text_dim=int(text_emb.shape[1]),
+                                         text_dim=int(self.text_rows.shape[1]),
                                          fs=p["manifest"]["fs"])
-        self.model = ZeroShotModel(self.encoder_cfg, text_emb,
+        self.model = ZeroShotModel(self.encoder_cfg, torch.from_numpy(self.text_rows),
                                    learn_class_emb=cfg.learn_class_embeddings).to(device)
         if cfg.learn_class_embeddings:
             log.warning("--learn-class-embeddings: a supervised reference run; it cannot score "
@@ -272,7 +272,7 @@ class Trainer:
                 "model_config": asdict(self.encoder_cfg), "loss_name": self.cfg.loss,
                 "train_codes": p["train_codes"], "holdout": p["holdout"],
                 "text_sha256": p["text"].sha256,
-                "text_emb_train": p["text"].emb[p["text"].rows(p["train_codes"])],
+                "text_emb_train": self.text_rows,
                 "learned_class_emb": None if learned is None else learned.detach().cpu().numpy(),
                 "text_model": p["text"].attrs.get("model_id"), "config": asdict(self.cfg),
                 "val_macro_auroc": val_auroc, "validation": validation}

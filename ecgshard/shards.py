@@ -354,7 +354,7 @@ def signal_path(manifest):
 
 
 def signal_path_differences(expected, actual):
-    """``["fs: 100 (training) vs 500 (evaluated)", ...]`` for the fields that differ."""
+    """``["fs: 100 vs 500", ...]`` (expected vs actual) for the fields that differ."""
     return [f"{k}: {expected.get(k)!r} vs {actual.get(k)!r}" for k in SIGNAL_PATH_FIELDS
             if expected.get(k) != actual.get(k)]
 
