@@ -167,34 +167,45 @@ def load_record(it, cfg, spec, notes):
     """One record through the signal path: ``(float16 (12, T), valid length, source sha256)``.
     Records kept despite a problem (``--flat-leads keep``) are appended to ``notes``."""
     sig, fs, leads, digest = databases.get(cfg.format).read(it)
+    x, length, kept = process_signal(sig, fs, leads, cfg, it.path, spec)
+    notes.extend(skip(it, reason, detail) for reason, detail in kept)
+    return x, length, digest
+
+
+def process_signal(sig, fs, leads, cfg, where="", spec=None):
+    """A raw record — ``(L, T)`` millivolts at ``fs`` Hz, its lead names — through the signal
+    path of ``cfg`` (a BuildConfig): 12 leads in canonical order, checks, resampling, filters,
+    normalisation, length. Returns ``(float16 (12, n_samples), valid length, notes)``, notes
+    being ``(reason, detail)`` of what was kept despite a problem; raises ``BadRecordError``.
+    ``build`` and ``predict`` both go through here, so a record scored from its raw files equals
+    the same record read from a shard."""
     if not fs or fs <= 0:
-        raise BadRecordError("bad_sampling_rate", f"{it.path}: fs={fs}")
-    lead_notes = []
-    sig = readers.to_canonical_leads(sig, leads, it.path, lead_notes)
+        raise BadRecordError("bad_sampling_rate", f"{where}: fs={fs}")
+    lead_notes, flat_notes = [], []
+    sig = readers.to_canonical_leads(sig, leads, where, lead_notes)
     if not np.isfinite(sig).all():
         bad = [shards.LEADS[i] for i in np.flatnonzero(~np.isfinite(sig).all(axis=1))]
-        raise BadRecordError("nan_values", f"{it.path}: non-finite samples in {bad}")
+        raise BadRecordError("nan_values", f"{where}: non-finite samples in {bad}")
     seconds = sig.shape[1] / fs
     if seconds < cfg.min_seconds:
-        raise BadRecordError("too_short", f"{it.path}: {seconds:.2f} s < {cfg.min_seconds} s")
+        raise BadRecordError("too_short", f"{where}: {seconds:.2f} s < {cfg.min_seconds} s")
     flat = np.flatnonzero(np.ptp(sig, axis=1) < 1e-3)
     if len(flat):
-        detail = f"{it.path}: no signal in {[shards.LEADS[i] for i in flat]}"
+        detail = f"{where}: no signal in {[shards.LEADS[i] for i in flat]}"
         if cfg.flat_leads == "skip":
             raise BadRecordError("flat_lead", detail)
-        notes.append(skip(it, "flat_lead_kept", detail))
+        flat_notes.append(("flat_lead_kept", detail))
     if seconds > cfg.seconds * 1.5:
         # Long records (PTB's 2-minute ones): cut the central window first, with a margin for
         # the filters, so that resampling and filtering work on what is kept.
         keep = int(round((cfg.seconds + 4.0) * fs))
         start = (sig.shape[1] - keep) // 2
         sig = sig[:, start:start + keep]
-    x = preprocess(sig, fs, spec)
+    x = preprocess(sig, fs, spec or cfg.filter_spec)
     x, length = fit_length(x, cfg.n_samples)
     if not np.isfinite(x).all() or np.abs(x).max() > 6e4:
-        raise BadRecordError("out_of_range", f"{it.path}: values beyond float16 after filtering")
-    notes.extend(skip(it, reason, detail) for reason, detail in lead_notes)
-    return x.astype(np.float16), length, digest
+        raise BadRecordError("out_of_range", f"{where}: values beyond float16 after filtering")
+    return x.astype(np.float16), length, flat_notes + lead_notes
 
 
 def _drop_duplicate_ids(items, skipped):

@@ -44,7 +44,8 @@ def _opt(cls, name, *decls, **kw):
     takes several values."""
     default = C.default(cls, name)
     if isinstance(default, tuple) and not kw.get("multiple") and "nargs" not in kw:
-        default = fold_ranges(default) if name.endswith("folds") else ",".join(default)
+        default = fold_ranges(default) if name.endswith("folds") else \
+            ",".join(map(str, default))
     if C.allowed(cls, name) is not None:
         kw["type"] = _Choice(cls, name)
     kw.setdefault("show_default", default not in (None, "", ()))
@@ -146,12 +147,16 @@ def _text_options(command):
     """The text-model options embed-text and experiment share."""
     for decorator in reversed((
             _opt(T, "model", "--model", "--text-model",
-                 help="Hugging Face id or local path; 'minilm-offline' for the bundled MiniLM."),
-            _opt(T, "pooling", help="Pooling for plain BERT models."),
+                 help="Hugging Face id or local path, a short name (clinicalbert, medcpt, "
+                 "pubmedbert, biobert), or 'minilm-offline' for the bundled MiniLM."),
+            _opt(T, "pooling", help="Pooling for plain BERT models (auto: the registered "
+                 "one for a known model, else mean)."),
             _opt(T, "templates", "--template", "templates", multiple=True,
                  help="Prompt template with {name}, e.g. 'an ECG showing {name}' (repeatable: "
                  "averaged)."),
-            _opt(T, "texts", help="Class texts: the name, a description, or both."))):
+            _opt(T, "texts", help="Class texts: the name; its findings as one description; "
+                 "both; each finding (averaged); or an ensemble of name, synonyms and "
+                 "name: description."))):
         command = decorator(command)
     return command
 
@@ -161,7 +166,8 @@ def _text_options(command):
               help="Shard directory or CSV/JSON of codes and names (repeatable).")
 @click.option("--out", required=True, help="Text matrix file (.h5).")
 @_text_options
-@_opt(T, "descriptions", help="JSON {code: text} instead of the package's.")
+@_opt(T, "class_texts", help="JSON of class synonyms and findings (or {code: description}) "
+      "instead of the package's ecgshard/data/class_texts.json.")
 @_opt(T, "device")
 @_opt(T, "batch_size")
 @click.option("--force", is_flag=True, help="Recompute even when the cache is up to date.")
@@ -212,6 +218,13 @@ def _fit_options(command):
             _opt(F, "train_folds"), _opt(F, "val_folds"), _opt(F, "test_folds"),
             _opt(F, "min_positives", help="A training class needs this many positives in the "
                  "training folds."),
+            _opt(F, "lr"), _opt(F, "weight_decay"),
+            _opt(F, "warmup", help="Share of the steps with a linear warm-up."),
+            _opt(F, "augment", "--augment/--no-augment"),
+            _opt(F, "lead_dropout", help="Augmentation: chance that each lead is zeroed."),
+            _opt(F, "width", help="Encoder channel-width multiplier."),
+            _opt(F, "train_kinds", help="Train only classes of these statement kinds "
+                 "(comma list of diagnostic, form, rhythm; PTB-XL); all by default."),
             _opt(F, "device"), _opt(F, "seed"))):
         command = decorator(command)
     return command
@@ -231,19 +244,16 @@ def _fit_options(command):
 @click.option("--include-heldout-records", is_flag=True,
               help="NOT zero-shot: train on records that carry held-out labels.")
 @_fit_options
-@_opt(F, "lr")
-@_opt(F, "weight_decay")
-@_opt(F, "warmup", help="Share of the steps with a linear warm-up.")
 @_opt(F, "amp", "--amp/--no-amp", help="bf16 autocast on CUDA.")
 @_opt(F, "data")
 @_opt(F, "workers", help="Loader processes (stream).")
-@_opt(F, "augment", "--augment/--no-augment")
 @click.option("--resume", is_flag=True)
 @_opt(F, "max_steps", type=int)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoder.")
 @click.option("--learn-class-embeddings", is_flag=True,
               help="Supervised reference: class vectors train too (not zero-shot).")
-def fit(holdout, holdout_file, train_folds, val_folds, test_folds, compile_, **options):
+def fit(holdout, holdout_file, train_folds, val_folds, test_folds, train_kinds, compile_,
+        **options):
     """Train the ECG encoder against the fixed text matrix, classes held out."""
     from . import fit as stage
 
@@ -253,7 +263,7 @@ def fit(holdout, holdout_file, train_folds, val_folds, test_folds, compile_, **o
             codes += [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
     cfg = stage.FitConfig(holdout=tuple(codes), train_folds=_folds(train_folds),
                           val_folds=_folds(val_folds), test_folds=_folds(test_folds),
-                          compile=compile_, **options)
+                          train_kinds=_codes(train_kinds), compile=compile_, **options)
     summary = stage.run(cfg)
     click.echo(f"best validation macro AUROC (training classes, folds {val_folds}): "
                f"{summary['best_val_macro_auroc']:.4f}; run in {cfg.out}")
@@ -272,7 +282,9 @@ def _zeroshot_options(*macro_flags):
                      "random-encoder distribution."),
                 _opt(Z, "permutations", help="Label-permutation null draws (0: none)."),
                 _opt(Z, "min_positives", *macro_flags, "min_macro_positives",
-                     help="Positives a class needs to enter a macro figure (fewer: listed)."))):
+                     help="Positives a class needs to enter a macro figure (fewer: listed)."),
+                _opt(Z, "threshold", help="val-seen, val-z (per-class scale from validation "
+                     "inputs), youden (optimistic, labelled) or fixed:X."))):
             command = decorator(command)
         return command
     return add
@@ -287,8 +299,6 @@ def _zeroshot_options(*macro_flags):
 @click.option("--folds", default=None, help="Default: the run's test folds (same shard set) "
               "or every fold (another dataset).")
 @_zeroshot_options("--min-positives", "--min-macro-positives")
-@_opt(Z, "threshold", help="val-seen, val-z (per-class scale from validation inputs), youden "
-      "(optimistic, labelled) or fixed:X.")
 @_opt(Z, "checkpoint")
 @_opt(Z, "device")
 @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5.")
@@ -308,6 +318,90 @@ def zeroshot(run_dir, folds, min_macro_positives, leads, **options):
                                min_positives=min_macro_positives, leads=_codes(leads),
                                **options)
     for line in present.summary_lines(stage.run(cfg)):
+        click.echo(line)
+
+
+P = C.PredictConfig
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--run", "run", required=True, type=click.Path(exists=True, file_okay=False))
+@_opt(P, "classes", multiple=True, help="A class text (repeatable): any words, e.g. "
+      "'atrial fibrillation'.")
+@_opt(P, "classes_file", type=click.Path(exists=True, dir_okay=False),
+      help="One class text per line.")
+@_opt(P, "vocab", type=click.Path(exists=True, file_okay=False),
+      help="A shard directory: score its classes (by name).")
+@_opt(P, "out", help="Scores CSV (and <stem>.classes.csv: each class's status for the run).")
+@_opt(P, "top", help="Best classes listed per record.")
+@_opt(P, "fs", type=float, help="Sampling rate of .npy/.npz records without one.")
+@_opt(P, "leads", help="Score with only these leads present (the others zeroed).")
+@_opt(P, "checkpoint")
+@_opt(P, "device")
+@_opt(P, "flat_leads", help="A record with a flat lead: a named skip, or scored.")
+def predict(inputs, classes, leads, **options):
+    """Score raw ECG records (WFDB, .npy, .npz; files or directories) against class texts."""
+    from . import predict as stage
+
+    cfg = stage.PredictConfig(inputs=tuple(inputs), classes=tuple(classes), leads=_codes(leads),
+                              **options)
+    result = stage.run(cfg)
+    status = dict(zip(result["classes"], result["status"]))
+    click.echo("classes: " + "; ".join(f"{c} ({status[c]})" for c in result["classes"]))
+    for row in result["rows"]:
+        detail = row["top"] if row["status"] == "ok" else \
+            f"SKIPPED {row['reason']}: {row['detail']}"
+        click.echo(f"{row['record']}: {detail}")
+    if cfg.out:
+        click.echo(f"(scores written to {cfg.out})")
+
+
+EM, PR = C.EmbedConfig, C.ProbeConfig
+
+
+@main.command()
+@click.option("--run", "run", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, help="Embeddings file (.h5).")
+@click.option("--folds", default=None, help="Folds to embed (e.g. 9-10); all by default.")
+@_opt(EM, "checkpoint")
+@_opt(EM, "device")
+@_opt(EM, "leads", help="Embed with only these leads present (the others zeroed).")
+@click.option("--allow-signal-mismatch", is_flag=True,
+              help="Embed shards built with another signal path than the run's.")
+def embed(folds, leads, **options):
+    """Write a run's embeddings of a shard set with record ids, patients, folds and labels."""
+    from . import embed as stage
+
+    cfg = stage.EmbedConfig(folds=_folds(folds) if folds else None, leads=_codes(leads),
+                            **options)
+    click.echo(f"embeddings: {stage.run(cfg)}")
+
+
+@main.command()
+@click.option("--run", "run", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False))
+@_opt(PR, "out", help="Directory for probe.json.")
+@_opt(PR, "fractions", help="Shares of the training labels, comma-separated.")
+@click.option("--train-folds", default=None, help="Default: the run's training folds.")
+@click.option("--test-folds", default=None, help="Default: the run's test folds.")
+@_opt(PR, "min_positives", help="Test positives a class needs to enter the macro.")
+@_opt(PR, "c", "--c", help="Inverse L2 strength of the logistic regressions.")
+@_opt(PR, "seed")
+@_opt(PR, "checkpoint")
+@_opt(PR, "device")
+@click.option("--allow-signal-mismatch", is_flag=True,
+              help="Probe shards built with another signal path than the run's.")
+def probe(fractions, train_folds, test_folds, **options):
+    """Linear probes on frozen embeddings with 1/10/100% of the training labels, beside the
+    same probe on an untrained encoder."""
+    from . import probe as stage
+
+    cfg = stage.ProbeConfig(fractions=tuple(float(f) for f in _codes(fractions)),
+                            train_folds=_folds(train_folds) if train_folds else None,
+                            test_folds=_folds(test_folds) if test_folds else None, **options)
+    for line in stage.summary_lines(stage.run(cfg)):
         click.echo(line)
 
 
@@ -366,29 +460,31 @@ E = C.ExperimentConfig
       "positives (a).")
 @_opt(E, "max_excluded", help="A random split may exclude at most this share of the training "
       "records (a).")
+@_opt(E, "score", help="Score the held-out classes on the test folds, or on the validation "
+      "folds (for choosing a recipe; the test folds stay unread).")
 @_opt(E, "results", help="Markdown file whose section this experiment (re)writes.")
 @_opt(E, "label", help="What the data is (heading and section key).")
 @_opt(E, "command", help="The command as typed, for the table (default: this one).")
 @_opt(Z, "leads", help="Score with only these leads present (the others zeroed).")
-def experiment(which, ptbxl, cinc, work, model, pooling, templates, texts, arch, loss, epochs,
-               batch_size, train_folds, val_folds, test_folds, min_positives, device, seed,
-               bootstrap, control_seeds, permutations, min_macro_positives, command, leads,
-               **options):
+def experiment(which, ptbxl, cinc, work, model, pooling, templates, texts, train_folds,
+               val_folds, test_folds, train_kinds, device, seed, bootstrap, control_seeds,
+               permutations, min_macro_positives, threshold, command, leads, **options):
     """Run Experiment A (held-out PTB-XL classes) or B (Challenge 2021) end to end."""
     from . import experiments as stage
 
+    fit_options = {k: options.pop(k) for k in list(options) if k in F.__dataclass_fields__}
     cfg = stage.ExperimentConfig(
         work=work, ptbxl=ptbxl, cinc=cinc,
         text=C.TextConfig(vocab=(), out="", model=model, pooling=pooling,
                           templates=tuple(templates), texts=texts, device=device),
-        fit=C.FitConfig(shards="", text="", out="", arch=arch, loss=loss, epochs=epochs,
-                        batch_size=batch_size, train_folds=_folds(train_folds),
+        fit=C.FitConfig(shards="", text="", out="", train_folds=_folds(train_folds),
                         val_folds=_folds(val_folds), test_folds=_folds(test_folds),
-                        min_positives=min_positives, device=device, seed=seed),
+                        train_kinds=_codes(train_kinds), device=device, seed=seed,
+                        **fit_options),
         zeroshot=C.ZeroShotConfig(run="", shards="", text="", out="", bootstrap=bootstrap,
                                   control_seeds=control_seeds, permutations=permutations,
-                                  min_positives=min_macro_positives, device=device, seed=seed,
-                                  leads=_codes(leads)),
+                                  min_positives=min_macro_positives, threshold=threshold,
+                                  device=device, seed=seed, leads=_codes(leads)),
         command=command or "ecgshard " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         **options)
     result = (stage.run_a if which == "a" else stage.run_b)(cfg)

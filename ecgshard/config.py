@@ -15,7 +15,7 @@ from .errors import ECGShardError
 from .shards import LEADS
 
 DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
-TEXT_MODES = ("name", "description", "both")
+TEXT_MODES = ("name", "description", "both", "findings", "ensemble")
 
 
 def _registry(module, name):
@@ -96,6 +96,13 @@ class BuildConfig:
               (not self.band or 0 < self.band[0] < self.band[1],
                f"--band LOW HIGH must rise from above 0 Hz, got {self.band}"))
 
+    @classmethod
+    def from_signal_path(cls, path, **kw):
+        """The settings that reproduce a shard set's signal path (``shards.signal_path``)."""
+        return cls(source_dir="", out_dir="", fs=path["fs"],
+                   seconds=path["n_samples"] / path["fs"], band=tuple(path["band"] or ()),
+                   notch=path["notch"], normalize=path["normalize"], **kw)
+
     @property
     def filter_spec(self):
         from .filters import FilterSpec
@@ -113,15 +120,15 @@ class TextConfig:
     vocab: tuple                        # shard directories and/or CSV/JSON vocabulary files
     out: str
     model: str = DEFAULT_TEXT_MODEL
-    pooling: str = "mean"               # plain BERTs: mean or cls
+    pooling: str = "auto"               # plain BERTs: mean, cls, or auto (text.TEXT_ENCODERS)
     templates: tuple = ("{name}",)      # several are averaged, as CLIP does
     texts: str = "name"
     device: str = "auto"
     batch_size: int = 64
-    descriptions: str | None = None     # JSON {code: text}; default the package's file
+    class_texts: str | None = None      # JSON of synonyms and findings; default the package's
     force: bool = False
 
-    CHOICES: ClassVar[dict] = {"texts": TEXT_MODES, "pooling": ("mean", "cls")}
+    CHOICES: ClassVar[dict] = {"texts": TEXT_MODES, "pooling": ("auto", "mean", "cls")}
 
     def __post_init__(self):
         check(self, (all("{name}" in t for t in self.templates),
@@ -153,6 +160,9 @@ class FitConfig:
     data: str = "auto"                       # auto | stream | preload
     workers: int = 2
     augment: bool = True
+    lead_dropout: float = 0.1                # augmentation: chance each lead is zeroed
+    width: float = 1.0                       # encoder channel-width multiplier
+    train_kinds: tuple = ()                  # statement kinds trained (form, rhythm...); all
     seed: int = 0
     resume: bool = False
     max_steps: int | None = None             # stop early (smoke runs, benchmarks)
@@ -175,6 +185,8 @@ class FitConfig:
             (self.epochs > 0 and self.batch_size > 0 and self.lr > 0,
              "--epochs, --batch-size and --lr must be > 0"),
             (0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
+            (0 <= self.lead_dropout < 1, "--lead-dropout is a probability, in [0, 1)"),
+            (self.width > 0, "--width must be > 0"),
             (self.min_positives > 0, "--min-positives must be > 0"))
 
 
@@ -216,6 +228,73 @@ class ZeroShotConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    run: str
+    inputs: tuple                       # record files (.hea, .npy, .npz) and directories
+    classes: tuple = ()                 # free class texts
+    classes_file: str | None = None     # one class text per line
+    vocab: str | None = None            # a shard directory: its classes' names
+    out: str | None = None              # CSV; a <stem>.classes.csv beside it
+    top: int = 5                        # best classes shown per record
+    fs: float | None = None             # sampling rate of .npy/.npz input without one
+    leads: tuple = ()                   # score with only these present (others zeroed); all
+    checkpoint: str = "best"
+    device: str = "auto"
+    flat_leads: str = "skip"
+    batch_size: int = 256
+
+    CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last"), "flat_leads": ("skip", "keep")}
+
+    def __post_init__(self):
+        check(self, (bool(self.inputs), "give at least one record file or directory"),
+              (sum(map(bool, (self.classes, self.classes_file, self.vocab))) == 1,
+               "give the classes one way: --classes, --classes-file or --vocab"),
+              (self.top >= 0 and self.batch_size > 0, "--top must be >= 0, --batch-size > 0"),
+              (self.fs is None or self.fs > 0, "--fs must be > 0"),
+              (set(self.leads) <= set(LEADS), f"--leads takes names of {list(LEADS)}"))
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    run: str
+    shards: str
+    out: str
+    folds: tuple | None = None          # all folds by default
+    checkpoint: str = "best"
+    device: str = "auto"
+    leads: tuple = ()                   # embed with only these present (others zeroed); all
+    allow_signal_mismatch: bool = False
+
+    CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last")}
+
+    def __post_init__(self):
+        check(self, (set(self.leads) <= set(LEADS), f"--leads takes names of {list(LEADS)}"))
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    run: str
+    shards: str
+    out: str | None = None              # probe.json (and the table) written here
+    fractions: tuple = (0.01, 0.1, 1.0) # shares of the training folds' labelled records
+    train_folds: tuple | None = None    # default: the run's training folds
+    test_folds: tuple | None = None     # default: the run's test folds
+    min_positives: int = 10             # test positives a class needs to enter the macro
+    c: float = 1.0                      # inverse L2 strength of the logistic regressions
+    seed: int = 0
+    checkpoint: str = "best"
+    device: str = "auto"
+    allow_signal_mismatch: bool = False
+
+    CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last")}
+
+    def __post_init__(self):
+        check(self, (all(0 < f <= 1 for f in self.fractions) and self.fractions,
+                     f"--fractions are shares in (0, 1], got {self.fractions}"),
+              (self.min_positives > 0 and self.c > 0, "--min-positives and --c must be > 0"))
+
+
+@dataclass(frozen=True)
 class DownloadConfig:
     database: str
     dest: str
@@ -253,9 +332,12 @@ class ExperimentConfig:
     min_val_positives: int = 5         # a class is drawn only with this many in the val folds
     max_excluded: float = 0.25         # a random split may exclude at most this share of records
     build_workers: int = 0
+    score: str = "test"                 # where held-out classes are scored: test or val folds
     results: str = "docs/results.md"
     label: str = ""                     # what the data is, for the table's heading
     command: str = ""                   # the command that ran it, for the table
+
+    CHOICES: ClassVar[dict] = {"score": ("test", "val")}
 
     def __post_init__(self):
         check(self, (self.splits > 0 and self.holdout_size > 0,

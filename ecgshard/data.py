@@ -111,11 +111,11 @@ def count_selection(sel):
 
 def load_selection(sel, with_ids=False):
     """All selected records in shard order: float16 signal (N, 12, T), labels (N, C), heldout (N,)
-    and, with ``with_ids``, record ids, patient ids and sources."""
+    and, with ``with_ids``, record ids, patient ids, sources and folds."""
     manifest = shards.load_manifest(sel.shard_dir)
     cols = _Columns(sel, manifest)
     checksums = shards.shard_checksums(sel.shard_dir, manifest)
-    sig, lab, held, lengths, ids, patients, sources = [], [], [], [], [], [], []
+    sig, lab, held, lengths, ids, patients, sources, folds = [], [], [], [], [], [], [], []
     for path, start, stop in shard_blocks(sel, manifest):
         with shards.open_shard(path, checksums[path]) as f:
             block = cols.read_block(f, start, stop)
@@ -126,6 +126,7 @@ def load_selection(sel, with_ids=False):
                 ids.append(shards.read_strings(f[shards.RECORD_ID], slice(start, stop))[rows])
                 patients.append(shards.read_strings(f[shards.PATIENT_ID], slice(start, stop))[rows])
                 sources.append(shards.read_strings(f[shards.SOURCE], slice(start, stop))[rows])
+                folds.append(f[shards.FOLD][start:stop][rows])
         sig.append(signal)
         lab.append(out)
         held.append(heldout)
@@ -140,6 +141,7 @@ def load_selection(sel, with_ids=False):
         result["record_id"] = np.concatenate(ids) if ids else np.zeros(0, object)
         result["patient_id"] = np.concatenate(patients) if patients else np.zeros(0, object)
         result["source"] = np.concatenate(sources) if sources else np.zeros(0, object)
+        result["fold"] = np.concatenate(folds) if folds else np.zeros(0, np.int64)
     return result
 
 

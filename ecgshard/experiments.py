@@ -46,7 +46,8 @@ def _prepare(cfg, with_cinc):
     t = cfg.text
     variant = "" if t.texts == "name" and tuple(t.templates) == ("{name}",) else \
         "-" + shards.fingerprint([t.texts, list(t.templates)])[:8]
-    text_file = work / "text" / f"{_slug(t.model)}-{t.pooling}{variant}.h5"
+    model, pooling = text.resolve_model(t.model, t.pooling)
+    text_file = work / "text" / f"{_slug(model)}-{pooling}{variant}.h5"
     text.run(replace(t, vocab=tuple(str(work / "shards" / n) for n in sets), out=str(text_file)))
     return work, text_file, variant
 
@@ -145,25 +146,31 @@ def run_a(cfg: ExperimentConfig):
     shard_dir = work / "shards" / "ptbxl"
     manifest = shards.load_manifest(shard_dir)
     splits = holdout_splits(cfg, shard_dir, manifest)
+    # Scoring on the validation folds chooses a recipe; the test folds are then never read.
+    folds = {"folds": tuple(cfg.fit.val_folds)} if cfg.score == "val" else {}
     reports, outs = [], []
     for i, holdout in enumerate(splits):
         run_dir = _fit(cfg, shard_dir, text_file, work / "runs", f"a-split{i}{variant}", holdout)
-        outs.append(work / "reports" / (run_dir.name + _leads_suffix(cfg)))
-        reports.append(_zeroshot(cfg, run_dir, shard_dir, text_file, outs[-1]))
+        outs.append(work / "reports" / (run_dir.name + _report_suffix(cfg)))
+        reports.append(_zeroshot(cfg, run_dir, shard_dir, text_file, outs[-1], **folds))
         info = shards.read_run_info(run_dir)
         dropped = info.records_excluded_for_heldout_labels["train"]
         reports[-1]["excluded_train_share"] = dropped / max(1, dropped + info.records["train"])
     section = report.markdown_a(cfg, manifest, reports)
-    write_section(cfg.results, _key("experiment-a", cfg), section)
+    key = _key("experiment-a", cfg)
+    write_section(cfg.results, key, section)
+    figures = report.figures_a(reports)
+    shards.write_json(work / f"{key}.json", {"config": json.loads(json.dumps(asdict(cfg))),
+                                             "reports": [str(o) for o in outs], **figures})
     return {"splits": [r["provenance"]["holdout"] for r in reports],
-            "reports": [str(o) for o in outs], "markdown": section}
+            "reports": [str(o) for o in outs], "markdown": section, **figures}
 
 
 def run_b(cfg: ExperimentConfig):
     work, text_file, variant = _prepare(cfg, with_cinc=True)
     run_dir = _fit(cfg, work / "shards" / "ptbxl", text_file, work / "runs",
                    f"b-all-ptbxl{variant}", ())
-    out = work / "reports" / f"b-cinc2021-{run_dir.name}{_leads_suffix(cfg)}"
+    out = work / "reports" / f"b-cinc2021-{run_dir.name}{_report_suffix(cfg)}"
     result = _zeroshot(cfg, run_dir, work / "shards" / "cinc2021", text_file, out,
                        classes="all")
     cinc_manifest = shards.load_manifest(work / "shards" / "cinc2021")
@@ -188,9 +195,13 @@ def write_section(path, key, body):
         tmp.write_text(new)
 
 
-def _leads_suffix(cfg):
-    """Reports scored with fewer leads sit beside the 12-lead ones, not over them."""
-    return "-leads-" + "-".join(cfg.zeroshot.leads) if cfg.zeroshot.leads else ""
+def _report_suffix(cfg):
+    """Reports scored with fewer leads, another threshold rule or on the validation folds sit
+    beside the default ones, not over them."""
+    z = cfg.zeroshot
+    return ("-leads-" + "-".join(z.leads) if z.leads else "") + \
+        ("" if z.threshold == "val-seen" else "-threshold-" + z.threshold.replace(":", "")) + \
+        ("-val" if cfg.score == "val" else "")
 
 
 def _key(name, cfg):

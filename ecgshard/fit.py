@@ -52,7 +52,9 @@ def plan(cfg):
     if cfg.include_heldout_records and holdout:
         log.warning("!!! --include-heldout-records: records carrying held-out labels ARE TRAINED "
                     "ON (only the label columns are removed). Results are NOT strict zero-shot.")
-    candidates = tuple(c for c in shards.class_codes(manifest) if c not in set(holdout))
+    of_kind = _of_kinds(manifest["classes"], cfg.train_kinds)
+    candidates = tuple(c for c in shards.class_codes(manifest)
+                       if c not in set(holdout) and c in of_kind)
     train_sel = Selection(cfg.shards, tuple(cfg.train_folds), candidates, exclude, tuple(holdout))
     n_train, n_excluded, positives = count_selection(train_sel)
     train_codes = tuple(c for c, n in zip(candidates, positives) if n >= cfg.min_positives)
@@ -71,6 +73,17 @@ def plan(cfg):
             "val_sel": val_sel, "train_codes": list(train_codes), "n_train": n_train,
             "n_val": n_val, "excluded": {"train": n_excluded, "val": n_val_excluded},
             "dropped_rare": [c for c, n in zip(candidates, positives) if n < cfg.min_positives]}
+
+
+def _of_kinds(classes, kinds):
+    """Codes whose statement kind (PTB-XL: diagnostic, form, rhythm) is one of ``kinds``."""
+    if not kinds:
+        return {c["code"] for c in classes}
+    present = {k for c in classes for k in c.get("kind") or ()}
+    if not set(kinds) <= present:
+        raise ECGShardError(f"--train-kinds {','.join(kinds)}: these shards' classes are of "
+                            f"kinds {sorted(present) or 'none recorded'}")
+    return {c["code"] for c in classes if set(c.get("kind") or ()) & set(kinds)}
 
 
 def _check_text_covers(cfg, text, train_codes, positives):
@@ -196,7 +209,7 @@ class Trainer:
         self.text_rows = p["text"].emb[p["text"].rows(p["train_codes"])]   # (C, D) numpy
         self.encoder_cfg = EncoderConfig(arch=cfg.arch, n_samples=p["manifest"]["n_samples"],
                                          text_dim=int(self.text_rows.shape[1]),
-                                         fs=p["manifest"]["fs"])
+                                         fs=p["manifest"]["fs"], width=cfg.width)
         self.model = ZeroShotModel(self.encoder_cfg, torch.from_numpy(self.text_rows),
                                    learn_class_emb=cfg.learn_class_embeddings).to(device)
         if cfg.learn_class_embeddings:
@@ -238,7 +251,7 @@ class Trainer:
                 break
             x = batch["signal"].float()
             if cfg.augment:
-                x = augment(x, gen)
+                x = augment(x, gen, lead_dropout=cfg.lead_dropout)
             with autocast(self.device, cfg.amp):
                 emb = self.encode(x, batch["length"])       # (B, 12, T) -> (B, D)
             loss = self.loss_fn(emb, self.model.class_emb(), batch["labels"], self.model.scale(),
@@ -278,9 +291,9 @@ class Trainer:
                 "val_macro_auroc": val_auroc, "validation": validation}
 
     def restore(self, ck):
-        stored = ck["model_config"]
-        differs = [f"{k}: {stored.get(k)!r} vs {v!r}" for k, v in asdict(self.encoder_cfg).items()
-                   if stored.get(k) != v]
+        stored = asdict(type(self.encoder_cfg)(**ck["model_config"]))     # fields added since: defaults
+        differs = [f"{k}: {stored[k]!r} vs {v!r}" for k, v in asdict(self.encoder_cfg).items()
+                   if stored[k] != v]
         if differs:
             raise ECGShardError(f"the checkpoint's encoder differs from this run's (checkpoint "
                                 f"vs now: {'; '.join(differs)}); resume with the same options "

@@ -101,6 +101,7 @@ class EncoderConfig:
     proj_hidden: int = 512
     input_scale: float = 1.0      # 1/mV: millivolt and z-scored shards both arrive near unit
     fs: float = 100.0
+    width: float = 1.0            # channel-width multiplier of the backbone
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -113,7 +114,11 @@ class ECGEncoder(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
-        self.backbone = SeedCNN(config.n_samples) if config.arch == "seed-cnn" else ResNet1d()
+        def scaled(widths):
+            return tuple(max(8, round(w * config.width)) for w in widths)
+
+        self.backbone = SeedCNN(config.n_samples, scaled((32, 64, 128, 256))) \
+            if config.arch == "seed-cnn" else ResNet1d(scaled((64, 128, 192, 256)))
         self.head = nn.Sequential(nn.Linear(self.backbone.out_dim, config.proj_hidden),
                                   nn.ReLU(inplace=True),
                                   nn.Linear(config.proj_hidden, config.text_dim))

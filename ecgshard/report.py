@@ -208,17 +208,35 @@ def _control_cell(group):
     return "; ".join(parts) or "—"
 
 
+def figures_a(reports):
+    """Experiment A's headline figures per split (lists, one entry per split)."""
+    groups = [r["groups"].get("unseen", {}) for r in reports]
+    trained = [r["references"].get("trained_classes_same_folds", {}) for r in reports]
+    return {
+        "holdouts": [r["provenance"]["holdout"] for r in reports],
+        "unseen_macro_auroc": [g.get("macro_auroc") for g in groups],
+        "unseen_macro_ap": [g.get("macro_ap") for g in groups],
+        "unseen_classes": [g.get("classes", []) for g in groups],
+        **{f"unseen_macro_{m}": [g.get(f"macro_{m}") for g in groups]
+           for m in ("sensitivity", "specificity", "f1")},
+        "trained_macro_auroc": [t.get("macro_auroc") for t in trained],
+        "trained_macro_ap": [t.get("macro_ap") for t in trained],
+        "control_macro_auroc": [v for g in groups
+                                for v in (g.get("control") or {}).get("values", [])],
+        "above_both_nulls": [bool(g.get("distinguishable_from_nulls")) for g in groups],
+        "checkpoint_val_macro_auroc": [r["provenance"].get("checkpoint_val_macro_auroc")
+                                       for r in reports]}
+
+
 def markdown_a(cfg, manifest, reports):
     p0 = reports[0]["provenance"]
-    groups = [r["groups"].get("unseen", {}) for r in reports]
-    unseen = [g.get("macro_auroc") for g in groups]
-    unseen_ap = [g.get("macro_ap") for g in groups]
-    trained = [r["references"].get("trained_classes_same_folds", {}).get("macro_auroc")
-               for r in reports]
-    control = [v for g in groups for v in (g.get("control") or {}).get("values", [])]
-    above = sum(bool(g.get("distinguishable_from_nulls")) for g in groups)
-    val = [r["provenance"].get("checkpoint_val_macro_auroc") for r in reports]
+    f = figures_a(reports)
+    unseen, unseen_ap, trained = f["unseen_macro_auroc"], f["unseen_macro_ap"], \
+        f["trained_macro_auroc"]
+    control, above, val = f["control_macro_auroc"], sum(f["above_both_nulls"]), \
+        f["checkpoint_val_macro_auroc"]
     not_unseen = [c["code"] for r in reports for c in r["classes"] if c["group"] != "unseen"]
+    scored = "test" if cfg.score == "test" else "validation"
     lines = [
         f"## Experiment A: held-out PTB-XL classes{' — ' + cfg.label if cfg.label else ''}",
         "",
@@ -227,26 +245,27 @@ def markdown_a(cfg, manifest, reports):
         f"Data: {manifest['n_records']} records from `{_where(manifest['source_dir'])}` "
         f"({manifest['fs']} Hz, {manifest['n_skipped']} skipped). Text model: "
         f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.text.texts}, templates "
-        f"{list(cfg.text.templates)}). Encoder `{cfg.fit.arch}`, loss `{cfg.fit.loss}`, "
-        f"{cfg.fit.epochs} epochs. Train folds {fold_ranges(cfg.fit.train_folds)}, validation "
-        f"fold {fold_ranges(cfg.fit.val_folds)} (checkpoint, threshold, and which classes may be "
-        f"held "
-        f"out: at least {cfg.min_val_positives} validation positives; random splits exclude at "
-        f"most {cfg.max_excluded:.0%} of the training records), test fold "
-        f"{fold_ranges(p0['folds'])} (reporting only). Each holdout is closed over "
+        f"{list(cfg.text.templates)}). {recipe_text(cfg.fit)}. Train folds "
+        f"{fold_ranges(cfg.fit.train_folds)}, validation fold {fold_ranges(cfg.fit.val_folds)} "
+        f"(checkpoint, threshold, and which classes may be held out: at least {cfg.min_val_positives} validation positives; random splits exclude at "
+        f"most {cfg.max_excluded:.0%} of the training records), "
+        f"{scored} fold {fold_ranges(p0['folds'])} (reporting only"
+        f"{'' if scored == 'test' else '; scored here to choose a recipe, not a test figure'}"
+        f"). Each holdout is closed over "
         f"`ecgshard/data/concept_relations.csv` (synonyms, parents, children, near-siblings), "
         f"and every record carrying a held-out statement at any likelihood is excluded from "
         f"training and validation; every held-out class is therefore *unseen*"
         f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
         "",
-        f"Leads scored: {_leads_text(p0)}.",
+        f"Leads scored: {_leads_text(p0)}. Threshold (sensitivity, specificity, F1): "
+        f"`{cfg.zeroshot.threshold}`, in split 0 {p0['threshold_rule']}.",
         "",
-        f"Macros are over held-out classes with at least {cfg.zeroshot.min_positives} test "
+        f"Macros are over held-out classes with at least {cfg.zeroshot.min_positives} {scored} "
         f"positives (the others are listed per split); 95% intervals resample patients with the "
         f"class set fixed. Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
         f"pipeline, other seeds) and {p0['permutations']} label permutations.",
         "",
-        "| figure (test fold) | ours, mean ± std over splits | published (PTB-XL only, "
+        f"| figure ({scored} fold) | ours, mean ± std over splits | published (PTB-XL only, "
         "Bio_ClinicalBERT) |",
         "|---|---|---|",
         f"| unseen (held-out) classes, macro AUROC | {_ms(unseen)} | "
@@ -254,8 +273,11 @@ def markdown_a(cfg, manifest, reports):
         f"| unseen (held-out) classes, macro AP | {_ms(unseen_ap)} | — |",
         f"| random-encoder distribution, same classes ({len(control)} encoders) | "
         + (f"{_ms(control)} (range {num(min(control))}–{num(max(control))})" if control else
-           f"n/a: no held-out class has {cfg.zeroshot.min_positives} test positives") + " | — |",
+           f"n/a: no held-out class has {cfg.zeroshot.min_positives} {scored} positives") + " | — |",
         f"| splits whose unseen macro is above both nulls | {above} of {len(reports)} | — |",
+        f"| unseen classes at the threshold: macro sensitivity / specificity / F1 | "
+        f"{' / '.join(_ms(f[f'unseen_macro_{m}']) for m in ('sensitivity', 'specificity', 'f1'))}"
+        f" | — |",
         f"| trained classes, macro AUROC | {_ms(trained)} | "
         f"{PUBLISHED['a_trained_macro_auroc']} (supervised xresnet1d101: "
         f"{PUBLISHED['supervised_xresnet1d101']}) |",
@@ -286,6 +308,17 @@ def markdown_a(cfg, manifest, reports):
                          f"{_class_cells(c)} {_ctrl_range(c)} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def recipe_text(fc):
+    """The training recipe of a fit config, in one sentence."""
+    aug = f"augmentation on (lead dropout {fc.lead_dropout})" if fc.augment else \
+        "no augmentation"
+    kinds = f"; trained kinds: {', '.join(fc.train_kinds)}" if fc.train_kinds else ""
+    width = f" (width x{fc.width:g})" if fc.width != 1 else ""
+    return (f"Encoder `{fc.arch}`{width}, loss `{fc.loss}`, {fc.epochs} epochs, batch "
+            f"{fc.batch_size}, lr {fc.lr:g} with {fc.warmup:.0%} warm-up then cosine, {aug}"
+            f"{kinds}")
 
 
 def _where(path):

@@ -353,6 +353,15 @@ def signal_path(manifest):
             "notch": params.get("notch"), "normalize": params.get("normalize")}
 
 
+def keep_leads(signal, leads):
+    """Zero every lead of a ``(N, 12, T)`` array but ``leads`` (names), in place, as a
+    reduced-lead recording presents them to a model that met missing leads in training
+    (lead-dropout augmentation). Returns the array."""
+    absent = [i for i, lead in enumerate(LEADS) if lead not in set(leads)]
+    signal[:, absent] = 0
+    return signal
+
+
 def signal_path_differences(expected, actual):
     """``["fs: 100 vs 500", ...]`` (expected vs actual) for the fields that differ."""
     return [f"{k}: {expected.get(k)!r} vs {actual.get(k)!r}" for k in SIGNAL_PATH_FIELDS

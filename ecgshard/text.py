@@ -27,6 +27,25 @@ log = logging.getLogger(__name__)
 
 OFFLINE_MODEL = "minilm-offline"
 
+# Text encoders known by a short name: hub id and the pooling their authors use. Any other hub
+# id or local directory works too: a sentence-transformers model with its own pooling, a plain
+# BERT with --pooling (mean unless told).
+TEXT_ENCODERS = {
+    "clinicalbert": ("emilyalsentzer/Bio_ClinicalBERT", "mean"),
+    "medcpt": ("ncbi/MedCPT-Query-Encoder", "cls"),          # its README pools the [CLS] state
+    "pubmedbert": ("microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext", "mean"),
+    "biobert": ("dmis-lab/biobert-base-cased-v1.2", "mean"),
+}
+
+
+def resolve_model(model, pooling="auto"):
+    """(model id or path, pooling) of a ``--model`` and ``--pooling``: a short name becomes its
+    hub id; ``auto`` pooling becomes the registered one, else mean."""
+    model_id, registered = TEXT_ENCODERS.get(model, (model, None))
+    if registered is None:
+        registered = next((p for m, p in TEXT_ENCODERS.values() if m == model_id), "mean")
+    return model_id, registered if pooling == "auto" else pooling
+
 
 @dataclass
 class Encoder:
@@ -39,10 +58,13 @@ class Encoder:
 
 def run(cfg: TextConfig):
     """Embed the vocabulary; returns the path written (or found up to date)."""
+    model, pooling = resolve_model(cfg.model, cfg.pooling)
     classes = collect_vocabulary(cfg.vocab)
-    texts = class_texts(classes, cfg.texts, cfg.templates, load_descriptions(cfg.descriptions))
-    inputs = {"model": cfg.model, "model_files": _local_model_stamp(cfg.model),
-              "pooling": cfg.pooling, "templates": list(cfg.templates), "texts": cfg.texts,
+    texts = class_texts(classes, cfg.texts, cfg.templates, load_class_texts(cfg.class_texts))
+    # What it takes to embed a new class text the same way later (predict, the Python API).
+    load = {"model": model, "pooling": pooling, "class_texts": cfg.class_texts}
+    inputs = {"model": model, "model_files": _local_model_stamp(model), "pooling": pooling,
+              "templates": list(cfg.templates), "texts": cfg.texts, "load": load,
               "classes": [[c["code"], t] for c, t in zip(classes, texts)]}
     fp = shards.fingerprint(inputs)
     out = Path(cfg.out)
@@ -53,28 +75,33 @@ def run(cfg: TextConfig):
                 return out
         except ECGShardError as exc:
             log.warning("recomputing %s: %s", out, exc)
-    encoder = load_encoder(cfg.model, cfg.pooling, resolve_device(cfg.device), cfg.batch_size)
-    flat = [t for group in texts for t in group]
-    emb = encoder.encode(flat)
-    # One row per class: mean of its (normalised) template embeddings, normalised again.
+    encoder = load_encoder(model, pooling, resolve_device(cfg.device), cfg.batch_size)
+    matrix = embed_classes(encoder, texts)
+    shards.write_text_matrix(out, matrix, [c["code"] for c in classes],
+                             [" | ".join(group) for group in texts],
+                             [c["name"] for c in classes], {
+                                 "model_id": encoder.model_id, "model_revision": encoder.revision,
+                                 "model_kind": encoder.kind, "pooling": encoder.pooling,
+                                 "templates": list(cfg.templates), "text_mode": cfg.texts,
+                                 "load": load, "input_fingerprint": fp,
+                                 "text_sha256": [hashlib.sha256(" | ".join(g).encode())
+                                                 .hexdigest() for g in texts]})
+    log.info("wrote %s: %d classes x %d dims (%s, %s pooling)", out, *matrix.shape,
+             encoder.model_id, encoder.pooling)
+    return out
+
+
+def embed_classes(encoder, texts):
+    """(C, D) unit rows: each class's texts embedded, L2-normalised, averaged and normalised
+    again (CLIP's prompt ensembling). ``texts``: one list of strings per class."""
+    emb = encoder.encode([t for group in texts for t in group])
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     rows, start = [], 0
     for group in texts:
         v = emb[start:start + len(group)].mean(axis=0)
         rows.append(v / np.linalg.norm(v))
         start += len(group)
-    matrix = np.stack(rows).astype(np.float32)
-    shards.write_text_matrix(out, matrix, [c["code"] for c in classes],
-                        [" | ".join(group) for group in texts], [c["name"] for c in classes], {
-                            "model_id": encoder.model_id, "model_revision": encoder.revision,
-                            "model_kind": encoder.kind, "pooling": encoder.pooling,
-                            "templates": list(cfg.templates), "text_mode": cfg.texts,
-                            "input_fingerprint": fp,
-                            "text_sha256": [hashlib.sha256(" | ".join(g).encode()).hexdigest()
-                                            for g in texts]})
-    log.info("wrote %s: %d classes x %d dims (%s, %s pooling)", out, *matrix.shape,
-             encoder.model_id, encoder.pooling)
-    return out
+    return np.stack(rows).astype(np.float32)
 
 
 def collect_vocabulary(sources):
@@ -95,33 +122,75 @@ def collect_vocabulary(sources):
     return list(merged.values())
 
 
-def load_descriptions(path=None):
-    """Code -> richer description text (the package's file unless ``path`` is given)."""
+@dataclass
+class ClassTexts:
+    """Synonyms and finding lists per code (``ecgshard/data/class_texts.json``)."""
+    entries: dict                       # code -> {"synonyms": [...], "findings": [...]}
+    by_name: dict                       # normalised synonym -> code
+
+    def code(self, text):
+        """The code ``text`` is, or names (by a synonym), or None."""
+        return text if text in self.entries else self.by_name.get(_normalised(text))
+
+    def entry(self, code, name):
+        """A class's entry: by its code, else by its name among the synonyms (vocabularies
+        whose codes the file does not list, such as SPH's AHA codes, name their classes)."""
+        found = self.entries.get(code)
+        if found is None and _normalised(name) in self.by_name:
+            found = self.entries[self.by_name[_normalised(name)]]
+        return found
+
+
+def _normalised(text):
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in str(text).lower()).split())
+
+
+def load_class_texts(path=None):
+    """The package's class texts, or a user's JSON file in the same form (``{"classes": {code:
+    {"synonyms": [...], "findings": [...]}}}``) or as ``{code: description}``."""
     if path:
-        return json.loads(Path(path).read_text())
-    text = resources.files("ecgshard").joinpath("data/descriptions.json").read_text()
-    table = json.loads(text)
-    # A code without a description of its own shares the one of its concept (SNOMED <- SCP).
+        raw = json.loads(Path(path).read_text())
+    else:
+        raw = json.loads(resources.files("ecgshard").joinpath("data/class_texts.json").read_text())
+    table = raw.get("classes", raw) if isinstance(raw, dict) else None
+    if not isinstance(table, dict):
+        raise ECGShardError(f"{path}: class texts must be a JSON object keyed by code")
+    entries = {code: e if isinstance(e, dict) else {"synonyms": [], "findings": [str(e)]}
+               for code, e in table.items()}
+    # A code without an entry of its own shares its concept's (SNOMED <- SCP).
     graph = concepts.load()
     for edge in graph.edges:
         if edge.relation == "same":
             for member in graph.members(edge.code):
-                if member in table:
-                    table.setdefault(edge.code, table[member])
-    return table
+                if member in entries:
+                    entries.setdefault(edge.code, entries[member])
+    # Names find entries too: every synonym, and the package's SNOMED names.
+    by_name = {_normalised(row["name"]): code for code, row in labels.snomed_table().items()
+               if code in entries}
+    by_name.update({_normalised(syn): code for code, e in entries.items()
+                    for syn in e.get("synonyms", [])})
+    return ClassTexts(entries, by_name)
 
 
-def class_texts(classes, mode, templates, descriptions):
-    """The texts of each class: one per template."""
+def class_texts(classes, mode, templates, table):
+    """The texts of each class (each under every template): the name; a description (its
+    findings in one sentence); both; each finding alone; or an ensemble of the name, its
+    synonyms and "name: description". A class's row is the mean of its texts' embeddings."""
     out = []
     for c in classes:
         name = c["name"]
-        desc = descriptions.get(c["code"]) or c.get("description") or ""
-        if mode != "name" and not desc:
-            log.warning("no description for %s (%s); using its name", c["code"], name)
-        body = {"name": name, "description": desc or name,
-                "both": f"{name}: {desc}" if desc and desc != name else name}[mode]
-        out.append([t.format(name=body) for t in templates])
+        e = table.entry(c["code"], name) or {}
+        findings = list(e.get("findings", []))
+        if mode != "name" and not findings:
+            log.warning("no findings text for %s (%s); using its name", c["code"], name)
+        desc = ", ".join(findings) or name
+        both = f"{name}: {desc}" if findings else name
+        bodies = {"name": [name], "description": [desc], "both": [both],
+                  "findings": findings or [name],
+                  "ensemble": list(dict.fromkeys(
+                      [name] + [s for s in e.get("synonyms", [])
+                                if _normalised(s) != _normalised(name)] + [both]))}[mode]
+        out.append([t.format(name=body) for body in bodies for t in templates])
     return out
 
 

@@ -16,7 +16,6 @@ classes, text model and threshold rule.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,16 +41,13 @@ def run(cfg: ZeroShotConfig):
     text = shards.read_text_matrix(cfg.text)
     _check_text_space(text, trained.ck)
     manifest = shards.load_manifest(cfg.shards)
-    _check_signal_path(trained.info, manifest, cfg)
+    check_signal_path(trained.info, manifest, cfg)
     same_set, folds = _evaluated_folds(cfg, trained, manifest)
     targets = _target_classes(cfg.classes, manifest, text, trained.train_codes, trained.holdout,
                               same_set)
     data, excluded = _load_records(cfg, trained, folds, targets, same_set)
     if cfg.leads:
-        # Fewer leads, as a reduced-lead recording presents them: the others are zeros, which
-        # is what the model met in training through lead-dropout augmentation.
-        absent = [i for i, lead in enumerate(shards.LEADS) if lead not in cfg.leads]
-        data["signal"][:, absent] = 0
+        shards.keep_leads(data["signal"], cfg.leads)
 
     encoder = ZeroShotModel.from_checkpoint(trained.ck).encoder.to(device)
     text_rows = text.emb[text.rows(targets)]
@@ -195,11 +191,13 @@ def _write(cfg, report, emb, scores, data, targets, folds):
     present.write_per_class_csv(out / "per_class.csv", report["classes"])
     present.write_plots(out, scores, data["labels"], targets, report["classes"])
     if cfg.save_embeddings:
-        _save_embeddings(out / "embeddings.h5", emb, data, folds, report["provenance"])
+        from .embed import write_embeddings
+
+        write_embeddings(out / "embeddings.h5", emb, data, targets, report["provenance"])
     log.debug("report written to %s", out)
 
 
-def _check_signal_path(info, manifest, cfg):
+def check_signal_path(info, manifest, cfg):
     """The evaluated shards must have been made like the run's training shards."""
     diffs = shards.signal_path_differences(info.signal_path, shards.signal_path(manifest))
     if diffs and not cfg.allow_signal_mismatch:
@@ -405,17 +403,3 @@ def _per_source(scores, labels, sources, classes, min_positives):
 def _num(x):
     x = float(x)
     return None if not np.isfinite(x) else round(x, 6)
-
-
-def _save_embeddings(path, emb, data, folds, provenance):
-    import h5py
-
-    with shards.atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("emb", data=emb.astype(np.float32))
-            f.create_dataset(shards.RECORD_ID, data=data["record_id"].astype(object),
-                             dtype=h5py.string_dtype())
-            f.create_dataset(shards.SOURCE, data=data["source"].astype(object),
-                             dtype=h5py.string_dtype())
-            f.attrs["provenance"] = json.dumps(provenance)
-            f.attrs["folds"] = json.dumps(list(folds))

@@ -45,7 +45,8 @@ def test_a_mistyped_threshold_fails_before_any_record_is_read(tmp_path, monkeypa
 
 
 CONFIG_OF = {"build": C.BuildConfig, "embed-text": C.TextConfig, "fit": C.FitConfig,
-             "zeroshot": C.ZeroShotConfig, "download": C.DownloadConfig}
+             "zeroshot": C.ZeroShotConfig, "download": C.DownloadConfig,
+             "predict": C.PredictConfig, "embed": C.EmbedConfig, "probe": C.ProbeConfig}
 
 
 @pytest.mark.parametrize("command", sorted(CONFIG_OF))
@@ -61,6 +62,8 @@ def test_cli_defaults_and_choices_are_the_configs(command):
         shown = param.default
         if isinstance(default, tuple) and isinstance(shown, str):      # a comma list
             shown = _folds(shown) if name.endswith("folds") else _codes(shown)
+            if default and isinstance(default[0], float):
+                shown = tuple(map(float, shown))
         assert shown == default, (command, name)
         allowed = C.allowed(cls, name)
         if allowed is not None:

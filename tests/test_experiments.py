@@ -86,3 +86,25 @@ def test_holdout_choice_never_reads_the_test_fold_and_keeps_most_training_record
         _, dropped, _ = original(data.Selection(str(shard_dir), train_folds, (),
                                                 tuple(split)))
         assert dropped / n_train <= 0.2
+
+
+def test_scoring_on_validation_never_reads_the_test_fold(demo_data, tmp_path, monkeypatch):
+    """--score val chooses a recipe: held-out classes are scored on the validation fold and no
+    stage (holdout choice, fit, scoring) reads a test-fold record."""
+    read = []
+    original = data.load_selection
+
+    def spy(sel, *a, **kw):
+        read.append(tuple(sel.folds))
+        return original(sel, *a, **kw)
+
+    monkeypatch.setattr(data, "load_selection", spy)
+    out = experiments.run_a(_cfg(demo_data, tmp_path, splits=1, score="val"))
+    scored = json.loads((tmp_path / "work" / "experiment-a-tiny-test.json").read_text())
+    report = json.loads((pytest.importorskip("pathlib").Path(out["reports"][0]) / "report.json")
+                        .read_text())
+    assert report["provenance"]["folds"] == [9] and out["reports"][0].endswith("-val")
+    assert read and all(10 not in folds for folds in read)
+    assert scored["unseen_macro_auroc"] == out["unseen_macro_auroc"]
+    assert "validation fold 9 (reporting only; scored here to choose a recipe" in \
+        (tmp_path / "results.md").read_text()

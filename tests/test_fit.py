@@ -178,3 +178,43 @@ def test_resume_refuses_another_shard_set(demo_data, demo_text, tmp_path):
                                 shard_size=128, workers=1))
     with pytest.raises(ECGShardError, match="fingerprint"):
         fit.run(fit.FitConfig(shards=str(other), resume=True, **common))
+
+
+def test_recipe_options_reach_the_model_and_the_batches(demo_data, demo_text, tmp_path,
+                                                       monkeypatch):
+    """--width scales the encoder, --lead-dropout reaches the augmentation, --train-kinds
+    keeps only classes of those statement kinds."""
+    from ecgshard import data as data_module
+    from ecgshard.models import ZeroShotModel
+
+    seen = []
+    original = data_module.augment
+
+    def spy(x, generator, **kw):
+        seen.append(kw.get("lead_dropout"))
+        return original(x, generator, **kw)
+
+    monkeypatch.setattr(data_module, "augment", spy)
+    out = tmp_path / "r"
+    fit.run(fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), out=str(out),
+                          epochs=1, batch_size=64, device="cpu", min_positives=3, max_steps=2,
+                          width=0.5, lead_dropout=0.3, train_kinds=("rhythm",)))
+    ck = shards.load_checkpoint(out / "checkpoint-last.pt")
+    model = ZeroShotModel.from_checkpoint(ck)
+    assert ck["model_config"]["width"] == 0.5 and model.encoder.backbone.out_dim == 2 * 128
+    assert seen == [0.3, 0.3]
+    manifest = shards.load_manifest(demo_data / "s-ptbxl")
+    kinds = {c["code"]: c["kind"] for c in manifest["classes"]}
+    assert ck["train_codes"] and all(kinds[c] == ["rhythm"] for c in ck["train_codes"])
+    with pytest.raises(ECGShardError, match="kinds"):
+        fit.plan(fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), out="x",
+                               train_kinds=("morphology",)))
+
+
+def test_lead_dropout_zeroes_whole_leads_at_its_rate():
+    x = torch.ones(2000, 12, 50)
+    y = data.augment(x, torch.Generator().manual_seed(0), scale=0.0, noise=0.0,
+                     lead_dropout=0.3)
+    zeroed = (y.abs().sum(-1) == 0).float()
+    assert torch.all((y == 0) | (y == 1))                      # whole leads, nothing partial
+    assert abs(zeroed.mean().item() - 0.3) < 0.01

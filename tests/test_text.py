@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ecgshard import shards, text
+from ecgshard import labels, shards, text
 from ecgshard.cli import main
 from ecgshard.errors import ECGShardError
 
@@ -111,12 +111,54 @@ def test_cache_hit_and_miss(tiny_bert, vocab_file, tmp_path, monkeypatch):
     assert shards.read_text_matrix(tmp_path / "t.h5").codes == ["CLBBB", "SBRAD"]
 
 
-def test_descriptions_mode(tiny_bert, vocab_file, tmp_path):
+def test_text_modes(tiny_bert, vocab_file, tmp_path):
+    def texts(mode):
+        out = text.run(text.TextConfig(vocab=(str(vocab_file),), out=str(tmp_path / f"{mode}.h5"),
+                                       model=str(tiny_bert), texts=mode, device="cpu"))
+        m = shards.read_text_matrix(out)
+        return dict(zip(m.codes, m.texts))
+
+    findings = text.load_class_texts().entry("SBRAD", "")["findings"]
+    assert texts("name")["SBRAD"] == "sinus bradycardia"
+    assert texts("description")["SBRAD"] == ", ".join(findings)
+    assert texts("both")["SBRAD"] == "sinus bradycardia: " + ", ".join(findings)
+    assert texts("findings")["SBRAD"] == " | ".join(findings)      # one text per finding
+    ensemble = texts("ensemble")["SBRAD"].split(" | ")
+    assert ensemble[0] == "sinus bradycardia" and "slow sinus rhythm" in ensemble
+    assert ensemble[-1] == "sinus bradycardia: " + ", ".join(findings)
+
+
+def test_class_texts_cover_every_shipped_vocabulary():
+    from ecgshard.databases.code15 import CLASSES
+
+    table = text.load_class_texts()
+    ptbxl = PTBXL_STATEMENTS.split() + ["_AVB", "LAFB/LPFB", "ISCA", "ISCI", "STTC", "MI", "CD",
+                                        "HYP"]
+    snomed = [(code, row["name"]) for code, row in labels.snomed_table().items()]
+    for code, name in [(c, "") for c in ptbxl] + snomed + list(CLASSES):
+        e = table.entry(code, name)
+        assert e and e["findings"] and e["sources"], code
+    # A SNOMED code shares its SCP twin's entry; another vocabulary is matched by its name.
+    assert table.entry("426177001", "") is table.entry("SBRAD", "")
+    assert table.entry("23", "Sinus Bradycardia") is table.entry("SBRAD", "")
+    assert table.entry("999", "no such statement") is None
+
+
+def test_user_class_texts_file(tiny_bert, vocab_file, tmp_path):
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"SBRAD": "a slow heart"}))
     out = text.run(text.TextConfig(vocab=(str(vocab_file),), out=str(tmp_path / "t.h5"),
-                                   model=str(tiny_bert), texts="both", device="cpu"))
+                                   model=str(tiny_bert), texts="both", class_texts=str(own),
+                                   device="cpu"))
     m = shards.read_text_matrix(out)
-    assert m.texts[1] == ("sinus bradycardia: sinus rhythm slower than 60 beats per minute "
-                          "with long RR intervals")
+    assert dict(zip(m.codes, m.texts))["SBRAD"] == "sinus bradycardia: a slow heart"
+
+
+PTBXL_STATEMENTS = """NDT NST_ DIG LNGQT NORM IMI ASMI LVH LAFB ISC_ IRBBB 1AVB IVCD ISCAL CRBBB CLBBB
+ILMI LAO/LAE AMI ALMI ISCIN INJAS LMI ISCIL LPFB ISCAS INJAL ISCLA RVH ANEUR RAO/RAE EL WPW ILBBB
+IPLMI ISCAN IPMI SEHYP INJIN INJLA PMI 3AVB INJIL 2AVB ABQRS PVC STD_ VCLVH QWAVE LOWT NT_ PAC
+LPR INVT LVOLT HVOLT TAB_ STE_ PRC(S) SR AFIB STACH SARRH SBRAD PACE SVARR BIGU AFLT SVTAC PSVT
+TRIGU"""
 
 
 def test_vocabulary_from_shards_skips_unnamed_codes(demo_data, tiny_bert, tmp_path):
