@@ -147,20 +147,26 @@ def load_selection(sel, with_ids=False):
 
 class ShardStream(torch.utils.data.IterableDataset):
     """Yields the selected records in shuffled order as dicts of tensors of ``batch_size``
-    records, or of up to ``group`` batches laid end to end."""
+    records, or of up to ``group`` batches laid end to end. Under torchrun, rank ``rank`` of
+    ``world`` reads only every world-th shard block of the epoch's shuffled block order, so
+    ranks see disjoint records."""
 
-    def __init__(self, sel, batch_size, seed=0, buffer_records=4096, drop_last=True, group=1):
+    def __init__(self, sel, batch_size, seed=0, buffer_records=4096, drop_last=True, group=1,
+                 rank=0, world=1):
         super().__init__()
         self.sel, self.batch_size, self.seed, self.group = sel, batch_size, seed, group
         self.buffer_records, self.drop_last = buffer_records, drop_last
+        self.rank, self.world = rank, world
         self.manifest = shards.load_manifest(sel.shard_dir)
         self.blocks = shard_blocks(sel, self.manifest)
         self.checksums = shards.shard_checksums(sel.shard_dir, self.manifest)
-        self.epoch = 0
+        self.epoch, self.repeat = 0, 0
         self._files = None
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, repeat=0):
+        """``repeat``: a further pass within the epoch (a rank whose blocks ran out before the
+        epoch's global step count), shuffled anew."""
+        self.epoch, self.repeat = epoch, repeat
 
     def _file(self, path):
         # Opened lazily, per worker process: an h5py handle must not cross a fork.
@@ -173,9 +179,13 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        # The block order is the epoch's, the same on every rank and in every pass, so a
+        # rank keeps its own blocks; the records within are shuffled anew per pass and rank
+        # (one process, first pass: the seeds of a plain run).
+        extra = [self.repeat, self.rank] if self.repeat or self.world > 1 else []
+        rng = np.random.default_rng([self.seed, self.epoch, worker] + extra)
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks))
-        mine = [self.blocks[i] for i in order[worker::n_workers]]
+        mine = [self.blocks[i] for i in order[self.rank::self.world][worker::n_workers]]
         cols = _Columns(self.sel, self.manifest)
         pool = {key: [] for key in BATCH_KEYS}
         pooled = 0
@@ -213,10 +223,13 @@ def _to_tensors(arrays, idx):
 
 
 class StreamLoader:
-    """DataLoader over a ShardStream: worker processes, pinned memory, non-blocking copies."""
+    """DataLoader over a ShardStream: worker processes, pinned memory, non-blocking copies.
+    ``batch_size`` is this process's share of the global batch."""
 
-    def __init__(self, sel, batch_size, device, seed=0, workers=2):
-        self.dataset = ShardStream(sel, batch_size, seed=seed, group=8 if workers else 1)
+    def __init__(self, sel, batch_size, device, seed=0, workers=2, world=None):
+        rank, size = (world.rank, world.size) if world else (0, 1)
+        self.dataset = ShardStream(sel, batch_size, seed=seed, group=8 if workers else 1,
+                                   rank=rank, world=size)
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.loader = torch.utils.data.DataLoader(
@@ -224,31 +237,49 @@ class StreamLoader:
             pin_memory=self.device.type == "cuda", persistent_workers=False,
             prefetch_factor=4 if workers else None)
 
-    def epoch(self, epoch):
-        self.dataset.set_epoch(epoch)
-        for group in self.loader:
-            for i in range(0, len(group["labels"]), self.batch_size):
-                yield {k: v[i:i + self.batch_size].to(self.device, non_blocking=True)
-                       for k, v in group.items()}
+    def epoch(self, epoch, steps=None):
+        """This process's batches of one epoch: one pass over its blocks, or exactly ``steps``
+        batches (further shuffled passes when its blocks run out first), so that every rank
+        takes the same number of steps."""
+        done, repeat = 0, 0
+        while steps is None or done < steps:
+            self.dataset.set_epoch(epoch, repeat)
+            before = done
+            for group in self.loader:
+                for i in range(0, len(group["labels"]), self.batch_size):
+                    if steps is not None and done >= steps:
+                        return
+                    done += 1
+                    yield {k: v[i:i + self.batch_size].to(self.device, non_blocking=True)
+                           for k, v in group.items()}
+            if steps is None or done == before:
+                return
+            repeat += 1
 
 
 class Preloaded:
-    """The whole selection as tensors on ``device``; an epoch is a seeded permutation."""
+    """The whole selection as tensors on ``device``; an epoch is a seeded permutation. Under
+    torchrun each global batch of the permutation is cut into the ranks' disjoint shares."""
 
-    def __init__(self, sel, batch_size, device, seed=0):
+    def __init__(self, sel, batch_size, device, seed=0, world=None):
         arrays = load_selection(sel)
         self.device = torch.device(device)
         self.tensors = {k: torch.from_numpy(arrays[k]).to(self.device) for k in BATCH_KEYS}
         self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world = (world.rank, world.size) if world else (0, 1)
 
     def __len__(self):
         return len(self.tensors["labels"])
 
-    def epoch(self, epoch):
+    def epoch(self, epoch, steps=None):
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         perm = torch.randperm(len(self), generator=g).to(self.device)
-        for i in range(0, len(perm) - self.batch_size + 1, self.batch_size):
-            idx = perm[i:i + self.batch_size]
+        global_batch = self.batch_size * self.world
+        for n, i in enumerate(range(0, len(perm) - global_batch + 1, global_batch)):
+            if steps is not None and n >= steps:
+                return
+            start = i + self.rank * self.batch_size
+            idx = perm[start:start + self.batch_size]
             yield {k: v[idx] for k, v in self.tensors.items()}
 
 

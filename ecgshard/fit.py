@@ -104,35 +104,48 @@ def _check_text_covers(cfg, text, train_codes, positives):
 
 
 def run(cfg: FitConfig):
-    """Train; returns the summary dict also written to ``RUN_DIR/summary.json``."""
+    """Train; returns the summary dict also written to ``RUN_DIR/summary.json``. Under torchrun
+    every rank runs this; rank 0 alone locks and writes the run directory."""
+    import contextlib
+
+    from . import distributed
+    from .device import resolve_device
+
+    world, device = distributed.init(resolve_device(cfg.device))
     out = Path(cfg.out)
-    with shards.exclusive_lock(out, "fit"):
-        return _train(cfg, out)
+    try:
+        with shards.exclusive_lock(out, "fit") if world.main else contextlib.nullcontext():
+            return _train(cfg, out, world, device)
+    finally:
+        distributed.shutdown(world)
 
 
-def _train(cfg, out):
+def _train(cfg, out, world, device):
     import torch
 
+    from . import distributed
     from .data import Preloaded, StreamLoader, fits_in_memory, load_selection, selection_bytes
-    from .device import resolve_device
 
     if (out / "checkpoint-last.pt").exists() and not cfg.resume:
         raise ECGShardError(f"{out} already holds a run; pass --resume to continue it or choose "
                             f"another --out")
+    if cfg.batch_size % world.size:
+        raise ECGShardError(f"--batch-size {cfg.batch_size} is the global batch: it must split "
+                            f"evenly over {world.size} processes")
     p = plan(cfg)
     if p["n_train"] < cfg.batch_size:
         # Full batches only (a 3-record tail would skew BatchNorm and the contrastive loss), so
         # a training set smaller than one batch becomes one batch rather than no step at all.
         log.warning("only %d training records, fewer than --batch-size %d: one batch of %d per "
                     "epoch", p["n_train"], cfg.batch_size, p["n_train"])
-        cfg = replace(cfg, batch_size=p["n_train"])
-    device = resolve_device(cfg.device)
+        cfg = replace(cfg, batch_size=p["n_train"] // world.size * world.size)
     torch.manual_seed(cfg.seed)
-    t = Trainer(cfg, p, device)
+    t = Trainer(cfg, p, device, world)
+    local_batch = cfg.batch_size // world.size
     use_preload = cfg.data == "preload" or (cfg.data == "auto" and fits_in_memory(
         selection_bytes(p["n_train"], p["manifest"]["n_samples"]), device))
-    train = Preloaded(p["train_sel"], cfg.batch_size, device, cfg.seed) if use_preload else \
-        StreamLoader(p["train_sel"], cfg.batch_size, device, cfg.seed, cfg.workers)
+    train = Preloaded(p["train_sel"], local_batch, device, cfg.seed, world) if use_preload \
+        else StreamLoader(p["train_sel"], local_batch, device, cfg.seed, cfg.workers, world)
     val = load_selection(p["val_sel"])
     state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0, "records_seen": 0,
              "batches": 0}
@@ -156,17 +169,17 @@ def _train(cfg, out):
                 f"Resume with the shards it was trained on, or use a new --out")
         state = t.restore(ck)
         log.info("resuming %s at epoch %d", out, state["epoch"])
-    else:
+    elif world.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_run_files(out, cfg, p, t.encoder_cfg, use_preload)
 
-    log.info("training %s/%s on %s: %d records, %d classes, held out %s (%d train records "
-             "excluded)", cfg.arch, cfg.loss, device, p["n_train"], len(p["train_codes"]),
-             p["holdout"], p["excluded"]["train"])
+    log.info("training %s/%s on %s x %d: %d records, %d classes, held out %s (%d train records "
+             "excluded)", cfg.arch, cfg.loss, device, world.size, p["n_train"],
+             len(p["train_codes"]), p["holdout"], p["excluded"]["train"])
     for epoch in range(state["epoch"], cfg.epochs):
         record = t.train_epoch(train, epoch, state)
         val_auroc, val_emb = evaluate(t.model.encoder, val, device, cfg.amp,
-                                      t.model.class_emb().detach())
+                                      t.model.class_emb().detach(), world)
         record["val_macro_auroc"] = val_auroc
         state["epoch"] = epoch + 1
         is_best = val_auroc > state["best_auroc"] or not (out / "checkpoint-best.pt").exists()
@@ -175,13 +188,15 @@ def _train(cfg, out):
         log.info("epoch %d: loss %.4f, val macro AUROC %.4f (train classes, folds %s), "
                  "%.0f samples/s, data wait %.0f%%", epoch + 1, record["loss"], val_auroc,
                  cfg.val_folds, record["samples_per_s"], 100 * record["data_wait_fraction"])
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        ck = t.checkpoint(state, val_auroc, {"emb": val_emb, "labels": val["labels"]})
-        if is_best:
-            shards.save_checkpoint(out / "checkpoint-best.pt", ck)
-        shards.save_checkpoint(out / "checkpoint-last.pt", ck)
-        _write_heldout_check(out, state, p["holdout"], cfg.include_heldout_records)
+        if world.main:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            ck = t.checkpoint(state, val_auroc, {"emb": val_emb, "labels": val["labels"]})
+            if is_best:
+                shards.save_checkpoint(out / "checkpoint-best.pt", ck)
+            shards.save_checkpoint(out / "checkpoint-last.pt", ck)
+            _write_heldout_check(out, state, p["holdout"], cfg.include_heldout_records)
+        distributed.barrier(world)
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
     if state["step"] == 0:
@@ -191,32 +206,40 @@ def _train(cfg, out):
                "val_folds": list(cfg.val_folds), "train_classes": p["train_codes"],
                "holdout": p["holdout"], "text_model": p["text"].attrs.get("model_id"),
                "epochs_done": state["epoch"], "steps": state["step"],
-               "data_path": "preload" if use_preload else "stream"}
-    shards.write_json(out / "summary.json", summary)
+               "data_path": "preload" if use_preload else "stream", "processes": world.size}
+    if world.main:
+        shards.write_json(out / "summary.json", summary)
     return summary
 
 
 class Trainer:
     """Model, loss, optimiser and schedule of one run, and one epoch of training."""
 
-    def __init__(self, cfg, p, device):
+    def __init__(self, cfg, p, device, world):
         import torch
 
+        from . import distributed
         from .losses import build_loss
         from .models import EncoderConfig, ZeroShotModel
 
-        self.cfg, self.p, self.device = cfg, p, device
+        self.cfg, self.p, self.device, self.world = cfg, p, device, world
         self.text_rows = p["text"].emb[p["text"].rows(p["train_codes"])]   # (C, D) numpy
         self.encoder_cfg = EncoderConfig(arch=cfg.arch, n_samples=p["manifest"]["n_samples"],
                                          text_dim=int(self.text_rows.shape[1]),
                                          fs=p["manifest"]["fs"], width=cfg.width)
-        self.model = ZeroShotModel(self.encoder_cfg, torch.from_numpy(self.text_rows),
-                                   learn_class_emb=cfg.learn_class_embeddings).to(device)
+        self.model = distributed.sync_batch_norm(
+            ZeroShotModel(self.encoder_cfg, torch.from_numpy(self.text_rows),
+                          learn_class_emb=cfg.learn_class_embeddings), world).to(device)
         if cfg.learn_class_embeddings:
             log.warning("--learn-class-embeddings: a supervised reference run; it cannot score "
                         "unseen classes and zeroshot refuses it")
         self.loss_fn = build_loss(cfg.loss)
+        # A parameter the loss never reads gets no gradient, and data-parallel training would
+        # wait for it forever (its gradients would never be averaged).
+        self.model.logit_scale.requires_grad_(self.loss_fn.uses_scale)
+        self.model.logit_bias.requires_grad_(self.loss_fn.uses_bias)
         self.opt = torch.optim.AdamW(self.model.param_groups(cfg.weight_decay), lr=cfg.lr)
+        # Global steps: the same on every rank, and the same schedule for any world size.
         self.steps_per_epoch = max(1, p["n_train"] // cfg.batch_size)
         total = cfg.epochs * self.steps_per_epoch
         warm = max(1, int(cfg.warmup * total))
@@ -227,22 +250,31 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor)
-        self.encode = torch.compile(self.model.encoder) if cfg.compile else self.model.encoder
+        forward = self.model
+        if world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(
+                self.model, device_ids=[device] if torch.device(device).type == "cuda" else None)
+        self.forward = torch.compile(forward) if cfg.compile else forward
 
     def train_epoch(self, train, epoch, state):
-        """One pass over the training batches; updates ``state``, returns the epoch's log."""
+        """One epoch of ``steps_per_epoch`` global batches; updates ``state``, returns the
+        epoch's log."""
         import torch
         from tqdm.auto import tqdm
 
+        from . import distributed
         from .data import augment
 
-        cfg = self.cfg
+        cfg, world = self.cfg, self.world
         self.model.train()
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + epoch)
-        t0, waited, n_seen, losses = time.perf_counter(), 0.0, 0, []
+        gen = torch.Generator(device=self.device).manual_seed(
+            cfg.seed * 7919 + epoch + 104729 * world.rank)
+        t0, waited, n_seen, heldout, losses = time.perf_counter(), 0.0, 0, 0, []
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", disable=None, leave=False)
-        batches = iter(train.epoch(epoch))
+                   unit="batch", disable=None if world.main else True, leave=False)
+        batches = iter(train.epoch(epoch, self.steps_per_epoch))
         while not (cfg.max_steps and state["step"] >= cfg.max_steps):
             tw = time.perf_counter()
             batch = next(batches, None)
@@ -253,30 +285,32 @@ class Trainer:
             if cfg.augment:
                 x = augment(x, gen, lead_dropout=cfg.lead_dropout)
             with autocast(self.device, cfg.amp):
-                emb = self.encode(x, batch["length"])       # (B, 12, T) -> (B, D)
-            loss = self.loss_fn(emb, self.model.class_emb(), batch["labels"], self.model.scale(),
-                                self.model.logit_bias)
+                emb, class_emb, scale, bias = self.forward(x, batch["length"])
+            # The loss sees the global batch: every rank's embeddings (gradient to its own).
+            loss = self.loss_fn(distributed.gather_with_grad(emb, world), class_emb,
+                                distributed.gather(batch["labels"], world), scale, bias)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
             self.sched.step()
             state["step"] += 1
             state["batches"] += 1
-            state["records_seen"] += len(x)
-            state["heldout_seen"] += int(batch["heldout"].sum())
-            n_seen += len(x)
+            n_seen += len(x) * world.size
+            heldout += int(batch["heldout"].sum())
             losses.append(loss.item())
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}",
                             rec_s=f"{n_seen / (time.perf_counter() - t0):.0f}")
         bar.close()
+        state["records_seen"] += n_seen
+        state["heldout_seen"] += distributed.total(heldout, world)
         elapsed = time.perf_counter() - t0
         return {"epoch": epoch + 1, "step": state["step"],
                 "loss": float(np.mean(losses)) if losses else float("nan"),
                 "samples_per_s": n_seen / elapsed if elapsed else 0.0,
                 "data_wait_fraction": waited / elapsed if elapsed else 0.0,
                 "lr": self.sched.get_last_lr()[0], "seconds": elapsed,
-                "logit_scale": float(self.model.scale().detach())}
+                "logit_scale": float(self.model.scale().detach()), "processes": world.size}
 
     def checkpoint(self, state, val_auroc, validation):
         p, learned = self.p, self.model.learned_class_emb
@@ -333,12 +367,19 @@ def _write_heldout_check(out, state, holdout, allowed):
                             f"the run is not zero-shot (see {out / 'heldout_check.json'})")
 
 
-def evaluate(encoder, val, device, amp, class_emb):
+def evaluate(encoder, val, device, amp, class_emb, world=None):
     """Validation macro AUROC over the training classes (cosine similarity as the score), and
-    the validation embeddings (N, D) it came from."""
+    the validation embeddings (N, D) it came from. Under torchrun each rank embeds every
+    world-size-th record and the embeddings are gathered, not recomputed."""
+    from . import distributed
     from .metrics import macro, per_class
 
-    emb = encoder.encode(val["signal"], val["length"], device=device, amp=amp)
+    world = world or distributed.World()
+    mine = np.arange(len(val["labels"]))[world.rank::world.size]
+    part = encoder.encode(val["signal"][mine], val["length"][mine], device=device, amp=amp)
+    emb = np.zeros((len(val["labels"]), part.shape[1]), np.float32)
+    for rank, rows in enumerate(distributed.gather_objects(part, world)):
+        emb[rank::world.size] = rows
     if len(val["labels"]) == 0:
         return float("nan"), emb
     auroc, _ = per_class(emb @ class_emb.float().cpu().numpy().T, val["labels"])

@@ -3,7 +3,8 @@
 Stateless, like open_clip's: each takes ``ecg_emb`` (B, D) and ``class_emb`` (C, D), both
 L2-normalised, multi-hot ``labels`` (B, C) over the training classes, and the model's
 ``logit_scale`` (already exponentiated and clamped) and ``logit_bias``; each returns a scalar
-loss and nothing else. The parameters live in ``models.ZeroShotModel``.
+loss and nothing else. The parameters live in ``models.ZeroShotModel``; ``uses_scale`` and
+``uses_bias`` say which of the two a loss reads (the trainer freezes the other).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class SigmoidLoss(nn.Module):
     ``logits = logit_scale * ecg_emb @ class_emb.T + logit_bias`` and every (record, class)
     pair is an independent binary decision, which is what multi-label ECGs are.
     """
+    uses_scale, uses_bias = True, True
 
     def forward(self, ecg_emb, class_emb, labels, logit_scale, logit_bias):
         logits = logit_scale * ecg_emb @ class_emb.T + logit_bias        # (B, C)
@@ -34,6 +36,7 @@ class MultiLabelCLIPLoss(nn.Module):
     term (nothing to pull towards); they still serve as negatives in text -> ECG. No bias: a
     softmax is blind to it.
     """
+    uses_scale, uses_bias = True, False
 
     def forward(self, ecg_emb, class_emb, labels, logit_scale, logit_bias=None):
         logits = logit_scale * ecg_emb @ class_emb.T                     # (B, C)
@@ -55,6 +58,7 @@ class TripletLoss(nn.Module):
     every positive/negative pair of each record (the seed sampled one; all pairs is the same
     expectation without the sampling noise, and deterministic). Cosines, so no scale or bias.
     """
+    uses_scale, uses_bias = False, False
 
     def __init__(self, margin=0.2):
         super().__init__()

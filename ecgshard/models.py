@@ -175,8 +175,10 @@ class ZeroShotModel(nn.Module):
     def scale(self):
         return self.logit_scale.clamp(max=self.max_log_scale).exp()
 
-    def forward(self, x, length=None):         # (B, 12, T), (B,) -> (B, D)
-        return self.encoder(x, length)
+    def forward(self, x, length=None):
+        """What a loss takes: ``(ecg_emb (B, D), class_emb (C, D), scale, bias)``. Training goes
+        through here, so data-parallel wrapping sees every parameter."""
+        return self.encoder(x, length), self.class_emb(), self.scale(), self.logit_bias
 
     def param_groups(self, weight_decay):
         """Weight decay for the encoder (and learned class vectors), none for the scale and

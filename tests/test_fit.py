@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ecgshard import data, fit, shards
+from ecgshard.distributed import World
 from ecgshard.errors import ECGShardError
 
 
@@ -136,7 +137,7 @@ def test_supervised_reference_run_is_refused_by_zeroshot(demo_data, demo_text, t
 def test_loss_scale_and_bias_get_no_weight_decay(demo_data, demo_text, tmp_path):
     cfg = fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
                         out=str(tmp_path / "wd"), loss="bce", device="cpu", weight_decay=0.1)
-    trainer = fit.Trainer(cfg, fit.plan(cfg), "cpu")
+    trainer = fit.Trainer(cfg, fit.plan(cfg), "cpu", World())
     decay = {id(p): g["weight_decay"] for g in trainer.opt.param_groups for p in g["params"]}
     assert decay[id(trainer.model.logit_scale)] == 0.0
     assert decay[id(trainer.model.logit_bias)] == 0.0
