@@ -1,14 +1,20 @@
 """Loading throughput: the shard stream feeding a no-op consumer vs. the same arrays in memory.
 
     python benchmarks/bench_load.py [--shards DIR] [--records 21799] [--batch-size 128]
+        [--ranks 1,2]
 
 Without --shards a PTB-XL-sized synthetic shard set is built first (reused when present). The
 baseline is a shuffled epoch over one in-memory numpy array (random index gather per batch),
 the fastest a loader could hand out the same batches; the stream is ``ecgshard.data``'s
 DataLoader path (worker processes, shuffled block order, shuffle buffer), all measured in one run.
+
+Then the data path of a data-parallel fit: N processes (``--ranks``), each streaming its own
+rank's disjoint blocks for one epoch of global batches at the same time, with 1 and 2 loader
+workers each; records/s per rank and in all, against one process in the same run.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 
@@ -19,6 +25,7 @@ from _common import parser, shard_set
 def main():
     ap = parser(__doc__)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--ranks", default="1,2", help="process counts for the per-rank table")
     args = ap.parse_args()
 
     import torch
@@ -70,6 +77,46 @@ def main():
         print(f"{name:<44}{rate:>10.0f}{rate / base:>10.2f}")
     print(f"\nchecksum verification of all {len(manifest['shards'])} shards: {verify_s:.2f} s, "
           f"{verify_s / read_s:.2f}x the time of reading every record once ({read_s:.2f} s)")
+
+    print(f"\nper rank: each of N processes streams its own blocks, one epoch of global "
+          f"batches of {args.batch_size}")
+    print(f"{'processes':>10}{'workers':>9}{'rec/s per rank':>16}{'rec/s in all':>14}"
+          f"{'x 1 process':>13}")
+    for workers in (1, 2):
+        base = None
+        for n_ranks in (int(r) for r in args.ranks.split(",")):
+            per_rank = ranks_rate(sel, args.batch_size, n_ranks, workers, n)
+            if base is None:
+                base = sum(per_rank)
+            print(f"{n_ranks:>10}{workers:>9}{np.mean(per_rank):>16.0f}{sum(per_rank):>14.0f}"
+                  f"{sum(per_rank) / base:>13.2f}")
+
+
+def _rank(sel, batch, rank, n_ranks, workers, steps, start, out):
+    from ecgshard import data
+    from ecgshard.distributed import World
+
+    loader = data.StreamLoader(sel, batch // n_ranks, "cpu", seed=0, workers=workers,
+                               world=World(rank=rank, size=n_ranks))
+    start.wait()
+    t0, count = time.perf_counter(), 0
+    for b in loader.epoch(0, steps):
+        count += len(b["labels"])
+    out.put(count / (time.perf_counter() - t0))
+
+
+def ranks_rate(sel, batch, n_ranks, workers, n):
+    """Records/s of each of ``n_ranks`` processes streaming their shares at the same time."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(n_ranks), ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(sel, batch, r, n_ranks, workers, n // batch,
+                                             start, out)) for r in range(n_ranks)]
+    for p in procs:
+        p.start()
+    rates = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return rates
 
 
 if __name__ == "__main__":

@@ -306,6 +306,7 @@ def _manifest(cfg, plan, results, params):
         "source_checksums": plan["checksums"],
         "classes": classes,
         "unknown_codes": plan["unknown_codes"],
+        "rare_classes": plan.get("rare_classes", {}),
         "n_records": n_records,
         "n_skipped": len(skipped),
         "skip_counts": dict(Counter(s["reason"] for s in skipped)),

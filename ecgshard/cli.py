@@ -94,6 +94,8 @@ B = C.BuildConfig
 @_opt(B, "workers", help="Processes; 0 = one per core.")
 @_opt(B, "shard_size", help="Records per shard.")
 @_opt(B, "min_likelihood", help="PTB-XL: keep statements with at least this likelihood.")
+@_opt(B, "min_count", help="MIMIC-IV-ECG: a statement becomes a class on at least this many "
+      "records (rarer ones are listed with counts).")
 @_opt(B, "ptbxl_rate", help="PTB-XL record folder to read.")
 @_opt(B, "dx_map", help="Challenge: SNOMED table CSV(s), comma-separated (the package's table "
       "by default; the official dx_mapping_*.csv work too).")

@@ -78,6 +78,7 @@ class BuildConfig:
     workers: int = 0                    # 0: one per CPU core
     shard_size: int = 2048
     min_likelihood: float = 0.0         # PTB-XL: a statement below it is no label
+    min_count: int = 1                  # statement vocabularies (MIMIC-IV-ECG): rarer ones out
     ptbxl_rate: str = "auto"            # "100", "500", or auto: the folder needing no resampling
     dx_map: str | None = None           # Challenge: SNOMED table CSV(s); default the package's
     compression: str | None = None
@@ -91,7 +92,8 @@ class BuildConfig:
 
     def __post_init__(self):
         check(self, (self.fs > 0 and self.seconds > 0, "--fs and --seconds must be > 0"),
-              (self.shard_size > 0, "--shard-size must be > 0"),
+              (self.shard_size > 0 and self.min_count > 0,
+               "--shard-size and --min-count must be > 0"),
               # an upper edge at or above fs/2 means high-pass only (filters.design)
               (not self.band or 0 < self.band[0] < self.band[1],
                f"--band LOW HIGH must rise from above 0 Hz, got {self.band}"))

@@ -325,3 +325,68 @@ def write_cinc2021(root, n_per_source=60, seed=1, sources=None):
             written.append({"record": name, "source": directory, "codes": snomed, "scp": scp})
     (root / "synthetic-truth.json").write_text(json.dumps(written))
     return written
+
+
+# ---------------------------------------------------------------- MIMIC-IV-ECG
+
+# Machine statements for the synthetic codes, worded as the ECG carts write them.
+MIMIC_STATEMENTS = {
+    "SR": "Sinus rhythm", "SBRAD": "Sinus bradycardia", "STACH": "Sinus tachycardia",
+    "AFIB": "Atrial fibrillation", "1AVB": "1st degree A-V block",
+    "CLBBB": "Left bundle branch block", "CRBBB": "Right bundle branch block",
+    "IRBBB": "Incomplete right bundle branch block", "LAFB": "Left anterior fascicular block",
+    "LVH": "Left ventricular hypertrophy", "LVOLT": "Low QRS voltages in limb leads",
+    "ISC_": "Possible myocardial ischemia", "IMI": "Inferior infarct age undetermined",
+    "PVC": "Ventricular premature complex", "INVT": "T wave inversion",
+}
+MIMIC_LEADS = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def write_mimic_iv_ecg(root, n_records=200, seed=3):
+    """A MIMIC-IV-ECG-shaped tree of synthetic records with the layout's quirks: leads in the
+    carts' order (aVF before aVL), banner statements, statements continued in the next field
+    after "--", trailing periods and upper case, a record with a flat lead, a study without a
+    machine_measurements row. Returns one dict per record (ids and intended statements)."""
+    import pandas as pd
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    listed, reports, written = [], [], []
+    subject = 10000000
+    for k in range(n_records):
+        if k == 0 or rng.random() > 0.3:            # some subjects have several studies
+            subject += int(rng.integers(1, 50))
+        study = 40000000 + 7 * k + int(rng.integers(0, 7))
+        scp = sample_codes(rng)
+        sig = synth_signal(scp, 500, 10, rng)
+        if k % 37 == 5:
+            sig[4] = 0.0                            # a lead that recorded nothing
+        path = f"files/p{str(subject)[:4]}/p{subject}/s{study}/{study}"
+        order = [LEADS.index(lead) for lead in MIMIC_LEADS]
+        write_fmt16(root / f"{path}.dat", sig[order], 500, MIMIC_LEADS)
+        fields = []
+        for code in scp:
+            text = MIMIC_STATEMENTS.get(code)
+            if text is None:
+                continue
+            if code == "IMI" and rng.random() < 0.5:
+                fields += ["Inferior infarct", "-- age undetermined"]
+                continue
+            if rng.random() < 0.2:
+                text = text.upper()
+            fields.append(text + ("." if rng.random() < 0.3 else ""))
+        fields.append("--- Normal ECG ---" if "NORM" in scp else "--- Abnormal ECG ---")
+        listed.append({"subject_id": subject, "study_id": study, "file_name": study,
+                       "ecg_time": "2180-07-23 08:44:00", "path": path})
+        if k != 3:                                  # study 4 lost its report row
+            reports.append({"subject_id": subject, "study_id": study, "cart_id": 6848296,
+                            "ecg_time": "2180-07-23 08:44:00",
+                            **{f"report_{i}": fields[i] if i < len(fields) else None
+                               for i in range(18)},
+                            "rr_interval": int(rng.integers(600, 1100))})
+        written.append({"subject_id": subject, "study_id": study, "scp": scp, "fields": fields,
+                        "flat_lead": k % 37 == 5, "has_report": k != 3})
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(listed).to_csv(root / "record_list.csv", index=False)
+    pd.DataFrame(reports).to_csv(root / "machine_measurements.csv", index=False)
+    return written

@@ -13,12 +13,13 @@ from ecgshard.errors import BadRecordError, ECGShardError
 
 def test_every_module_of_the_package_registers_its_database():
     modules = {m.name for m in pkgutil.iter_modules(databases.__path__)} - {"base"}
-    assert modules == set(databases.DATABASES) == {"ptbxl", "cinc2021", "sph", "code15"}
+    assert modules == {"ptbxl", "cinc2021", "sph", "code15", "mimic"}
+    assert set(databases.DATABASES) == {"ptbxl", "cinc2021", "sph", "code15", "mimic-iv-ecg"}
     for name, db in databases.DATABASES.items():
         assert db.name == name and db.title and db.fold_rule
     assert download.downloadable() == ["cinc2021", "ptbxl"]
     with pytest.raises(ECGShardError, match="choose from"):
-        databases.get("mimic")
+        databases.get("no-such-database")
 
 
 @pytest.fixture

@@ -1,0 +1,55 @@
+"""MIMIC-IV-ECG: machine statements as classes, folds by subject, the layout's quirks."""
+import h5py
+import numpy as np
+import wfdb
+
+from ecgshard import build, readers, shards, synth
+from ecgshard.config import BuildConfig
+from ecgshard.databases.mimic import report_statements
+
+
+def test_statements_are_normalised_and_continuations_joined():
+    fields = ["--- Abnormal ECG ---", "Sinus rhythm.", "LEFT AXIS  DEVIATION", "Inferior infarct",
+              "-- age undetermined", None, float("nan"), "", "Sinus rhythm"]
+    assert report_statements(fields) == ["abnormal ecg", "sinus rhythm", "left axis deviation",
+                                         "inferior infarct age undetermined"]
+
+
+def test_build_round_trips_statements_folds_and_leads(tmp_path):
+    rows = synth.write_mimic_iv_ecg(tmp_path / "raw", n_records=60, seed=3)
+    manifest = build.run(BuildConfig(source_dir=str(tmp_path / "raw"),
+                                     out_dir=str(tmp_path / "s"), format="mimic-iv-ecg", fs=500,
+                                     band=None, min_count=2, workers=1))
+    codes = shards.class_codes(manifest)
+    # What each study should carry, from the statements the writer meant (not the parser).
+    meant = {str(r["study_id"]): {synth.MIMIC_STATEMENTS[c].lower() for c in r["scp"]
+                                  if c in synth.MIMIC_STATEMENTS}
+             | {"normal ecg" if "NORM" in r["scp"] else "abnormal ecg"} for r in rows}
+    subject = {str(r["study_id"]): str(r["subject_id"]) for r in rows}
+    skipped = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
+    assert skipped[str(rows[3]["study_id"])] == "no_machine_measurements"
+    assert all(skipped[str(r["study_id"])] == "flat_lead" for r in rows if r["flat_lead"])
+    rare = manifest["rare_classes"]
+    assert set(codes).isdisjoint(rare) and all(n < 2 for n in rare.values())
+    seen = 0
+    for path in shards.shard_paths(tmp_path / "s", manifest):
+        with h5py.File(path, "r") as f:
+            ids = shards.read_strings(f[shards.RECORD_ID])
+            labels, folds = f[shards.LABELS][...], f[shards.FOLD][...]
+            patients = shards.read_strings(f[shards.PATIENT_ID])
+            signal = f[shards.SIGNAL][...]
+        for i, study in enumerate(ids):
+            got = {c for c, v in zip(codes, labels[i]) if v}
+            assert got == meant[study] - set(rare), study
+            assert patients[i] == subject[study]
+            assert folds[i] == readers.fold_from_id(subject[study])
+            seen += 1
+        # leads by name: the cart writes aVF before aVL; shards hold the canonical order
+        row = next(r for r in rows if str(r["study_id"]) == ids[0])
+        raw = wfdb.rdrecord(str(tmp_path / "raw" / "files" / f"p{str(row['subject_id'])[:4]}" /
+                                f"p{row['subject_id']}" / f"s{row['study_id']}" /
+                                str(row["study_id"])))
+        for lead in ("aVL", "aVF"):
+            np.testing.assert_allclose(signal[0, shards.LEADS.index(lead)].astype(np.float32),
+                                       raw.p_signal[:, raw.sig_name.index(lead)], atol=2e-3)
+    assert seen == manifest["n_records"] == len(rows) - len(skipped)
