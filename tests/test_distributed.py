@@ -26,7 +26,8 @@ def _fit_command(demo_data, demo_text, out, *extra):
 
 
 def _torchrun(n, args):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # Loopback only: CI machines need no resolvable hostname or network for two local ranks.
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "ecgshard", *args]
