@@ -151,7 +151,8 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
         var = (moments[1] / n - mean * mean).clamp(min=0)
         with torch.no_grad():
             self.num_batches_tracked += 1
-            m = self.momentum
+            m = self.momentum if self.momentum is not None else \
+                1.0 / float(self.num_batches_tracked)          # cumulative average, as torch
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp(min=1))
         y = (x - mean[None, :, None]) / torch.sqrt(var[None, :, None] + self.eps)
