@@ -41,14 +41,50 @@ class MultiLabelCLIPLoss(nn.Module):
     def forward(self, ecg_emb, class_emb, labels, logit_scale, logit_bias=None):
         logits = logit_scale * ecg_emb @ class_emb.T                     # (B, C)
         y = labels.float()
-        rows, cols = y.sum(1) > 0, y.sum(0) > 0
-        # Sums over the rows and columns with a positive, divided by their count (at least 1):
-        # a batch without any positive gives 0 (and zero gradients), not the NaN of an empty mean.
+        rows = y.sum(1) > 0
+        # Sums over the rows (and columns) with a positive, divided by their count (at least
+        # 1): a batch without any positive gives 0 (and zero gradients), not the NaN of an
+        # empty mean.
         e2t = -(y[rows] / y[rows].sum(1, keepdim=True)
                 * F.log_softmax(logits[rows], dim=1)).sum() / rows.sum().clamp(min=1)
-        t2e = -(y[:, cols] / y[:, cols].sum(0, keepdim=True)
-                * F.log_softmax(logits[:, cols], dim=0)).sum() / cols.sum().clamp(min=1)
-        return (e2t + t2e) / 2
+        return (e2t + self.text_to_ecg(logits, y)) / 2
+
+    @staticmethod
+    def text_to_ecg(logits, y):
+        """For each class with a positive in the batch: softmax over the B records, target
+        spread over its positive records."""
+        cols = y.sum(0) > 0
+        return -(y[:, cols] / y[:, cols].sum(0, keepdim=True)
+                 * F.log_softmax(logits[:, cols], dim=0)).sum() / cols.sum().clamp(min=1)
+
+
+class TextSmoothedCLIPLoss(MultiLabelCLIPLoss):
+    """The multi-label CLIP loss with soft ECG -> text targets drawn from the frozen text space.
+
+    A record's target row keeps ``1 - alpha`` on its own labels (spread evenly, as in ``clip``)
+    and moves ``alpha`` onto the classes whose *texts* are near its labels' texts:
+    ``target = (1 - alpha) * y_hat + alpha * y_hat @ softmax(class_emb @ class_emb.T / tau)``,
+    with ``y_hat`` the labels normalised per row. Without it every trained class is pushed
+    equally far from every other, whatever their texts say; with it, records of a class are
+    pulled towards its textual neighbours too, so the ECG embedding takes on the geometry that
+    an unseen class's text is scored in. Text -> ECG is as in ``clip``. ``alpha = 0`` is
+    ``clip``.
+    """
+
+    def __init__(self, alpha=0.2, tau=0.1):
+        super().__init__()
+        self.alpha, self.tau = alpha, tau
+
+    def forward(self, ecg_emb, class_emb, labels, logit_scale, logit_bias=None):
+        logits = logit_scale * ecg_emb @ class_emb.T                     # (B, C)
+        y = labels.float()
+        rows = y.sum(1) > 0
+        y_hat = y[rows] / y[rows].sum(1, keepdim=True)
+        # The text geometry is a fixed target, not something to learn from: no gradient.
+        neighbours = F.softmax(class_emb.detach() @ class_emb.detach().T / self.tau, dim=1)
+        target = (1 - self.alpha) * y_hat + self.alpha * y_hat @ neighbours   # rows sum to 1
+        e2t = -(target * F.log_softmax(logits[rows], dim=1)).sum() / rows.sum().clamp(min=1)
+        return (e2t + self.text_to_ecg(logits, y)) / 2
 
 
 class TripletLoss(nn.Module):
@@ -73,7 +109,8 @@ class TripletLoss(nn.Module):
         return (hinge * mask).sum() / mask.sum().clamp(min=1)
 
 
-LOSSES = {"bce": SigmoidLoss, "clip": MultiLabelCLIPLoss, "triplet": TripletLoss}
+LOSSES = {"bce": SigmoidLoss, "clip": MultiLabelCLIPLoss, "soft-clip": TextSmoothedCLIPLoss,
+          "triplet": TripletLoss}
 
 
 def build_loss(name):

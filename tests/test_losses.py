@@ -4,7 +4,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ecgshard.losses import MultiLabelCLIPLoss, SigmoidLoss, TripletLoss, build_loss
+from ecgshard.losses import (LOSSES, MultiLabelCLIPLoss, SigmoidLoss, TextSmoothedCLIPLoss,
+                             TripletLoss, build_loss)
 
 ECG = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]]), dim=1)
 TEXT = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.6, 0.8]]), dim=1)
@@ -48,6 +49,41 @@ def test_clip_loss_with_one_label_per_row_is_plain_clip():
                           plain, atol=1e-6)
 
 
+def test_text_smoothed_clip_loss_by_hand():
+    got = TextSmoothedCLIPLoss(alpha=0.3, tau=0.5)(ECG, TEXT, Y, SCALE).item()
+    text = TEXT.numpy()
+    neighbours = np.exp(text @ text.T / 0.5)
+    neighbours /= neighbours.sum(1, keepdims=True)
+    y_hat = Y.numpy() / Y.numpy().sum(1, keepdims=True)
+    target = 0.7 * y_hat + 0.3 * y_hat @ neighbours
+    logits = 10 * SIM
+    lsm_rows = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    e2t = -(target * lsm_rows).sum(1).mean()
+    lsm_cols = logits - np.log(np.exp(logits).sum(0, keepdims=True))
+    t2e = np.mean([-(lsm_cols[0, 0] + lsm_cols[1, 0]) / 2, -lsm_cols[1, 1]])
+    assert math.isclose(got, (e2t + t2e) / 2, rel_tol=1e-5)
+
+
+def test_text_smoothing_moves_the_embedding_towards_the_labels_textual_neighbours():
+    # Record labelled with class 1 only; class 2's text is near class 1's, class 0's is not.
+    ecg = F.normalize(torch.tensor([[0.3, 1.0, 0.0]]), dim=1).requires_grad_()
+    y = torch.tensor([[0, 1, 0]])
+    TextSmoothedCLIPLoss(alpha=0.5, tau=0.1)(ecg, TEXT, y, SCALE).backward()
+    soft = -ecg.grad.clone()
+    ecg.grad = None
+    MultiLabelCLIPLoss()(ecg, TEXT, y, SCALE).backward()
+    hard = -ecg.grad
+    # descent direction's pull towards class 2's text is stronger with text smoothing
+    assert (soft @ TEXT[2]).item() > (hard @ TEXT[2]).item()
+
+
+def test_text_smoothed_clip_without_smoothing_is_clip():
+    ecg = F.normalize(torch.randn(5, 3, generator=torch.Generator().manual_seed(2)), dim=1)
+    y = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 1]])
+    assert torch.allclose(TextSmoothedCLIPLoss(alpha=0.0)(ecg, TEXT, y, SCALE),
+                          MultiLabelCLIPLoss()(ecg, TEXT, y, SCALE), atol=1e-6)
+
+
 def test_triplet_loss_by_hand():
     got = TripletLoss(margin=0.2)(ECG, TEXT, Y).item()
     terms = [max(0, 0.2 - SIM[0, 0] + SIM[0, 1]), max(0, 0.2 - SIM[0, 0] + SIM[0, 2]),
@@ -57,7 +93,7 @@ def test_triplet_loss_by_hand():
 
 def test_a_gradient_step_lowers_every_loss():
     start = F.normalize(torch.tensor([[0.2, 0.5, 0.8], [0.1, 0.1, 1.0]]), dim=1)
-    for name in ("bce", "clip", "triplet"):
+    for name in LOSSES:
         loss = build_loss(name)
         ecg = start.clone().requires_grad_(True)
         before = loss(F.normalize(ecg, dim=1), TEXT, Y, SCALE, BIAS)
@@ -67,7 +103,7 @@ def test_a_gradient_step_lowers_every_loss():
 
 
 def test_a_batch_without_positives_gives_a_finite_loss_and_gradient():
-    for name in ("clip", "bce", "triplet"):
+    for name in LOSSES:
         loss_fn = build_loss(name)
         ecg = F.normalize(torch.randn(4, 3), dim=1).requires_grad_()
         value = loss_fn(ecg, TEXT, torch.zeros(4, 3, dtype=torch.long), SCALE, BIAS)
@@ -76,5 +112,5 @@ def test_a_batch_without_positives_gives_a_finite_loss_and_gradient():
 
 
 def test_losses_hold_no_parameters():
-    for name in ("bce", "clip", "triplet"):
+    for name in LOSSES:
         assert not list(build_loss(name).parameters()), name
