@@ -233,7 +233,12 @@ def _fit_options(command):
 
 
 @main.command()
-@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--shards", required=True, multiple=True,
+              type=click.Path(exists=True, file_okay=False),
+              help="A shard set (repeatable: train on the union, each class in its own code "
+              "system; a held-out concept is held out in every set).")
+@_opt(F, "shard_weights", "--shard-weight", "shard_weights", multiple=True, type=float,
+      help="Each --shards set's share of an epoch, in the same order (default: by size).")
 @click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, help="Run directory.")
 @_opt(F, "holdout", help="Comma-separated codes to hold out, or 'default' (the package's "

@@ -140,7 +140,7 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class FitConfig:
-    shards: str
+    shards: tuple                            # one shard set or several (their union); a str: one
     text: str
     out: str
     holdout: tuple = ()
@@ -165,6 +165,7 @@ class FitConfig:
     lead_dropout: float = 0.1                # augmentation: chance each lead is zeroed
     width: float = 1.0                       # encoder channel-width multiplier
     train_kinds: tuple = ()                  # statement kinds trained (form, rhythm...); all
+    shard_weights: tuple = ()                # per shard set, its share of each epoch; by size
     seed: int = 0
     resume: bool = False
     max_steps: int | None = None             # stop early (smoke runs, benchmarks)
@@ -176,9 +177,16 @@ class FitConfig:
                                "data": ("auto", "stream", "preload")}
 
     def __post_init__(self):
+        if isinstance(self.shards, str):
+            object.__setattr__(self, "shards", (self.shards,))
         test = set(self.test_folds)
         check(
             self,
+            (len(set(self.shards)) == len(self.shards), f"--shards named twice: {self.shards}"),
+            (not self.shard_weights or (len(self.shard_weights) == len(self.shards)
+                                        and all(w > 0 for w in self.shard_weights)),
+             f"--shard-weight: one weight > 0 per --shards ({len(self.shards)}), got "
+             f"{self.shard_weights}"),
             (not set(self.train_folds) & test and not set(self.val_folds) & test,
              f"train {self.train_folds} or validation {self.val_folds} folds are also test "
              f"folds {self.test_folds}; test folds never steer training"),

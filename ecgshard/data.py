@@ -4,6 +4,11 @@ shards or preloaded, as batches of ``(signal, labels, heldout)`` tensors.
 Selection happens where the labels are read (in the worker, on the raw shard rows), so the
 count of held-out positives that reach a batch is a real check, not a restatement of the plan.
 
+A fit over several shard sets takes one Selection per set, with the same output classes: a
+set's label column for a class is the OR of that set's codes of the same concept
+(``class_sources``), so SBRAD in PTB-XL and 426177001 in the Challenge label one column.
+Epochs mix the sets by size, or by ``weights`` (each set's share of an epoch's draws).
+
 Streaming (``ShardStream``): whole record blocks (a multiple of the HDF5 chunk) are read in a
 shuffled block order (``seed + epoch``), pooled in a shuffle buffer and cut into batches inside
 DataLoader worker processes; HDF5 files are opened lazily in each worker. Preloading
@@ -36,6 +41,9 @@ class Selection:
     class_codes: tuple                  # output label columns, in this order
     exclude_codes: tuple = ()           # records carrying any of these are dropped
     watch_codes: tuple = ()             # counted per batch ("heldout"), never a label column
+    # Per output class, this set's codes whose labels make its column (their OR); a class
+    # with none is negative throughout the set. Default: each class its own code, required.
+    class_sources: tuple | None = None
 
 
 class _Columns:
@@ -44,10 +52,16 @@ class _Columns:
     def __init__(self, sel, manifest):
         codes = shards.class_codes(manifest)
         index = {c: i for i, c in enumerate(codes)}
-        missing = [c for c in sel.class_codes if c not in index]
-        if missing:
-            raise ECGShardError(f"{sel.shard_dir} has no label column for {missing}")
-        self.out = np.asarray([index[c] for c in sel.class_codes], dtype=np.int64)
+        if sel.class_sources is None:
+            missing = [c for c in sel.class_codes if c not in index]
+            if missing:
+                raise ECGShardError(f"{sel.shard_dir} has no label column for {missing}")
+            self.out, self.merge = np.asarray([index[c] for c in sel.class_codes], np.int64), None
+        else:
+            # (set codes, output classes): a record's output labels are its labels @ merge > 0
+            self.out, self.merge = None, np.zeros((len(codes), len(sel.class_codes)), np.int32)
+            for j, sources in enumerate(sel.class_sources):
+                self.merge[[index[c] for c in sources], j] = 1
         self.exclude = np.asarray([index[c] for c in sel.exclude_codes if c in index], np.int64)
         self.watch = np.asarray([index[c] for c in sel.watch_codes if c in index], np.int64)
         self.folds = np.asarray(sel.folds, dtype=np.int64)
@@ -63,7 +77,9 @@ class _Columns:
             keep &= ~mentioned[:, self.exclude].any(axis=1)
         heldout = mentioned[:, self.watch].any(axis=1) if len(self.watch) else \
             np.zeros(len(labels), bool)
-        return keep, labels[:, self.out], heldout
+        out = labels[:, self.out] if self.merge is None else \
+            (labels.astype(np.int32) @ self.merge > 0).astype(labels.dtype)
+        return keep, out, heldout
 
     def read_block(self, f, start, stop):
         """The selected rows of one block of an open shard: (signal, labels, heldout, length,
@@ -145,21 +161,48 @@ def load_selection(sel, with_ids=False):
     return result
 
 
+def _selections(sels):
+    return (sels,) if isinstance(sels, Selection) else tuple(sels)
+
+
+def epoch_shares(sizes, weights):
+    """Each set's probability per draw: ``weights`` normalised, or by size without them."""
+    shares = np.asarray(weights if weights else sizes, dtype=np.float64)
+    return shares / shares.sum()
+
+
 class ShardStream(torch.utils.data.IterableDataset):
     """Yields the selected records in shuffled order as dicts of tensors of ``batch_size``
     records, or of up to ``group`` batches laid end to end. Under torchrun, rank ``rank`` of
     ``world`` reads only every world-th shard block of the epoch's shuffled block order, so
-    ranks see disjoint records."""
+    ranks see disjoint records. ``sel``: one Selection or several (one per shard set); with
+    ``weights`` an epoch's block order is drawn (with replacement) so that each set's share of
+    the records is its weight's."""
 
     def __init__(self, sel, batch_size, seed=0, buffer_records=4096, drop_last=True, group=1,
-                 rank=0, world=1):
+                 rank=0, world=1, weights=()):
         super().__init__()
-        self.sel, self.batch_size, self.seed, self.group = sel, batch_size, seed, group
+        self.sels = _selections(sel)
+        self.batch_size, self.seed, self.group = batch_size, seed, group
         self.buffer_records, self.drop_last = buffer_records, drop_last
         self.rank, self.world = rank, world
-        self.manifest = shards.load_manifest(sel.shard_dir)
-        self.blocks = shard_blocks(sel, self.manifest)
-        self.checksums = shards.shard_checksums(sel.shard_dir, self.manifest)
+        self.manifests = [shards.load_manifest(s.shard_dir) for s in self.sels]
+        # (set index, path, start, stop)
+        self.blocks = [(i, *block) for i, (s, m) in enumerate(zip(self.sels, self.manifests))
+                       for block in shard_blocks(s, m)]
+        self.checksums = {path: sha for s, m in zip(self.sels, self.manifests)
+                          for path, sha in shards.shard_checksums(s.shard_dir, m).items()}
+        self.block_p = None
+        if weights:
+            # A block drawn brings all its records, so p(block) = share * rows / sum(rows^2)
+            # over its set: records of a set equally likely, and each set's expected share
+            # of the records drawn is its weight's, whatever its block sizes.
+            rows = np.asarray([stop - start for _, _, start, stop in self.blocks], np.float64)
+            of_set = np.asarray([i for i, *_ in self.blocks])
+            sizes = np.bincount(of_set, weights=rows, minlength=len(self.sels))
+            squares = np.bincount(of_set, weights=rows ** 2, minlength=len(self.sels))
+            self.block_p = epoch_shares(sizes, weights)[of_set] * rows / squares[of_set]
+            self.block_p /= self.block_p.sum()        # a set without blocks has no share
         self.epoch, self.repeat = 0, 0
         self._files = None
 
@@ -184,14 +227,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         # (one process, first pass: the seeds of a plain run).
         extra = [self.repeat, self.rank] if self.repeat or self.world > 1 else []
         rng = np.random.default_rng([self.seed, self.epoch, worker] + extra)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks))
+        order_rng = np.random.default_rng([self.seed, self.epoch])
+        order = order_rng.permutation(len(self.blocks)) if self.block_p is None else \
+            order_rng.choice(len(self.blocks), len(self.blocks), p=self.block_p)
         mine = [self.blocks[i] for i in order[self.rank::self.world][worker::n_workers]]
-        cols = _Columns(self.sel, self.manifest)
+        cols = [_Columns(s, m) for s, m in zip(self.sels, self.manifests)]
         pool = {key: [] for key in BATCH_KEYS}
         pooled = 0
-        for path, start, stop in mine:
+        for set_index, path, start, stop in mine:
             f = self._file(path)
-            block = cols.read_block(f, start, stop)
+            block = cols[set_index].read_block(f, start, stop)
             if block is not None:
                 for key, value in zip(BATCH_KEYS, block):
                     pool[key].append(value)
@@ -226,10 +271,10 @@ class StreamLoader:
     """DataLoader over a ShardStream: worker processes, pinned memory, non-blocking copies.
     ``batch_size`` is this process's share of the global batch."""
 
-    def __init__(self, sel, batch_size, device, seed=0, workers=2, world=None):
+    def __init__(self, sel, batch_size, device, seed=0, workers=2, world=None, weights=()):
         rank, size = (world.rank, world.size) if world else (0, 1)
         self.dataset = ShardStream(sel, batch_size, seed=seed, group=8 if workers else 1,
-                                   rank=rank, world=size)
+                                   rank=rank, world=size, weights=weights)
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.loader = torch.utils.data.DataLoader(
@@ -258,22 +303,33 @@ class StreamLoader:
 
 
 class Preloaded:
-    """The whole selection as tensors on ``device``; an epoch is a seeded permutation. Under
-    torchrun each global batch of the permutation is cut into the ranks' disjoint shares."""
+    """The whole selection as tensors on ``device``; an epoch is a seeded permutation, or with
+    ``weights`` (several shard sets) a seeded draw with replacement in which each set's share
+    of the records is its weight's. Under torchrun each global batch of the epoch's order is
+    cut into the ranks' disjoint shares."""
 
-    def __init__(self, sel, batch_size, device, seed=0, world=None):
-        arrays = load_selection(sel)
+    def __init__(self, sel, batch_size, device, seed=0, world=None, weights=()):
+        parts = [load_selection(s) for s in _selections(sel)]
+        arrays = {k: np.concatenate([part[k] for part in parts]) for k in BATCH_KEYS}
         self.device = torch.device(device)
         self.tensors = {k: torch.from_numpy(arrays[k]).to(self.device) for k in BATCH_KEYS}
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world = (world.rank, world.size) if world else (0, 1)
+        self.record_p = None
+        if weights:
+            sizes = np.asarray([len(part["labels"]) for part in parts], np.float64)
+            of_set = np.repeat(np.arange(len(parts)), sizes.astype(np.int64))
+            self.record_p = torch.from_numpy(
+                epoch_shares(sizes, weights)[of_set] / sizes[of_set])
 
     def __len__(self):
         return len(self.tensors["labels"])
 
     def epoch(self, epoch, steps=None):
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        perm = torch.randperm(len(self), generator=g).to(self.device)
+        perm = torch.randperm(len(self), generator=g) if self.record_p is None else \
+            torch.multinomial(self.record_p, len(self), replacement=True, generator=g)
+        perm = perm.to(self.device)
         global_batch = self.batch_size * self.world
         for n, i in enumerate(range(0, len(perm) - global_batch + 1, global_batch)):
             if steps is not None and n >= steps:

@@ -81,9 +81,14 @@ def run_key(fc):
     resumed), the shards' fingerprint, the text matrix's content hash and the checkpoint
     format (a run this ecgshard cannot load is no run to reuse)."""
     config = {k: v for k, v in asdict(fc).items() if k not in ("out", "resume")}
+    # An experiment trains on one shard set: keyed by it, without per-set weights, as before
+    # fits over several sets existed (so runs trained then are still reused).
+    (shard_dir,) = fc.shards
+    config["shards"] = shard_dir
+    del config["shard_weights"]
     return {"config": json.loads(json.dumps(config)),
             "checkpoint_schema": shards.CHECKPOINT_SCHEMA_VERSION,
-            "shards_fingerprint": shards.load_manifest(fc.shards)["fingerprint"],
+            "shards_fingerprint": shards.load_manifest(shard_dir)["fingerprint"],
             "text_sha256": shards.read_text_matrix(fc.text).sha256}
 
 

@@ -39,24 +39,31 @@ def resolve_holdout(cfg, classes, trainable):
 
 
 def plan(cfg):
-    """Classes, selections and counts of a run, checked before any training starts."""
-    from .data import Selection, count_selection
+    """Classes, selections and counts of a run, checked before any training starts.
 
-    manifest = shards.load_manifest(cfg.shards)
+    Over several shard sets the classes are the union of their codes, each in its own code
+    system; the holdout is closed over that union through the relation table (holding out
+    SBRAD holds out SNOMED 426177001 too, and the records carrying either, in every set); a
+    class's labels in a set come from that set's codes of the same concept. Selections, counts
+    and records are per set (``train_sel``/``val_sel`` are lists, one per ``cfg.shards``)."""
+    manifests = [shards.load_manifest(d) for d in cfg.shards]
+    _check_same_signal_path(cfg.shards, manifests)
     text = shards.read_text_matrix(cfg.text)
-    every = tuple(shards.class_codes(manifest))
-    _, _, positives = count_selection(Selection(cfg.shards, tuple(cfg.train_folds), every))
+    classes = list({c["code"]: c for m in reversed(manifests) for c in m["classes"]}.values())
+    every = tuple(dict.fromkeys(c for m in manifests for c in shards.class_codes(m)))
+    _, positives = _count(cfg.shards, manifests, cfg.train_folds, every)
     trainable = [c for c, n in zip(every, positives) if n >= cfg.min_positives]
-    holdout = resolve_holdout(cfg, manifest["classes"], trainable)
-    exclude = () if cfg.include_heldout_records else tuple(holdout)
+    holdout = resolve_holdout(cfg, classes, trainable)
+    # A held-out concept's codes in every set, trainable or not, take their records out.
+    watch = _with_synonyms(holdout, every)
+    exclude = () if cfg.include_heldout_records else watch
     if cfg.include_heldout_records and holdout:
         log.warning("!!! --include-heldout-records: records carrying held-out labels ARE TRAINED "
                     "ON (only the label columns are removed). Results are NOT strict zero-shot.")
-    of_kind = _of_kinds(manifest["classes"], cfg.train_kinds)
-    candidates = tuple(c for c in shards.class_codes(manifest)
-                       if c not in set(holdout) and c in of_kind)
-    train_sel = Selection(cfg.shards, tuple(cfg.train_folds), candidates, exclude, tuple(holdout))
-    n_train, n_excluded, positives = count_selection(train_sel)
+    of_kind = _of_kinds(classes, cfg.train_kinds)
+    candidates = tuple(c for c in every if c not in set(holdout) and c in of_kind)
+    by_set, positives = _count(cfg.shards, manifests, cfg.train_folds, candidates, exclude, watch)
+    n_train, n_excluded = map(sum, zip(*by_set))
     train_codes = tuple(c for c, n in zip(candidates, positives) if n >= cfg.min_positives)
     if not train_codes or n_train == 0:
         raise ECGShardError(f"empty training set: {n_train} records in folds {cfg.train_folds}, "
@@ -66,13 +73,72 @@ def plan(cfg):
     if missing_text:
         log.warning("held-out classes without a text embedding cannot be scored later: %s",
                     missing_text)
-    train_sel = replace(train_sel, class_codes=train_codes)
-    val_sel = Selection(cfg.shards, tuple(cfg.val_folds), train_codes, exclude, tuple(holdout))
-    n_val, n_val_excluded, _ = count_selection(val_sel)
-    return {"manifest": manifest, "text": text, "holdout": holdout, "train_sel": train_sel,
-            "val_sel": val_sel, "train_codes": list(train_codes), "n_train": n_train,
-            "n_val": n_val, "excluded": {"train": n_excluded, "val": n_val_excluded},
+    train_sel = _selections(cfg.shards, manifests, cfg.train_folds, train_codes, exclude, watch)
+    val_sel = _selections(cfg.shards, manifests, cfg.val_folds, train_codes, exclude, watch)
+    val_by_set, _ = _count(cfg.shards, manifests, cfg.val_folds, train_codes, exclude, watch)
+    n_val, n_val_excluded = map(sum, zip(*val_by_set))
+    sets = [{"shards": str(Path(d).resolve()), "fingerprint": m["fingerprint"],
+             "dataset_fingerprint": m.get("dataset_fingerprint"), "sources": sorted(m["sources"]),
+             "records": {"train": t[0], "val": v[0]},
+             "records_excluded_for_heldout_labels": {"train": t[1], "val": v[1]}}
+            for d, m, t, v in zip(cfg.shards, manifests, by_set, val_by_set)]
+    return {"manifest": manifests[0], "manifests": manifests, "sets": sets, "text": text,
+            "holdout": holdout, "train_sel": train_sel, "val_sel": val_sel,
+            "train_codes": list(train_codes), "n_train": n_train, "n_val": n_val,
+            "excluded": {"train": n_excluded, "val": n_val_excluded},
             "dropped_rare": [c for c, n in zip(candidates, positives) if n < cfg.min_positives]}
+
+
+def _with_synonyms(holdout, vocabulary):
+    """The held-out codes and every code of ``vocabulary`` naming the same concept."""
+    from . import concepts
+
+    graph = concepts.load()
+    return tuple(sorted({m for c in holdout for m in graph.members(c)
+                         if m in set(vocabulary)} | set(holdout)))
+
+
+def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
+    """One Selection per shard set; records carrying an ``exclude`` code are dropped, and
+    those carrying a ``watch`` code counted per batch (the held-out check). A single set labels each class by its own code;
+    in a union each class takes, in each set, its own code or that set's codes of the same
+    concept (by the relation table), and is negative throughout a set that has neither."""
+    from . import concepts
+    from .data import Selection
+
+    sources = None
+    sels = []
+    for d, m in zip(shard_dirs, manifests):
+        if len(shard_dirs) > 1:
+            present, graph = set(shards.class_codes(m)), concepts.load()
+            sources = tuple(((c,) if c in present else
+                             tuple(sorted(graph.members(c) & present))) for c in codes)
+        sels.append(Selection(str(d), tuple(folds), tuple(codes), tuple(exclude), tuple(watch),
+                              sources))
+    return sels
+
+
+def _count(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
+    """[(kept, excluded)] per set, and positives per class summed over the sets."""
+    from .data import count_selection
+
+    by_set, positives = [], np.zeros(len(codes), np.int64)
+    for sel in _selections(shard_dirs, manifests, folds, codes, exclude, watch):
+        kept, excluded, pos = count_selection(sel)
+        by_set.append((kept, excluded))
+        positives += pos
+    return by_set, positives
+
+
+def _check_same_signal_path(shard_dirs, manifests):
+    """Shard sets trained together must share one signal path; the message names both sides."""
+    first = shards.signal_path(manifests[0])
+    for d, m in zip(shard_dirs[1:], manifests[1:]):
+        diffs = shards.signal_path_differences(first, shards.signal_path(m))
+        if diffs:
+            raise ECGShardError(f"{d} was built with another signal path than {shard_dirs[0]} "
+                                f"({shard_dirs[0]} vs {d}: {'; '.join(diffs)}); rebuild one "
+                                f"of them with the other's --fs/--band/--notch/--normalize")
 
 
 def _of_kinds(classes, kinds):
@@ -144,9 +210,12 @@ def _train(cfg, out, world, device):
     local_batch = cfg.batch_size // world.size
     use_preload = cfg.data == "preload" or (cfg.data == "auto" and fits_in_memory(
         selection_bytes(p["n_train"], p["manifest"]["n_samples"]), device))
-    train = Preloaded(p["train_sel"], local_batch, device, cfg.seed, world) if use_preload \
-        else StreamLoader(p["train_sel"], local_batch, device, cfg.seed, cfg.workers, world)
-    val = load_selection(p["val_sel"])
+    train = Preloaded(p["train_sel"], local_batch, device, cfg.seed, world, cfg.shard_weights) \
+        if use_preload else StreamLoader(p["train_sel"], local_batch, device, cfg.seed,
+                                         cfg.workers, world, cfg.shard_weights)
+    val_parts = [load_selection(sel) for sel in p["val_sel"]]
+    val = {k: np.concatenate([part[k] for part in val_parts]) for k in val_parts[0]}
+    val_set = np.repeat(np.arange(len(val_parts)), [len(part["labels"]) for part in val_parts])
     state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0, "records_seen": 0,
              "batches": 0}
     if cfg.resume and (out / "checkpoint-last.pt").exists():
@@ -155,16 +224,17 @@ def _train(cfg, out, world, device):
             raise ECGShardError(f"{out} was trained against another text matrix or class list; "
                                 f"resume it with the same --text and holdout, or use a new --out")
         before = shards.read_run_info(out)
-        if before.shards_fingerprint != p["manifest"]["fingerprint"]:
+        now = [s["fingerprint"] for s in p["sets"]]
+        if before.shards_fingerprint != now:
             diffs = shards.signal_path_differences(before.signal_path,
                                                    shards.signal_path(p["manifest"]))
             if before.records["train"] != p["n_train"]:
                 diffs.append(f"training records: {before.records['train']} vs "
                              f"{p['n_train']}")
             raise ECGShardError(
-                f"{out} was trained on other shards than {cfg.shards} (fingerprint "
-                f"{before.shards_fingerprint[:12]} vs "
-                f"{p['manifest']['fingerprint'][:12]}; run vs now: "
+                f"{out} was trained on other shards than {', '.join(cfg.shards)} (fingerprints "
+                f"{', '.join(f[:12] for f in before.shards_fingerprint)} vs "
+                f"{', '.join(f[:12] for f in now)}; run vs now: "
                 f"{'; '.join(diffs) or 'same signal path and counts, other shard bytes'}). "
                 f"Resume with the shards it was trained on, or use a new --out")
         state = t.restore(ck)
@@ -181,6 +251,9 @@ def _train(cfg, out, world, device):
         val_auroc, val_emb = evaluate(t.model.encoder, val, device, cfg.amp,
                                       t.model.class_emb().detach(), world)
         record["val_macro_auroc"] = val_auroc
+        if len(p["sets"]) > 1:
+            record["val_macro_auroc_by_set"] = _macro_by_set(
+                val_emb, val["labels"], val_set, t.model.class_emb().detach(), cfg.shards)
         state["epoch"] = epoch + 1
         is_best = val_auroc > state["best_auroc"] or not (out / "checkpoint-best.pt").exists()
         if is_best:
@@ -346,12 +419,14 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
         holdout_requested=list(cfg.holdout), dropped_rare_classes=p["dropped_rare"],
         records={"train": p["n_train"], "val": p["n_val"]},
         records_excluded_for_heldout_labels=p["excluded"],
+        shard_sets=p["sets"], shard_weights=list(cfg.shard_weights),
         strict_zero_shot=not cfg.include_heldout_records,
         folds={"train": list(cfg.train_folds), "val": list(cfg.val_folds),
                "test": list(cfg.test_folds)},
-        shards=str(Path(cfg.shards).resolve()), shards_fingerprint=p["manifest"]["fingerprint"],
-        dataset_fingerprint=p["manifest"].get("dataset_fingerprint"),
-        shard_sources=sorted(p["manifest"]["sources"]),
+        shards=[s["shards"] for s in p["sets"]],
+        shards_fingerprint=[s["fingerprint"] for s in p["sets"]],
+        dataset_fingerprint=[s["dataset_fingerprint"] for s in p["sets"]],
+        shard_sources=sorted({src for s in p["sets"] for src in s["sources"]}),
         signal_path=shards.signal_path(p["manifest"]),
         text=str(Path(cfg.text).resolve()), text_sha256=p["text"].sha256,
         text_model=p["text"].attrs.get("model_id")))
@@ -365,6 +440,15 @@ def _write_heldout_check(out, state, holdout, allowed):
     if not ok:
         raise ECGShardError(f"{state['heldout_seen']} training records carried a held-out label; "
                             f"the run is not zero-shot (see {out / 'heldout_check.json'})")
+
+
+def _macro_by_set(emb, labels, of_set, class_emb, names):
+    """Validation macro AUROC of each shard set (its classes with positives there)."""
+    from .metrics import macro, per_class
+
+    scores = emb @ class_emb.float().cpu().numpy().T
+    return {name: macro(per_class(scores[of_set == i], labels[of_set == i])[0])
+            for i, name in enumerate(names) if (of_set == i).any()}
 
 
 def evaluate(encoder, val, device, amp, class_emb, world=None):

@@ -61,7 +61,7 @@ from .errors import SchemaError
 SCHEMA_VERSION = 2
 TEXT_SCHEMA_VERSION = 1
 CHECKPOINT_SCHEMA_VERSION = 3
-RUN_SCHEMA_VERSION = 1
+RUN_SCHEMA_VERSION = 2          # 2: several shard sets (lists); 1 is read as one set
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CHUNK_RECORDS = 64
@@ -467,13 +467,15 @@ class RunInfo:
     holdout: list                       # the closed holdout the run used
     holdout_requested: list             # as asked, before closure
     dropped_rare_classes: list          # below --min-positives in the training folds
-    records: dict                       # {"train": n, "val": n}
+    records: dict                       # {"train": n, "val": n}, over every shard set
     records_excluded_for_heldout_labels: dict
     strict_zero_shot: bool
     folds: dict                         # {"train": [...], "val": [...], "test": [...]}
-    shards: str
-    shards_fingerprint: str
-    dataset_fingerprint: str | None
+    shards: list                        # the trained shard sets, then per set:
+    shards_fingerprint: list
+    dataset_fingerprint: list           # (None for a set built before it was recorded)
+    shard_sets: list                    # records, exclusions and sources of each set
+    shard_weights: list                 # each set's share of an epoch; [] = by size
     shard_sources: list
     signal_path: dict                   # see signal_path(): what evaluated shards must match
     text: str
@@ -491,8 +493,14 @@ def read_run_info(run_dir):
         raise SchemaError(f"{run_dir} has no {RUN_INFO}: not a run directory (`ecgshard fit` "
                           f"writes one)")
     data = json.loads(path.read_text())
-    check_version(data.pop("schema_version", None), RUN_SCHEMA_VERSION, "run record", path,
-                  "train the run again with this ecgshard")
+    version = data.pop("schema_version", None)
+    if version == 1:                    # one shard set, before fits over several
+        for key in ("shards", "shards_fingerprint", "dataset_fingerprint"):
+            data[key] = [data[key]]
+        data.update(shard_sets=[], shard_weights=[])
+    else:
+        check_version(version, RUN_SCHEMA_VERSION, "run record", path,
+                      "train the run again with this ecgshard")
     return RunInfo(**data)
 
 

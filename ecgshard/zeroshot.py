@@ -45,7 +45,7 @@ def run(cfg: ZeroShotConfig):
     same_set, folds = _evaluated_folds(cfg, trained, manifest)
     targets = _target_classes(cfg.classes, manifest, text, trained.train_codes, trained.holdout,
                               same_set)
-    data, excluded = _load_records(cfg, trained, folds, targets, same_set)
+    data, excluded = _load_records(cfg, trained, manifest, folds, targets, same_set)
     if cfg.leads:
         shards.keep_leads(data["signal"], cfg.leads)
 
@@ -99,9 +99,9 @@ def _evaluated_folds(cfg, trained, manifest):
     """Whether the shards hold the run's own dataset (by record identity, so a rebuild with
     other parameters counts), and the folds to score: its test folds there, all elsewhere."""
     info = trained.info
-    same_set = manifest["fingerprint"] == info.shards_fingerprint or (
+    same_set = manifest["fingerprint"] in info.shards_fingerprint or (
         manifest.get("dataset_fingerprint") is not None
-        and manifest.get("dataset_fingerprint") == info.dataset_fingerprint)
+        and manifest.get("dataset_fingerprint") in info.dataset_fingerprint)
     folds = tuple(cfg.folds) if cfg.folds else (
         tuple(info.folds["test"]) if same_set else tuple(range(1, 11)))
     if same_set:
@@ -112,13 +112,16 @@ def _evaluated_folds(cfg, trained, manifest):
     return same_set, folds
 
 
-def _load_records(cfg, trained, folds, targets, same_set):
+def _load_records(cfg, trained, manifest, folds, targets, same_set):
     """The evaluated records with the targets' labels (and, on the run's own dataset, the
-    training classes' labels too, as ``train_labels``: the reference figure reuses these
-    records' embeddings instead of reading and embedding them again)."""
+    training classes' labels too, as ``train_labels`` over ``train_codes``: the reference
+    figure reuses these records' embeddings instead of reading and embedding them again). A run
+    trained on several shard sets has training classes of other code systems too; only this
+    set's own are referenced."""
     from .data import Selection, load_selection
 
-    extra = trained.train_codes if same_set else []
+    own = set(shards.class_codes(manifest))
+    extra = [c for c in trained.train_codes if c in own] if same_set else []
     label_codes = list(dict.fromkeys(targets + extra))
     data = load_selection(Selection(cfg.shards, folds, tuple(label_codes)), with_ids=True)
     excluded = {}
@@ -135,6 +138,7 @@ def _load_records(cfg, trained, folds, targets, same_set):
         raise ECGShardError(f"no records in folds {folds} of {cfg.shards}")
     column = {c: i for i, c in enumerate(label_codes)}
     data["train_labels"] = data["labels"][:, [column[c] for c in extra]]
+    data["train_codes"] = extra
     data["labels"] = data["labels"][:, :len(targets)]
     # A patient's records are resampled together; records without a patient stand alone.
     data["patient"] = np.asarray([f"{s}/{p}" for s, p in zip(data["source"],
@@ -168,7 +172,7 @@ def _references(cfg, trained, text, emb, data, groups, same_set):
     encoder does where it learned) and the random-encoder summary."""
     refs = {}
     if same_set and trained.holdout:
-        scores = emb @ text.emb[text.rows(trained.train_codes)].T
+        scores = emb @ text.emb[text.rows(data["train_codes"])].T
         auroc, ap = metrics.per_class(scores, data["train_labels"])
         refs["trained_classes_same_folds"] = {"macro_auroc": _num(metrics.macro(auroc)),
                                               "macro_ap": _num(metrics.macro(ap)),
@@ -203,7 +207,8 @@ def check_signal_path(info, manifest, cfg):
     if diffs and not cfg.allow_signal_mismatch:
         raise ECGShardError(
             f"the evaluated shards {cfg.shards} were built with another signal path than the "
-            f"run's training shards {info.shards} (training vs evaluated: {'; '.join(diffs)}). "
+            f"run's training shards {', '.join(info.shards)} (training vs evaluated: "
+            f"{'; '.join(diffs)}). "
             f"Rebuild them with the run's settings, or pass --allow-signal-mismatch if the "
             f"difference is deliberate.")
     if diffs:
@@ -256,7 +261,8 @@ def _target_classes(spec, manifest, text, train_codes, holdout, same_set):
         if same_set:
             if not holdout:
                 raise ECGShardError("this run held out no classes; use --classes all or a list")
-            targets = list(holdout)
+            # a run over several shard sets held out codes of every set; this set's are scored
+            targets = [c for c in holdout if c in set(vocab)]
         else:
             targets = [c for c in vocab if c in in_text]
     elif spec == "all":

@@ -20,7 +20,7 @@ def test_short_fit_beats_chance_on_training_classes(demo_run):
     info = shards.read_run_info(demo_run)
     assert info.holdout == ["LVOLT"] and "LVOLT" not in info.train_codes
     assert info.records_excluded_for_heldout_labels["train"] > 0
-    assert info.signal_path == shards.signal_path(shards.load_manifest(info.shards))
+    assert info.signal_path == shards.signal_path(shards.load_manifest(info.shards[0]))
     check = json.loads((demo_run / "heldout_check.json").read_text())
     assert check["passed"] and check["records_with_heldout_label_seen"] == 0
     assert check["records_seen"] > 0
