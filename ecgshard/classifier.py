@@ -142,14 +142,15 @@ class ZeroShotClassifier:
 
     def class_status(self, classes):
         """Per class: seen / related / unseen for this run by the relation table (the class
-        matched by code or by a synonym; "related via CODE" names the trained one), or 'not in
-        the relation table'."""
+        matched by code, by a synonym, or by the names its words contain; "related via CODE"
+        names the trained one), or 'not in the relation table' for words that name nothing
+        known."""
         graph = concepts.load()
-        table = self._table()
+        table = self._table()           # the run's own class texts may name more
         out = []
         for c in classes:
-            code = table.code(c)
-            if code is None:
+            code = table.code(c) or c
+            if not graph.known(code):
                 out.append("not in the relation table")
                 continue
             st = graph.status(code, self.info.train_codes)

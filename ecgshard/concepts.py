@@ -10,12 +10,18 @@ which (``child_of``) and which share their defining morphology (``near``). From 
 * a holdout is closed transitively: every class related to a held-out class is held out too,
   so that each held-out class is unseen in the run that holds it out.
 
-Codes are matched exactly; SCP, SNOMED CT and CODE-15 codes never collide (tested).
+Codes are matched exactly; SCP, SNOMED CT and CODE-15 codes never collide (tested). A class
+that is free text rather than a code of the table — a machine statement of MIMIC-IV-ECG, a
+class typed into ``predict`` — is placed by its words (``names``: the synonyms of
+``data/class_texts.json`` and the SNOMED CT names): text that *is* a known name is that
+concept ("sinus bradycardia" is SBRAD); text that *contains* a known name as a phrase
+("sinus bradycardia with 1st degree av block") is related to that concept, both ways.
 """
 from __future__ import annotations
 
 import csv
 import functools
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -41,17 +47,28 @@ class Status:
     why: str            # one sentence: the relation and its evidence
 
 
-class ConceptGraph:
-    """The relation table as a graph over concepts (codes joined by ``same``)."""
+def normalised_name(text):
+    """Lower case, every run of non-alphanumerics one space: how names are compared.
+    Hyphenated initialisms are joined first ("A-V block" is "av block", as machines write it)."""
+    text = re.sub(r"\b([a-z])-(?=[a-z]\b)", r"\1", str(text).lower())
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
 
-    def __init__(self, edges):
+
+class ConceptGraph:
+    """The relation table as a graph over concepts (codes joined by ``same``); ``names``
+    (normalised name -> code) places free-text classes."""
+
+    def __init__(self, edges, names=None):
         self.edges = list(edges)
+        self.names = dict(names or {})
+        self._phrases = {}
         self._root = {}
         for e in self.edges:
             if e.relation == "same":
                 self._union(e.code, e.target)
         self._members = {}
-        for code in {e.code for e in self.edges} | {e.target for e in self.edges}:
+        self._codes = {e.code for e in self.edges} | {e.target for e in self.edges}
+        for code in self._codes:
             self._members.setdefault(self.concept(code), set()).add(code)
         self._parents, self._children, self._near = {}, {}, {}
         for e in self.edges:
@@ -77,8 +94,34 @@ class ConceptGraph:
             self._root[max(ra, rb)] = min(ra, rb)
 
     def concept(self, code):
-        """A representative code of ``code``'s concept (itself when it has no synonym)."""
+        """A representative code of ``code``'s concept (itself when it has no synonym); free
+        text that is a known name takes that name's concept."""
+        if code not in self._codes:
+            code = self.names.get(normalised_name(code), code)
         return self._find(code)
+
+    def known(self, code):
+        """Whether ``code`` is placed: a code of the table or of the names, a known name, or
+        text that contains one."""
+        return (code in self._codes or code in set(self.names.values())
+                or self.concept(code) != code or bool(self.mentions(code)))
+
+    def mentions(self, code):
+        """The concepts whose names ``code``'s text contains as a phrase, other than the one it
+        is (a combined machine statement mentions each finding it names)."""
+        if code not in self._phrases:
+            found = set()
+            if code not in self._codes:
+                # whole words: "av block" is in "1st degree av block", "af" is not in "after"
+                text = f" {normalised_name(code)} "
+                found = {self.concept(c) for n, c in self.names.items() if f" {n} " in text}
+                found.discard(self.concept(code))
+            self._phrases[code] = found
+        return self._phrases[code]
+
+    def _mention_link(self, a, b):
+        """Whether one of ``a``, ``b`` mentions the other's concept."""
+        return self.concept(b) in self.mentions(a) or self.concept(a) in self.mentions(b)
 
     def members(self, code):
         """Every code of the table naming the same concept as ``code`` (``code`` included)."""
@@ -125,21 +168,29 @@ class ConceptGraph:
     def status(self, target, trained):
         """Where ``target`` stands against the training classes ``trained``."""
         trained = set(trained)
-        same = sorted(self.members(target) & trained)
+        root = self.concept(target)
+        same = sorted(t for t in trained if self.concept(t) == root)
         if same:
             via = same[0]
             why = "trained itself" if via == target else \
-                f"same concept as trained {via} ({self.explain(target, via) or 'same code'})"
+                f"same concept as trained {via} ({self.explain(target, via) or 'same name'})"
             return Status("seen", via, why)
-        related = self.related(target)
-        hits = sorted((c for c in related if c in trained), key=lambda c: (related[c][1], c))
+        related = {self.concept(c): (kind, hops, c)
+                   for c, (kind, hops) in self.related(target).items()}
+        hits = sorted((t for t in trained if self.concept(t) in related),
+                      key=lambda t: (related[self.concept(t)][1], t))
         if hits:
             via = hits[0]
-            kind = related[via][0]
+            kind = related[self.concept(via)][0]
             detail = self.explain(target, via) or f"through the {kind} chain of the table"
             return Status("related", via, f"{kind} {via} was trained ({detail})")
+        mentioned = sorted(t for t in trained if self._mention_link(target, t))
+        if mentioned:
+            via = mentioned[0]
+            return Status("related", via, f"{via!r} and {target!r} name a common finding "
+                                          f"(one's text contains the other's name)")
         return Status("unseen", None, "no code of the same, a parent, child or near concept "
-                                      "was trained")
+                                      "was trained, and no trained statement names it")
 
     def statuses(self, targets, trained):
         return {t: self.status(t, trained) for t in targets}
@@ -150,7 +201,8 @@ class ConceptGraph:
         """The held-out set that keeps every one of ``codes`` unseen.
 
         Transitive: a class related to a held-out class is held out, and so on, within
-        ``vocabulary`` (the codes that could be trained). Returns ``{code: reason}`` with
+        ``vocabulary`` (the codes that could be trained); a free-text class that shares a name
+        with one is held out too, without following it further. Returns ``{code: reason}`` with
         ``reason`` None for the requested codes and "<relation> of <code>" for the others.
         """
         vocabulary = set(vocabulary)
@@ -158,12 +210,18 @@ class ConceptGraph:
         todo = list(codes)
         while todo:
             code = todo.pop(0)
-            linked = {m: "same concept" for m in self.members(code)}
-            linked.update({c: kind for c, (kind, _) in self.related(code).items()})
-            for other, kind in sorted(linked.items()):
-                if other in vocabulary and other not in reasons:
+            root = self.concept(code)
+            related = {self.concept(c): kind for c, (kind, _) in self.related(code).items()}
+            for other in sorted(vocabulary - set(reasons)):
+                kind = "same concept" if self.concept(other) == root else \
+                    related.get(self.concept(other)) or \
+                    ("shared name" if self._mention_link(code, other) else None)
+                if kind:
                     reasons[other] = f"{kind} of {code}"
-                    todo.append(other)
+                    # a combined statement goes with each finding it names, but is not
+                    # followed further: its other findings stay trainable
+                    if kind != "shared name":
+                        todo.append(other)
         return reasons
 
 
@@ -210,9 +268,18 @@ def read_edges(lines, origin="concept_relations.csv"):
 
 
 @functools.lru_cache(maxsize=4)
-def load(path=None):
-    """The package's relation table (or the one at ``path``) as a ConceptGraph."""
+def read_table(path=None):
+    """The edges of the package's relation table (or of the one at ``path``)."""
     if path is None:
         text = resources.files("ecgshard").joinpath("data/concept_relations.csv").read_text()
-        return ConceptGraph(read_edges(text.splitlines()))
-    return ConceptGraph(read_edges(Path(path).read_text().splitlines(), origin=str(path)))
+        return tuple(read_edges(text.splitlines()))
+    return tuple(read_edges(Path(path).read_text().splitlines(), origin=str(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def load(path=None):
+    """The relation table as a ConceptGraph, with the package's class names (synonyms and
+    SNOMED CT names) to place free-text classes."""
+    from .text import load_class_texts
+
+    return ConceptGraph(read_table(path), load_class_texts().by_name)

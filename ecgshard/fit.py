@@ -94,8 +94,8 @@ def _with_synonyms(holdout, vocabulary):
     from . import concepts
 
     graph = concepts.load()
-    return tuple(sorted({m for c in holdout for m in graph.members(c)
-                         if m in set(vocabulary)} | set(holdout)))
+    held = {graph.concept(c) for c in holdout}
+    return tuple(sorted({c for c in vocabulary if graph.concept(c) in held} | set(holdout)))
 
 
 def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
@@ -106,13 +106,14 @@ def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
     from . import concepts
     from .data import Selection
 
-    sources = None
+    sources, graph = None, concepts.load()
     sels = []
     for d, m in zip(shard_dirs, manifests):
         if len(shard_dirs) > 1:
-            present, graph = set(shards.class_codes(m)), concepts.load()
+            present = shards.class_codes(m)
             sources = tuple(((c,) if c in present else
-                             tuple(sorted(graph.members(c) & present))) for c in codes)
+                             tuple(p for p in present if graph.concept(p) == graph.concept(c)))
+                            for c in codes)
         sels.append(Selection(str(d), tuple(folds), tuple(codes), tuple(exclude), tuple(watch),
                               sources))
     return sels

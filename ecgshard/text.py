@@ -130,19 +130,20 @@ class ClassTexts:
 
     def code(self, text):
         """The code ``text`` is, or names (by a synonym), or None."""
-        return text if text in self.entries else self.by_name.get(_normalised(text))
+        if text in self.entries:
+            return text
+        return self.by_name.get(concepts.normalised_name(text))
 
     def entry(self, code, name):
         """A class's entry: by its code, else by its name among the synonyms (vocabularies
         whose codes the file does not list, such as SPH's AHA codes, name their classes)."""
         found = self.entries.get(code)
-        if found is None and _normalised(name) in self.by_name:
-            found = self.entries[self.by_name[_normalised(name)]]
+        key = concepts.normalised_name(name)
+        if found is None and key in self.by_name:
+            found = self.entries[self.by_name[key]]
         return found
 
 
-def _normalised(text):
-    return " ".join("".join(ch if ch.isalnum() else " " for ch in str(text).lower()).split())
 
 
 def load_class_texts(path=None):
@@ -157,17 +158,18 @@ def load_class_texts(path=None):
         raise ECGShardError(f"{path}: class texts must be a JSON object keyed by code")
     entries = {code: e if isinstance(e, dict) else {"synonyms": [], "findings": [str(e)]}
                for code, e in table.items()}
-    # A code without an entry of its own shares its concept's (SNOMED <- SCP).
-    graph = concepts.load()
+    # A code without an entry of its own shares its concept's (SNOMED <- SCP); the table
+    # alone says which (the names are what this function makes).
+    graph = concepts.ConceptGraph(concepts.read_table())
     for edge in graph.edges:
         if edge.relation == "same":
             for member in graph.members(edge.code):
                 if member in entries:
                     entries.setdefault(edge.code, entries[member])
     # Names find entries too: every synonym, and the package's SNOMED names.
-    by_name = {_normalised(row["name"]): code for code, row in labels.snomed_table().items()
-               if code in entries}
-    by_name.update({_normalised(syn): code for code, e in entries.items()
+    by_name = {concepts.normalised_name(row["name"]): code
+               for code, row in labels.snomed_table().items() if code in entries}
+    by_name.update({concepts.normalised_name(syn): code for code, e in entries.items()
                     for syn in e.get("synonyms", [])})
     return ClassTexts(entries, by_name)
 
@@ -188,8 +190,8 @@ def class_texts(classes, mode, templates, table):
         bodies = {"name": [name], "description": [desc], "both": [both],
                   "findings": findings or [name],
                   "ensemble": list(dict.fromkeys(
-                      [name] + [s for s in e.get("synonyms", [])
-                                if _normalised(s) != _normalised(name)] + [both]))}[mode]
+                      [name] + [s for s in e.get("synonyms", []) if concepts.normalised_name(s)
+                                != concepts.normalised_name(name)] + [both]))}[mode]
         out.append([t.format(name=body) for body in bodies for t in templates])
     return out
 

@@ -117,3 +117,35 @@ def test_relations_command_explains_a_status(demo_run):
 def test_malformed_relation_rows_are_refused():
     with pytest.raises(ECGShardError, match="row 1"):
         concepts.read_edges(["code,system,relation,targets,evidence", "X,scp,sibling,Y,z"])
+
+
+@pytest.mark.parametrize("statement", ["Sinus bradycardia", "SINUS BRADYCARDIA.", "slow sinus rhythm"])
+def test_a_statement_that_is_a_known_name_is_that_concept(statement):
+    graph = concepts.load()
+    assert graph.status("SBRAD", [statement]).group == "seen"          # trained as a statement
+    assert graph.status(statement, ["SBRAD"]).group == "seen"          # scored as a statement
+    assert graph.status(statement, ["426177001"]).via == "426177001"   # any code system
+
+
+def test_a_combined_statement_is_related_to_each_finding_it_names():
+    graph = concepts.load()
+    combined = "Sinus bradycardia with 1st degree A-V block"
+    assert graph.status("SBRAD", [combined]).group == "related"
+    assert graph.status("1AVB", [combined]).group == "related"          # "A-V" is "AV"
+    assert graph.status(combined, ["1AVB"]).group == "related"
+    assert graph.status("AFIB", [combined]).group == "unseen"
+    # whole words only: "af" (atrial fibrillation) is not in "after"
+    assert graph.status("AFIB", ["st elevation after exercise"]).group == "unseen"
+    assert graph.status("AFIB", ["rate fast, af suspected"]).group == "seen" or \
+        graph.status("AFIB", ["rate fast, af suspected"]).group == "related"
+
+
+def test_a_holdout_closes_over_statements_without_cascading_through_combined_ones():
+    vocab = ["SBRAD", "1AVB", "sinus bradycardia", "sinus bradycardia with 1st degree a-v block",
+             "1st degree a-v block", "atrial fibrillation"]
+    closed = labels.resolve_holdout(["SBRAD"], [{"code": c} for c in vocab], expand=True)
+    # the synonym statement and the combined one go; the combined one's other finding stays
+    assert closed == sorted(["SBRAD", "sinus bradycardia",
+                             "sinus bradycardia with 1st degree a-v block"])
+    with pytest.raises(ECGShardError, match="shared name of SBRAD"):
+        labels.resolve_holdout(["SBRAD"], [{"code": c} for c in vocab])

@@ -147,3 +147,29 @@ def test_the_cli_takes_several_shard_sets(demo_data, demo_text, tmp_path, monkey
                                        "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert seen["cfg"].shards == (a, b) and seen["cfg"].shard_weights == (2.0, 1.0)
+
+
+def test_a_statement_vocabulary_joins_a_code_vocabulary_by_concept(demo_data, demo_text,
+                                                                   tmp_path):
+    """PTB-XL codes and MIMIC-IV-ECG machine statements in one fit: a statement that names a
+    concept labels with its code, and holding the concept out holds out its statements."""
+    from ecgshard import build, synth, text
+
+    synth.write_mimic_iv_ecg(tmp_path / "raw", n_records=120, seed=5)
+    mimic = tmp_path / "s-mimic"
+    build.run(build.BuildConfig(source_dir=str(tmp_path / "raw"), out_dir=str(mimic),
+                                format="mimic-iv-ecg", fs=100, min_count=2, workers=1))
+    sets = (str(demo_data / "s-ptbxl"), str(mimic))
+    both = tmp_path / "text.h5"
+    text.run(text.TextConfig(vocab=sets, out=str(both), model="minilm-offline", device="cpu"))
+    p = fit.plan(fit.FitConfig(shards=sets, text=str(both), out="x", min_positives=2,
+                               holdout=("SBRAD",), holdout_expand=True))
+    assert {"SBRAD", "sinus bradycardia"} <= set(p["holdout"])
+    carrying = _carrying(str(mimic), list(range(1, 9)), p["holdout"])
+    assert carrying > 0
+    assert p["sets"][1]["records_excluded_for_heldout_labels"]["train"] == carrying
+    codes = p["train_codes"]
+    assert {"SR", "sinus rhythm"} <= set(codes)
+    loaded = data.load_selection(p["train_sel"][1])
+    np.testing.assert_array_equal(loaded["labels"][:, codes.index("SR")],
+                                  loaded["labels"][:, codes.index("sinus rhythm")])

@@ -148,3 +148,14 @@ def test_a_run_whose_text_matrix_lacks_its_recipe_is_refused(demo_run, demo_text
     shards.write_run_info(run, dataclasses.replace(info, text=str(tmp_path / "old.h5")))
     with pytest.raises(ECGShardError, match="rerun `ecgshard embed-text`"):
         ZeroShotClassifier.from_run(run, device="cpu")
+
+
+def test_class_status_places_words_by_the_names_they_contain(demo_run):
+    from ecgshard import ZeroShotClassifier
+
+    clf = ZeroShotClassifier.from_run(demo_run, device="cpu")
+    status = clf.class_status(["Sinus rhythm.", "sinus rhythm with left bundle branch block",
+                               "words that name no finding"])
+    assert status[0] == "seen via SR"
+    assert status[1].startswith("related via")
+    assert status[2] == "not in the relation table"
