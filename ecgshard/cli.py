@@ -452,11 +452,14 @@ E = C.ExperimentConfig
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["a", "b"]))
+@click.argument("which", type=click.Choice(["a", "b", "c"]))
 @click.option("--ptbxl", required=True, type=click.Path(exists=True, file_okay=False),
               help="PTB-XL directory (with ptbxl_database.csv).")
 @click.option("--cinc", type=click.Path(exists=True, file_okay=False),
-              help="Challenge 2021 directory (experiment b).")
+              help="Challenge 2021 directory (experiment b; scored too in c when given).")
+@click.option("--mimic", type=click.Path(exists=True, file_okay=False),
+              help="MIMIC-IV-ECG directory (experiment c: trained on its machine statements).")
+@_opt(E, "min_count", help="Statements on fewer records are left out of training (c).")
 @click.option("--work", required=True, help="Working directory (shards, text, runs, reports).")
 @_text_options
 @_fit_options
@@ -473,15 +476,16 @@ E = C.ExperimentConfig
 @_opt(E, "label", help="What the data is (heading and section key).")
 @_opt(E, "command", help="The command as typed, for the table (default: this one).")
 @_opt(Z, "leads", help="Score with only these leads present (the others zeroed).")
-def experiment(which, ptbxl, cinc, work, model, pooling, templates, texts, train_folds,
+def experiment(which, ptbxl, cinc, mimic, work, model, pooling, templates, texts, train_folds,
                val_folds, test_folds, train_kinds, device, seed, bootstrap, control_seeds,
                permutations, min_macro_positives, threshold, command, leads, **options):
-    """Run Experiment A (held-out PTB-XL classes) or B (Challenge 2021) end to end."""
+    """Run Experiment A (held-out PTB-XL classes), B (a PTB-XL model on the Challenge 2021
+    databases) or C (a MIMIC-IV-ECG model on PTB-XL and the Challenge) end to end."""
     from . import experiments as stage
 
     fit_options = {k: options.pop(k) for k in list(options) if k in F.__dataclass_fields__}
     cfg = stage.ExperimentConfig(
-        work=work, ptbxl=ptbxl, cinc=cinc,
+        work=work, ptbxl=ptbxl, cinc=cinc, mimic=mimic,
         text=C.TextConfig(vocab=(), out="", model=model, pooling=pooling,
                           templates=tuple(templates), texts=texts, device=device),
         fit=C.FitConfig(shards="", text="", out="", train_folds=_folds(train_folds),
@@ -494,7 +498,7 @@ def experiment(which, ptbxl, cinc, work, model, pooling, templates, texts, train
                                   device=device, seed=seed, leads=_codes(leads)),
         command=command or "ecgshard " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         **options)
-    result = (stage.run_a if which == "a" else stage.run_b)(cfg)
+    result = {"a": stage.run_a, "b": stage.run_b, "c": stage.run_c}[which](cfg)
     click.echo(result["markdown"])
     click.echo(f"(written to {cfg.results})")
 

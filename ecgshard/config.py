@@ -333,6 +333,8 @@ class ExperimentConfig:
     work: str
     ptbxl: str
     cinc: str | None = None
+    mimic: str | None = None            # experiment c: trained on its machine statements
+    min_count: int = 10                 # experiment c: statements on fewer records left out
     fit: FitConfig = field(default_factory=lambda: FitConfig(shards="", text="", out=""))
     text: TextConfig = field(default_factory=lambda: TextConfig(vocab=(), out=""))
     zeroshot: ZeroShotConfig = field(
@@ -352,4 +354,5 @@ class ExperimentConfig:
     def __post_init__(self):
         check(self, (self.splits > 0 and self.holdout_size > 0,
                      "--splits and --holdout-size must be > 0"),
-              (0 < self.max_excluded <= 1, "--max-excluded is a share in (0, 1]"))
+              (0 < self.max_excluded <= 1, "--max-excluded is a share in (0, 1]"),
+              (self.min_count > 0, "--min-count must be > 0"))

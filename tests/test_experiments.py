@@ -108,3 +108,23 @@ def test_scoring_on_validation_never_reads_the_test_fold(demo_data, tmp_path, mo
     assert scored["unseen_macro_auroc"] == out["unseen_macro_auroc"]
     assert "validation fold 9 (reporting only; scored here to choose a recipe" in \
         (tmp_path / "results.md").read_text()
+
+
+def test_experiment_c_places_statement_trained_concepts_as_seen(demo_data, tmp_path):
+    from ecgshard import synth
+
+    synth.write_mimic_iv_ecg(tmp_path / "mimic", n_records=150, seed=4)
+    cfg = _cfg(demo_data, tmp_path, mimic=str(tmp_path / "mimic"), cinc=str(demo_data / "cinc"),
+               min_count=3, label="tiny c", command="bin/experiment-c tiny")
+    out = experiments.run_c(cfg)
+    text = (tmp_path / "results.md").read_text()
+    assert "## Experiment C: MIMIC-IV-ECG model scored on PTB-XL — tiny c" in text
+    assert "## Experiment C: MIMIC-IV-ECG model scored on Challenge 2021 databases" in text
+    assert "Per statement kind" in text and "| rhythm |" in text
+    ptbxl = json.loads((pytest.importorskip("pathlib").Path(out["reports"][0]) / "report.json")
+                       .read_text())
+    group = {c["code"]: (c["group"], c["via"]) for c in ptbxl["classes"]}
+    # the machine's "Sinus bradycardia" statement was trained: SBRAD is seen, through it
+    assert group["SBRAD"] == ("seen", "sinus bradycardia")
+    assert group["1AVB"][0] == "seen"                    # "1st degree A-V block"
+    assert "unseen" in {g for g, _ in group.values()}
