@@ -9,13 +9,15 @@ the fastest a loader could hand out the same batches; the stream is ``ecgshard.d
 DataLoader path (worker processes, shuffled block order, shuffle buffer), all measured in one run.
 
 Then the data path of a data-parallel fit: N processes (``--ranks``), each streaming its own
-rank's disjoint blocks for one epoch of global batches at the same time, with 1 and 2 loader
-workers each; records/s per rank and in all, against one process in the same run.
+rank's disjoint blocks for ``--epochs`` epochs of global batches at the same time, with 1 and 2
+loader workers each; records/s per rank and in all, against one process in the same run.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
+import argparse
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -26,7 +28,13 @@ def main():
     ap = parser(__doc__)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--ranks", default="1,2", help="process counts for the per-rank table")
+    ap.add_argument("--rank", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rank:                                    # a rank process of the per-rank table
+        rank, n_ranks, workers, epochs, start_at = args.rank
+        _rank(args.shards, args.batch_size, int(rank), int(n_ranks), int(workers),
+              int(epochs), float(start_at))
+        return
 
     import torch
 
@@ -78,44 +86,52 @@ def main():
     print(f"\nchecksum verification of all {len(manifest['shards'])} shards: {verify_s:.2f} s, "
           f"{verify_s / read_s:.2f}x the time of reading every record once ({read_s:.2f} s)")
 
-    print(f"\nper rank: each of N processes streams its own blocks, one epoch of global "
-          f"batches of {args.batch_size}")
+    print(f"\nper rank: each of N processes streams its own blocks, {args.epochs} epochs of "
+          f"global batches of {args.batch_size}")
     print(f"{'processes':>10}{'workers':>9}{'rec/s per rank':>16}{'rec/s in all':>14}"
           f"{'x 1 process':>13}")
     for workers in (1, 2):
         base = None
         for n_ranks in (int(r) for r in args.ranks.split(",")):
-            per_rank = ranks_rate(sel, args.batch_size, n_ranks, workers, n)
+            per_rank = ranks_rate(shard_dir, args.batch_size, n_ranks, workers, args.epochs)
             if base is None:
                 base = sum(per_rank)
             print(f"{n_ranks:>10}{workers:>9}{np.mean(per_rank):>16.0f}{sum(per_rank):>14.0f}"
                   f"{sum(per_rank) / base:>13.2f}")
 
 
-def _rank(sel, batch, rank, n_ranks, workers, steps, start, out):
-    from ecgshard import data
+def _rank(shard_dir, batch, rank, n_ranks, workers, epochs, start_at):
+    """One rank, in its own interpreter as torchrun starts it: stream this rank's share from
+    ``start_at`` (a wall-clock time all ranks wait for) and print records/s."""
+    from ecgshard import data, shards
     from ecgshard.distributed import World
 
+    manifest = shards.load_manifest(shard_dir)
+    sel = data.Selection(shard_dir, tuple(range(1, 11)), tuple(shards.class_codes(manifest)))
+    n, _, _ = data.count_selection(sel)
     loader = data.StreamLoader(sel, batch // n_ranks, "cpu", seed=0, workers=workers,
                                world=World(rank=rank, size=n_ranks))
-    start.wait()
+    time.sleep(max(0.0, start_at - time.time()))
     t0, count = time.perf_counter(), 0
-    for b in loader.epoch(0, steps):
-        count += len(b["labels"])
-    out.put(count / (time.perf_counter() - t0))
+    for epoch in range(epochs):
+        for b in loader.epoch(epoch, n // batch):
+            count += len(b["labels"])
+    print(count / (time.perf_counter() - t0))
 
 
-def ranks_rate(sel, batch, n_ranks, workers, n):
+def ranks_rate(shard_dir, batch, n_ranks, workers, epochs):
     """Records/s of each of ``n_ranks`` processes streaming their shares at the same time."""
-    ctx = mp.get_context("spawn")
-    start, out = ctx.Barrier(n_ranks), ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(sel, batch, r, n_ranks, workers, n // batch,
-                                             start, out)) for r in range(n_ranks)]
+    start_at = time.time() + 15                      # after every interpreter has started
+    procs = [subprocess.Popen([sys.executable, __file__, "--rank", str(r), str(n_ranks),
+                               str(workers), str(epochs), str(start_at), "--shards",
+                               str(shard_dir), "--batch-size", str(batch)],
+                              stdout=subprocess.PIPE, text=True) for r in range(n_ranks)]
+    rates = []
     for p in procs:
-        p.start()
-    rates = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
+        out, _ = p.communicate()
+        if p.returncode:
+            raise SystemExit(f"rank process failed ({p.returncode})")
+        rates.append(float(out.strip().splitlines()[-1]))
     return rates
 
 
