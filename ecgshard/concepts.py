@@ -119,9 +119,20 @@ class ConceptGraph:
             self._phrases[code] = found
         return self._phrases[code]
 
-    def _mention_link(self, a, b):
-        """Whether one of ``a``, ``b`` mentions the other's concept."""
-        return self.concept(b) in self.mentions(a) or self.concept(a) in self.mentions(b)
+    def _named(self, code):
+        """The concepts ``code`` names: its own and those its text contains."""
+        return {self.concept(code)} | self.mentions(code)
+
+    def _family(self, code):
+        """The concepts ``code`` names, and their parents, children and near concepts."""
+        return {r for c in self._named(code)
+                for r in {c} | {self.concept(x) for x in self.related(c)}}
+
+    def _text_link(self, a, b):
+        """Whether a finding one of ``a``, ``b`` names is, or is related to, a finding the
+        other names: how free text joins the table (for codes of the table alone it is the
+        table's own relation, which is looked at first)."""
+        return bool(self._named(a) & self._family(b) or self._named(b) & self._family(a))
 
     def members(self, code):
         """Every code of the table naming the same concept as ``code`` (``code`` included)."""
@@ -184,11 +195,11 @@ class ConceptGraph:
             kind = related[self.concept(via)][0]
             detail = self.explain(target, via) or f"through the {kind} chain of the table"
             return Status("related", via, f"{kind} {via} was trained ({detail})")
-        mentioned = sorted(t for t in trained if self._mention_link(target, t))
+        mentioned = sorted(t for t in trained if self._text_link(target, t))
         if mentioned:
             via = mentioned[0]
-            return Status("related", via, f"{via!r} and {target!r} name a common finding "
-                                          f"(one's text contains the other's name)")
+            return Status("related", via, f"{via!r} and {target!r} name the same or related "
+                                          f"findings (a text contains a finding's name)")
         return Status("unseen", None, "no code of the same, a parent, child or near concept "
                                       "was trained, and no trained statement names it")
 
@@ -215,7 +226,7 @@ class ConceptGraph:
             for other in sorted(vocabulary - set(reasons)):
                 kind = "same concept" if self.concept(other) == root else \
                     related.get(self.concept(other)) or \
-                    ("shared name" if self._mention_link(code, other) else None)
+                    ("shared name" if self._text_link(code, other) else None)
                 if kind:
                     reasons[other] = f"{kind} of {code}"
                     # a combined statement goes with each finding it names, but is not
