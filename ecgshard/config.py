@@ -147,7 +147,7 @@ class FitConfig:
     holdout_expand: bool = False
     include_heldout_records: bool = False    # train on records that carry held-out labels
     arch: str = "resnet1d"
-    loss: str = "clip"                       # chosen by measurement: docs/training.md
+    loss: str = "soft-clip"                  # chosen by measurement: docs/training.md
     epochs: int = 30
     batch_size: int = 128
     lr: float = 3e-3
@@ -209,7 +209,7 @@ class ZeroShotConfig:
     classes: str = "heldout"            # heldout | all | CODE,CODE,...
     folds: tuple | None = None          # default: the run's test folds (same shards) or all
     bootstrap: int = 1000
-    threshold: str = "val-seen"         # val-seen | val-z | youden | fixed:X
+    threshold: str = "val-z"            # chosen by measurement: docs/zeroshot.md
     checkpoint: str = "best"
     device: str = "auto"
     save_embeddings: bool = False

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import build, fit, labels, report, text, zeroshot
 from . import shards
-from .config import ExperimentConfig
+from .config import ExperimentConfig, ZeroShotConfig, default
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,8 @@ def _report_suffix(cfg):
     beside the default ones, not over them."""
     z = cfg.zeroshot
     return ("-leads-" + "-".join(z.leads) if z.leads else "") + \
-        ("" if z.threshold == "val-seen" else "-threshold-" + z.threshold.replace(":", "")) + \
+        ("" if z.threshold == default(ZeroShotConfig, "threshold")
+         else "-threshold-" + z.threshold.replace(":", "")) + \
         ("-val" if cfg.score == "val" else "")
 
 
