@@ -103,10 +103,14 @@ def write_plots(out, scores, labels, targets, classes):
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(ok) + 2), 6))
     x = np.arange(len(ok))
     vals = [c["auroc"] for c in ok]
-    lo = [c["auroc"] - c["auroc_ci"][0] if c["auroc_ci"] else 0 for c in ok]
-    hi = [c["auroc_ci"][1] - c["auroc"] if c["auroc_ci"] else 0 for c in ok]
     colors = [GROUP_COLORS[c["group"]] for c in ok]
-    ax.bar(x, vals, yerr=[lo, hi], color=colors, capsize=3)
+    ax.bar(x, vals, color=colors)
+    # The interval itself, not lengths around the bar: a percentile bootstrap interval may
+    # exclude the point estimate (a skewed resampling distribution with few positives).
+    with_ci = [(i, c["auroc_ci"]) for i, c in zip(x, ok) if c["auroc_ci"]]
+    if with_ci:
+        ax.vlines([i for i, _ in with_ci], [ci[0] for _, ci in with_ci],
+                  [ci[1] for _, ci in with_ci], color="k", lw=1)
     ax.axhline(0.5, color="k", ls=":", lw=1)
     ax.set_xticks(x, [c["code"] if c["code"] == c["name"] else f"{c['name'][:26]} ({c['code']})"
                       for c in ok], rotation=75, ha="right", fontsize=7)

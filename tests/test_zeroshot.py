@@ -268,3 +268,20 @@ def test_fewer_leads_are_scored_with_the_others_zeroed(demo_data, demo_run, demo
     assert aurocs[0] != aurocs[1]
     with pytest.raises(ECGShardError, match="--leads takes distinct names"):
         zeroshot.ZeroShotConfig(run="r", shards="s", text="t", out="o", leads=("avl",))
+
+
+def test_plots_draw_an_interval_that_excludes_its_point_estimate(tmp_path):
+    """A percentile bootstrap interval can lie beside its point estimate (skewed resampling
+    with few positives); the plot draws it as it is instead of failing."""
+    import numpy as np
+
+    from ecgshard import report
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((40, 2)) < 0.3).astype(np.uint8)
+    scores = rng.random((40, 2))
+    classes = [{"code": "A", "name": "a", "group": "unseen", "auroc": 0.90,
+                "auroc_ci": [0.92, 0.97]},
+               {"code": "B", "name": "b", "group": "seen", "auroc": 0.60, "auroc_ci": None}]
+    report.write_plots(tmp_path, scores, labels, ["A", "B"], classes)
+    assert (tmp_path / "auroc_per_class.png").stat().st_size > 0
