@@ -124,7 +124,7 @@ class TextConfig:
     model: str = DEFAULT_TEXT_MODEL
     pooling: str = "auto"               # plain BERTs: mean, cls, or auto (text.TEXT_ENCODERS)
     templates: tuple = ("{name}",)      # several are averaged, as CLIP does
-    texts: str = "name"
+    texts: str = "both"                 # chosen by measurement: docs/results.md
     device: str = "auto"
     batch_size: int = 64
     class_texts: str | None = None      # JSON of synonyms and findings; default the package's

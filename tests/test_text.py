@@ -54,7 +54,8 @@ def _hand_pooled(model_dir, sentence, pooling):
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_plain_bert_pooling_matches_hand_computation(tiny_bert, vocab_file, tmp_path, pooling):
     out = text.run(text.TextConfig(vocab=(str(vocab_file),), out=str(tmp_path / "t.h5"),
-                                   model=str(tiny_bert), pooling=pooling, device="cpu"))
+                                   model=str(tiny_bert), pooling=pooling, texts="name",
+                                   device="cpu"))
     m = shards.read_text_matrix(out)
     assert m.codes == ["CLBBB", "SBRAD", "AFIB"] and m.emb.shape == (3, 32)
     assert m.attrs["pooling"] == pooling and m.attrs["model_kind"] == "bert"
@@ -68,7 +69,8 @@ def test_plain_bert_pooling_matches_hand_computation(tiny_bert, vocab_file, tmp_
 def test_templates_are_averaged(tiny_bert, vocab_file, tmp_path):
     templates = ("{name}", "an ecg of {name}")
     out = text.run(text.TextConfig(vocab=(str(vocab_file),), out=str(tmp_path / "t.h5"),
-                                   model=str(tiny_bert), templates=templates, device="cpu"))
+                                   model=str(tiny_bert), templates=templates, texts="name",
+                                   device="cpu"))
     m = shards.read_text_matrix(out)
     a = _hand_pooled(tiny_bert, VOCAB[0]["name"], "mean")
     b = _hand_pooled(tiny_bert, "an ecg of " + VOCAB[0]["name"], "mean")
