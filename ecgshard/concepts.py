@@ -61,7 +61,8 @@ class ConceptGraph:
     def __init__(self, edges, names=None):
         self.edges = list(edges)
         self.names = dict(names or {})
-        self._phrases = {}
+        self._named_codes = set(self.names.values())
+        self._phrases, self._families = {}, {}
         self._root = {}
         for e in self.edges:
             if e.relation == "same":
@@ -103,7 +104,7 @@ class ConceptGraph:
     def known(self, code):
         """Whether ``code`` is placed: a code of the table or of the names, a known name, or
         text that contains one."""
-        return (code in self._codes or code in set(self.names.values())
+        return (code in self._codes or code in self._named_codes
                 or self.concept(code) != code or bool(self.mentions(code)))
 
     def mentions(self, code):
@@ -124,9 +125,12 @@ class ConceptGraph:
         return {self.concept(code)} | self.mentions(code)
 
     def _family(self, code):
-        """The concepts ``code`` names, and their parents, children and near concepts."""
-        return {r for c in self._named(code)
-                for r in {c} | {self.concept(x) for x in self.related(c)}}
+        """The concepts ``code`` names, and their parents, children and near concepts
+        (kept: status and closure ask it for every pair of classes)."""
+        if code not in self._families:
+            self._families[code] = {r for c in self._named(code)
+                                    for r in {c} | {self.concept(x) for x in self.related(c)}}
+        return self._families[code]
 
     def _text_link(self, a, b):
         """Whether a finding one of ``a``, ``b`` names is, or is related to, a finding the
