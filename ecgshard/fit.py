@@ -51,7 +51,7 @@ def plan(cfg):
     text = shards.read_text_matrix(cfg.text)
     classes = list({c["code"]: c for m in reversed(manifests) for c in m["classes"]}.values())
     every = tuple(dict.fromkeys(c for m in manifests for c in shards.class_codes(m)))
-    _, positives = _count(cfg.shards, manifests, cfg.train_folds, every)
+    _, positives = _count(_selections(cfg.shards, manifests, cfg.train_folds, every))
     trainable = [c for c, n in zip(every, positives) if n >= cfg.min_positives]
     holdout = resolve_holdout(cfg, classes, trainable)
     # A held-out concept's codes in every set, trainable or not, take their records out.
@@ -62,7 +62,8 @@ def plan(cfg):
                     "ON (only the label columns are removed). Results are NOT strict zero-shot.")
     of_kind = _of_kinds(classes, cfg.train_kinds)
     candidates = tuple(c for c in every if c not in set(holdout) and c in of_kind)
-    by_set, positives = _count(cfg.shards, manifests, cfg.train_folds, candidates, exclude, watch)
+    by_set, positives = _count(_selections(cfg.shards, manifests, cfg.train_folds, candidates,
+                                           exclude, watch))
     n_train, n_excluded = map(sum, zip(*by_set))
     train_codes = tuple(c for c, n in zip(candidates, positives) if n >= cfg.min_positives)
     if not train_codes or n_train == 0:
@@ -75,14 +76,14 @@ def plan(cfg):
                     missing_text)
     train_sel = _selections(cfg.shards, manifests, cfg.train_folds, train_codes, exclude, watch)
     val_sel = _selections(cfg.shards, manifests, cfg.val_folds, train_codes, exclude, watch)
-    val_by_set, _ = _count(cfg.shards, manifests, cfg.val_folds, train_codes, exclude, watch)
+    val_by_set, _ = _count(val_sel)
     n_val, n_val_excluded = map(sum, zip(*val_by_set))
     sets = [{"shards": str(Path(d).resolve()), "fingerprint": m["fingerprint"],
              "dataset_fingerprint": m.get("dataset_fingerprint"), "sources": sorted(m["sources"]),
              "records": {"train": t[0], "val": v[0]},
              "records_excluded_for_heldout_labels": {"train": t[1], "val": v[1]}}
             for d, m, t, v in zip(cfg.shards, manifests, by_set, val_by_set)]
-    return {"manifest": manifests[0], "manifests": manifests, "sets": sets, "text": text,
+    return {"manifest": manifests[0], "sets": sets, "text": text,
             "holdout": holdout, "train_sel": train_sel, "val_sel": val_sel,
             "train_codes": list(train_codes), "n_train": n_train, "n_val": n_val,
             "excluded": {"train": n_excluded, "val": n_val_excluded},
@@ -100,9 +101,10 @@ def _with_synonyms(holdout, vocabulary):
 
 def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
     """One Selection per shard set; records carrying an ``exclude`` code are dropped, and
-    those carrying a ``watch`` code counted per batch (the held-out check). A single set labels each class by its own code;
-    in a union each class takes, in each set, its own code or that set's codes of the same
-    concept (by the relation table), and is negative throughout a set that has neither."""
+    those carrying a ``watch`` code counted per batch (the held-out check). A single set
+    labels each class by its own code; in a union each class takes, in each set, its own code
+    or that set's codes of the same concept (by the relation table), and is negative
+    throughout a set that has neither."""
     from . import concepts
     from .data import Selection
 
@@ -119,12 +121,12 @@ def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
     return sels
 
 
-def _count(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
-    """[(kept, excluded)] per set, and positives per class summed over the sets."""
+def _count(sels):
+    """[(kept, excluded)] per selection, and positives per class summed over them."""
     from .data import count_selection
 
-    by_set, positives = [], np.zeros(len(codes), np.int64)
-    for sel in _selections(shard_dirs, manifests, folds, codes, exclude, watch):
+    by_set, positives = [], np.zeros(len(sels[0].class_codes), np.int64)
+    for sel in sels:
         kept, excluded, pos = count_selection(sel)
         by_set.append((kept, excluded))
         positives += pos

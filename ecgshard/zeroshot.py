@@ -257,12 +257,13 @@ def _check_text_space(text, ck):
 def _target_classes(spec, manifest, text, train_codes, holdout, same_set):
     in_text = set(text.codes)
     vocab = shards.class_codes(manifest)
+    in_vocab = set(vocab)
     if spec == "heldout":
         if same_set:
             if not holdout:
                 raise ECGShardError("this run held out no classes; use --classes all or a list")
             # a run over several shard sets held out codes of every set; this set's are scored
-            targets = [c for c in holdout if c in set(vocab)]
+            targets = [c for c in holdout if c in in_vocab]
         else:
             targets = [c for c in vocab if c in in_text]
     elif spec == "all":

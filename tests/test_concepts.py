@@ -119,7 +119,8 @@ def test_malformed_relation_rows_are_refused():
         concepts.read_edges(["code,system,relation,targets,evidence", "X,scp,sibling,Y,z"])
 
 
-@pytest.mark.parametrize("statement", ["Sinus bradycardia", "SINUS BRADYCARDIA.", "slow sinus rhythm"])
+@pytest.mark.parametrize("statement", ["Sinus bradycardia", "SINUS BRADYCARDIA.",
+                                       "slow sinus rhythm"])
 def test_a_statement_that_is_a_known_name_is_that_concept(statement):
     graph = concepts.load()
     assert graph.status("SBRAD", [statement]).group == "seen"          # trained as a statement
