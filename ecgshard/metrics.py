@@ -60,6 +60,29 @@ def per_class_fast(scores, labels):
     return np.where(ok, auroc, np.nan), ap
 
 
+def cross_auroc(scores, labels):
+    """AUROC of every score column against every label column, from average ranks.
+
+    Parameters
+    ----------
+    scores : (N, S) float, higher = more likely
+    labels : (N, C) {0, 1}
+
+    Returns (S, C): entry (s, c) is how well score s ranks the positives of class c; NaN for a
+    class without positives or negatives. ``cross_auroc(x, y)[c, c]`` is ``per_class``'s AUROC.
+    """
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels, dtype=np.float64)
+    n_pos = labels.sum(axis=0)
+    n_neg = labels.shape[0] - n_pos
+    ranks = rankdata(scores, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = (ranks.T @ labels - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    auroc[:, (n_pos == 0) | (n_neg == 0)] = np.nan
+    return auroc
+
+
 def macro(values):
     """Mean over the classes that have a value (NaN = not evaluable); NaN if none has."""
     values = np.asarray(values, dtype=float)

@@ -9,7 +9,11 @@ table of ``ecgshard.concepts``; macro figures are given per group and the headli
 A class enters a macro only with ``min_positives`` positives (the others are listed), intervals
 resample patients with the macro's class set fixed, and each group's macro AUROC is placed in
 two nulls: the same pipeline with untrained encoders of several seeds, and the evaluated labels
-shuffled across records.
+shuffled across records. Those nulls destroy the "something is abnormal" signal too, so each
+class and macro is also set against the controls of ``ecgshard.controls``: its labels scored
+with the other classes' texts (the wrong-text null), a class-agnostic abnormality score, and
+positives against abnormal records only. A figure is called class-specific only when it beats
+the wrong-text null.
 
 Every number in ``report.json`` carries its provenance: run, checkpoint, shards, folds,
 classes, text model and threshold rule.
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import concepts
+from . import controls as specificity
 from . import metrics
 from . import shards
 from .config import ZeroShotConfig, fixed_threshold
@@ -55,19 +60,23 @@ def run(cfg: ZeroShotConfig):
     scores = emb @ text_rows.T                                   # (N, C) cosines
     threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows)
     controls = _control_scores(trained.ck, data, text_rows, device, cfg) if cfg.control else None
+    against = _specificity_inputs(emb, text, shards.class_codes(manifest), data)
 
     report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
                                         rule, excluded)}
-    classes, groups = _evaluate(scores, data["labels"], targets,
-                                concepts.load().statuses(targets, trained.train_codes),
-                                dict(zip(text.codes, text.names)), threshold, cfg,
-                                data["patient"], controls)
+    report["provenance"]["normal_text"] = against["normal_code"]
+    report["provenance"]["wrong_text_pool"] = against["pool"]
+    classes, groups, replicates = _evaluate(scores, data["labels"], targets,
+                                            concepts.load().statuses(targets,
+                                                                     trained.train_codes),
+                                            dict(zip(text.codes, text.names)), threshold, cfg,
+                                            data["patient"], controls, against)
     report.update(classes=classes, groups=groups,
                   not_evaluable=[c["code"] for c in classes if c["auroc"] is None],
                   per_source=_per_source(scores, data["labels"], data["source"], classes,
                                          cfg.min_positives),
                   references=_references(cfg, trained, text, emb, data, groups, same_set))
-    _write(cfg, report, emb, scores, data, targets, folds)
+    _write(cfg, report, emb, scores, data, targets, replicates)
     return report
 
 
@@ -120,9 +129,11 @@ def _load_records(cfg, trained, manifest, folds, targets, same_set):
     set's own are referenced."""
     from .data import Selection, load_selection
 
-    own = set(shards.class_codes(manifest))
+    vocab = shards.class_codes(manifest)
+    own = set(vocab)
     extra = [c for c in trained.train_codes if c in own] if same_set else []
-    label_codes = list(dict.fromkeys(targets + extra))
+    # every code of the set is read too: which records are normal depends on all their labels
+    label_codes = list(dict.fromkeys(targets + extra + list(vocab)))
     data = load_selection(Selection(cfg.shards, folds, tuple(label_codes)), with_ids=True)
     excluded = {}
     if not same_set:
@@ -137,6 +148,8 @@ def _load_records(cfg, trained, manifest, folds, targets, same_set):
     if len(data["labels"]) == 0:
         raise ECGShardError(f"no records in folds {folds} of {cfg.shards}")
     column = {c: i for i, c in enumerate(label_codes)}
+    data["normal"] = specificity.normal_records(data["labels"][:, [column[c] for c in vocab]],
+                                                vocab, concepts.load())
     data["train_labels"] = data["labels"][:, [column[c] for c in extra]]
     data["train_codes"] = extra
     data["labels"] = data["labels"][:, :len(targets)]
@@ -186,12 +199,20 @@ def _references(cfg, trained, text, emb, data, groups, same_set):
     return refs
 
 
-def _write(cfg, report, emb, scores, data, targets, folds):
+def _write(cfg, report, emb, scores, data, targets, replicates):
     from . import report as present
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     shards.write_json(out / "report.json", report)
+    if replicates is not None:
+        # per-class bootstrap replicates: pooling several reports (Experiment A's splits)
+        # resamples the same patients in every one (same records, same seed: checked by hash)
+        with shards.atomic_path(out / REPLICATES) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, codes=np.asarray(targets, dtype=str), **replicates,
+                         records=np.asarray([shards.fingerprint(
+                             [list(map(str, data["record_id"])), cfg.seed, cfg.bootstrap])]))
     present.write_per_class_csv(out / "per_class.csv", report["classes"])
     present.write_plots(out, scores, data["labels"], targets, report["classes"])
     if cfg.save_embeddings:
@@ -214,6 +235,21 @@ def check_signal_path(info, manifest, cfg):
     if diffs:
         log.warning("signal path differs from training (%s); allowed by "
                     "--allow-signal-mismatch", "; ".join(diffs))
+
+
+REPLICATES = "replicates.npz"
+
+
+def _specificity_inputs(emb, text, vocab, data):
+    """What the class-specificity controls score with: every wrong-text candidate's cosines,
+    and the class-agnostic abnormality score (minus the cosine to the normal text)."""
+    graph = concepts.load()
+    pool = specificity.wrong_text_pool([c for c in vocab if c in set(text.codes)], graph)
+    normal_code = specificity.normal_text_code(text.codes, graph, prefer=vocab)
+    baseline = None if normal_code is None else -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
+    return {"pool": pool, "pool_scores": emb @ text.emb[text.rows(pool)].T if pool else None,
+            "normal_code": normal_code, "baseline": baseline, "normal": data["normal"],
+            "graph": graph}
 
 
 def _control_scores(ck, data, text_rows, device, cfg):
@@ -309,28 +345,57 @@ def _threshold(cfg, trained, scores, labels, text_rows):
                    f"there; no evaluated labels used)")
 
 
-def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, controls):
-    """Per-class rows and per-group macro figures with intervals and nulls."""
+def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, controls,
+              against):
+    """Per-class rows and per-group macro figures with intervals, nulls and the
+    class-specificity controls; and the bootstrap replicates (own text and abnormality
+    baseline, (n_boot, C) each) for pooling reports."""
     auroc, ap = metrics.per_class(scores, labels)
     sens, spec, f1 = metrics.at_threshold(scores, labels, threshold)
-    boot = metrics.bootstrap_per_class(scores, labels, cfg.bootstrap, cfg.seed, groups=patients) \
-        if cfg.bootstrap > 0 else None
+    n_classes = len(targets)
+    baseline = against["baseline"]
+    base_scores = None if baseline is None else np.repeat(baseline[:, None], n_classes, axis=1)
+    boot = None
+    if cfg.bootstrap > 0:
+        # one resampling for the own text and the baseline: the margin's interval is paired
+        both = (scores, labels) if base_scores is None else \
+            (np.hstack([scores, base_scores]), np.hstack([labels, labels]))
+        boot = metrics.bootstrap_per_class(*both, cfg.bootstrap, cfg.seed, groups=patients)
+        boot = {"auroc": boot["auroc"][:, :n_classes], "ap": boot["ap"][:, :n_classes],
+                "baseline_auroc": boot["auroc"][:, n_classes:] if base_scores is not None
+                else None}
     ctrl_auroc = np.stack([metrics.per_class_fast(c, labels)[0] for c in controls]) \
         if controls is not None else None
     n_pos = labels.sum(axis=0).astype(int)
+    graph = against["graph"]
+    wrong = specificity.own_vs_wrong(
+        auroc, metrics.cross_auroc(against["pool_scores"], labels), against["pool"], targets,
+        graph) if against["pool"] else [None] * n_classes
+    base_auroc = metrics.per_class_fast(base_scores, labels)[0] if base_scores is not None \
+        else np.full(n_classes, np.nan)
+    within = specificity.within_abnormal(scores, labels, against["normal"])
+    within_base = specificity.within_abnormal(base_scores, labels, against["normal"]) \
+        if base_scores is not None else np.full(n_classes, np.nan)
 
     classes = []
     for i, code in enumerate(targets):
         st = status[code]
+        enough = bool(np.isfinite(auroc[i]) and n_pos[i] >= cfg.min_positives)
         row = {
             "code": code, "name": names.get(code, code), "group": st.group, "via": st.via,
             "why": st.why, "n_pos": int(n_pos[i]), "n": int(len(labels)),
-            "in_macro": bool(np.isfinite(auroc[i]) and n_pos[i] >= cfg.min_positives),
+            "in_macro": enough,
             "auroc": _num(auroc[i]),
-            "auroc_ci": metrics.percentile_ci(boot["auroc"][:, i]) if boot is not None else None,
+            # below the macro minimum a percentile interval covers far less than it claims
+            # (one positive: a 95% interval covers the truth about 15% of the time)
+            "auroc_ci": metrics.percentile_ci(boot["auroc"][:, i])
+            if boot is not None and enough else None,
             "ap": _num(ap[i]), "prevalence": float(labels[:, i].mean()),
             "sensitivity": _num(sens[i]), "specificity": _num(spec[i]), "f1": _num(f1[i]),
-            "threshold": _num(np.broadcast_to(threshold, (len(targets),))[i])}
+            "threshold": _num(np.broadcast_to(threshold, (len(targets),))[i]),
+            "wrong_text": wrong[i], "abnormality_auroc": _num(base_auroc[i]),
+            "within_abnormal_auroc": _num(within[i]),
+            "within_abnormal_abnormality_auroc": _num(within_base[i])}
         if ctrl_auroc is not None and np.isfinite(auroc[i]):
             row["control_auroc"] = {"mean": _num(ctrl_auroc[:, i].mean()),
                                     "min": _num(ctrl_auroc[:, i].min()),
@@ -362,12 +427,16 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
                 g["bootstrap_replicates_used"] = int(np.isfinite(rows).sum())
             _place_in_nulls(g, scores[:, ok], labels[:, ok],
                             ctrl_auroc[:, ok] if ctrl_auroc is not None else None, cfg)
+            _place_in_controls(g, [classes[i] for i in ok], boot, ok, against, cfg)
         groups[name] = g
-    return classes, groups
+    replicates = None if boot is None else {
+        "auroc": boot["auroc"], **({"baseline_auroc": boot["baseline_auroc"]}
+                                   if boot["baseline_auroc"] is not None else {})}
+    return classes, groups, replicates
 
 
 def _place_in_nulls(group, scores, labels, ctrl_auroc, cfg):
-    """Add the random-encoder distribution, the permutation null and a verdict to ``group``."""
+    """Add the random-encoder distribution, the permutation null and their verdict."""
     value = group["macro_auroc"]
     beats = []
     if ctrl_auroc is not None:
@@ -388,6 +457,39 @@ def _place_in_nulls(group, scores, labels, ctrl_auroc, cfg):
         group["distinguishable_from_nulls"] = bool(all(beats))
 
 
+def _place_in_controls(group, rows, boot, cols, against, cfg):
+    """Add the class-specificity controls of the macro's classes (``rows``, columns ``cols``):
+    the wrong-text null, the abnormality baseline with the paired margin, within-abnormal
+    AUROC; ``class_specific`` and a ``verdict`` sentence."""
+    value = group["macro_auroc"]
+    wrong = [r["wrong_text"] for r in rows]
+    if all(wrong):
+        null = specificity.reassignment_null([list(w["aurocs"].values()) for w in wrong],
+                                             seed=cfg.seed)
+        group["wrong_text"] = {
+            "null_mean": _num(null.mean()), "q95": _num(np.quantile(null, 0.95)),
+            "draws": len(null), **metrics.null_position(value, null),
+            "own_rank": [w["rank"] for w in wrong], "n_texts": [w["n_texts"] for w in wrong],
+            "best_single_text": specificity.best_single_text([w["aurocs"] for w in wrong])}
+        group["class_specific"] = bool(group["wrong_text"]["p"] < specificity.ALPHA)
+    if against["baseline"] is not None:
+        base = _num(np.mean([r["abnormality_auroc"] for r in rows]))
+        margin_ci = None
+        if boot is not None and boot["baseline_auroc"] is not None:
+            margin_ci = metrics.percentile_ci(metrics.macro_rows(boot["auroc"][:, cols])
+                                              - metrics.macro_rows(boot["baseline_auroc"][:,
+                                                                                          cols]))
+        group["abnormality_baseline"] = {
+            "text": against["normal_code"], "macro_auroc": base,
+            "margin": _num(value - base) if base is not None else None, "margin_ci": margin_ci}
+    group["within_abnormal"] = {
+        "macro_auroc": _num(metrics.macro(_values(rows, "within_abnormal_auroc"))),
+        "abnormality_macro_auroc": _num(metrics.macro(
+            _values(rows, "within_abnormal_abnormality_auroc"))),
+        "normal_records_removed": int(against["normal"].sum())}
+    group["verdict"] = specificity.verdict(group)
+
+
 def _per_source(scores, labels, sources, classes, min_positives):
     """Macro AUROC per source database and group, over the classes with enough positives
     there."""
@@ -405,6 +507,10 @@ def _per_source(scores, labels, sources, classes, min_positives):
                             "macro_ap": _num(ap[ok].mean()) if ok else None}
         out[source] = entry
     return out
+
+
+def _values(rows, key):
+    return [np.nan if r[key] is None else r[key] for r in rows]
 
 
 def _num(x):

@@ -1,0 +1,150 @@
+"""Is a zero-shot score specific to the class's text? The counterfactuals that would fake it.
+
+Most abnormal classes are rare among normal records, so any "something is abnormal" direction
+of the embedding ranks their positives high whatever the text says. Untrained encoders and
+label permutation destroy that direction too, so beating them shows only *some* association.
+Three controls ask the right question, per class and per group macro:
+
+* **wrong-text null** — the class's labels scored with every other class text of the evaluated
+  vocabulary (one per other concept; the normal reference texts left out, they are the
+  baseline below): the own text's rank among all texts, a per-class p, and the p of the group
+  macro against texts reassigned at random. A figure is *class-specific* only when it beats
+  this null.
+* **abnormality baseline** — one class-agnostic score for every class, minus the cosine to the
+  normal text (NORM's, else sinus rhythm's): what the abnormality axis alone achieves, and the
+  own text's margin over it.
+* **within-abnormal AUROC** — positives against abnormal records only (normal records removed),
+  where the abnormality axis cannot score.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics
+
+# The reference concepts: a normal record carries NORM's concept, or (in a vocabulary without
+# one, as the Challenge's) sinus rhythm alone.
+NORMAL, SINUS = "NORM", "SR"
+WRONG_TEXT_DRAWS = 10000
+ALPHA = 0.05
+
+
+def _concepts(codes, graph, root):
+    return [c for c in codes if graph.concept(c) == graph.concept(root)]
+
+
+def normal_text_code(text_codes, graph, prefer=()):
+    """The text that stands for "normal": a NORM-concept code (those of ``prefer`` first), else
+    a sinus-rhythm one; None when the text matrix has neither."""
+    ordered = list(dict.fromkeys(list(prefer) + list(text_codes)))
+    available = set(text_codes)
+    for root in (NORMAL, SINUS):
+        found = [c for c in _concepts(ordered, graph, root) if c in available]
+        if found:
+            return found[0]
+    return None
+
+
+def normal_records(labels, codes, graph):
+    """Boolean (N,): records read as normal. With a NORM-concept code in ``codes``, the records
+    that carry it; otherwise those whose every label is sinus rhythm."""
+    labels = np.asarray(labels, bool)
+    normal = [i for i, c in enumerate(codes) if graph.concept(c) == graph.concept(NORMAL)]
+    if normal:
+        return labels[:, normal].any(axis=1)
+    sinus = [i for i, c in enumerate(codes) if graph.concept(c) == graph.concept(SINUS)]
+    if not sinus:
+        return np.zeros(len(labels), bool)
+    others = np.setdiff1d(np.arange(labels.shape[1]), sinus)
+    return labels[:, sinus].any(axis=1) & ~labels[:, others].any(axis=1)
+
+
+def wrong_text_pool(candidates, graph):
+    """The texts a class may be scored with instead of its own: one code per concept of
+    ``candidates`` (their first), the normal and sinus-rhythm concepts left out."""
+    reference = {graph.concept(NORMAL), graph.concept(SINUS)}
+    pool, seen = [], set()
+    for code in candidates:
+        concept = graph.concept(code)
+        if concept not in reference and concept not in seen:
+            seen.add(concept)
+            pool.append(code)
+    return pool
+
+
+def own_vs_wrong(own, cross, pool, targets, graph):
+    """Per class: the other texts' AUROCs of its labels and where its own text stands.
+
+    ``own`` (C,) the own-text AUROCs, ``cross`` (P, C) the AUROC of each pool text's scores
+    against each class's labels. A class's wrong texts are the pool less its own concept.
+    Returns one dict per class: ``aurocs`` {code: AUROC}, ``rank`` of the own text among all
+    (1 = best), ``p`` (share of wrong texts at or above the own, +1 corrected), and the best
+    wrong text."""
+    rows = []
+    for i, code in enumerate(targets):
+        keep = [j for j, t in enumerate(pool) if graph.concept(t) != graph.concept(code)
+                and np.isfinite(cross[j, i])]
+        values = cross[keep, i]
+        if not np.isfinite(own[i]) or not len(keep):
+            rows.append(None)
+            continue
+        best = int(np.argmax(values))
+        rows.append({"n_texts": len(keep) + 1,
+                     "rank": int(1 + (values > own[i]).sum()),
+                     "p": round(float((1 + (values >= own[i]).sum()) / (1 + len(keep))), 6),
+                     "mean": round(float(values.mean()), 6),
+                     "q95": round(float(np.quantile(values, 0.95)), 6),
+                     "best": {"code": pool[keep[best]], "auroc": round(float(values[best]), 6)},
+                     "aurocs": {pool[j]: round(float(v), 6) for j, v in zip(keep, values)}})
+    return rows
+
+
+def reassignment_null(wrong, n_draws=WRONG_TEXT_DRAWS, seed=0):
+    """Macro AUROC when every class of a macro is scored with one of its wrong texts drawn at
+    random: (n_draws,). ``wrong``: per class, the array of its wrong-text AUROCs."""
+    rng = np.random.default_rng(seed)
+    draws = np.stack([rng.choice(np.asarray(w, float), n_draws) for w in wrong])
+    return draws.mean(axis=0)
+
+
+def best_single_text(wrong):
+    """The one text that, given to every class of a macro, scores them best (chosen on the
+    evaluated labels: a diagnostic, optimistic by construction): (code, macro) or None.
+    ``wrong``: per class, {code: AUROC}; only texts wrong for every class count."""
+    common = set.intersection(*(set(w) for w in wrong)) if wrong else set()
+    if not common:
+        return None
+    macros = {code: float(np.mean([w[code] for w in wrong])) for code in common}
+    code = max(sorted(macros), key=macros.get)
+    return {"code": code, "macro_auroc": round(macros[code], 6)}
+
+
+def within_abnormal(scores, labels, normal):
+    """AUROC per class of positives against the abnormal negatives only: a normal record is
+    dropped unless it is a positive of that class. (C,), NaN where not evaluable."""
+    out = np.full(labels.shape[1], np.nan)
+    for c in range(labels.shape[1]):
+        keep = labels[:, c].astype(bool) | ~normal
+        out[c] = metrics.per_class_fast(scores[keep][:, [c]], labels[keep][:, [c]])[0][0]
+    return out
+
+
+def verdict(group):
+    """One sentence for a group macro, from the nulls and the controls in ``group``."""
+    wt, base = group.get("wrong_text"), group.get("abnormality_baseline")
+    if group.get("distinguishable_from_nulls") is False:
+        head = "not distinguishable from untrained encoders and label permutation"
+    elif wt is None or wt.get("p") is None:
+        head = "association only: no wrong-text null could be formed"
+    elif not group.get("class_specific"):
+        head = (f"NOT class-specific: other classes' texts score these classes as well "
+                f"(wrong-text p {wt['p']:.3f})")
+    else:
+        head = f"class-specific: beats the wrong-text null (p {wt['p']:.3f})"
+    if base and base.get("margin") is not None:
+        ci = base.get("margin_ci")
+        above = ci is not None and ci[0] > 0
+        head += (f"; {base['margin']:+.3f} over the class-agnostic abnormality score"
+                 + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+                 + ("" if above else " (not above it)"))
+    return head
