@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build, fit, labels, report, text, zeroshot
+from . import build, fit, labels, metrics, report, text, zeroshot
+from . import controls as specificity
 from . import shards
 from .config import ExperimentConfig, ZeroShotConfig, default
 from .errors import ECGShardError
@@ -176,14 +177,96 @@ def run_a(cfg: ExperimentConfig):
         info = shards.read_run_info(run_dir)
         dropped = info.records_excluded_for_heldout_labels["train"]
         reports[-1]["excluded_train_share"] = dropped / max(1, dropped + info.records["train"])
-    section = report.markdown_a(cfg, manifest, reports)
+    pooled = pool_unseen(reports, outs, seed=cfg.fit.seed)
+    section = report.markdown_a(cfg, manifest, reports, pooled)
     key = _key("experiment-a", cfg)
     write_section(cfg.results, key, section)
-    figures = report.figures_a(reports)
+    figures = dict(report.figures_a(reports), pooled_unseen=pooled)
     shards.write_json(work / f"{key}.json", {"config": json.loads(json.dumps(asdict(cfg))),
                                              "reports": [str(o) for o in outs], **figures})
     return {"splits": [r["provenance"]["holdout"] for r in reports],
             "reports": [str(o) for o in outs], "markdown": section, **figures}
+
+
+def pool_unseen(reports, report_dirs, seed=0):
+    """One headline over every (split, class) instance of the splits' unseen macros.
+
+    The point figure is the mean AUROC over the instances; its 95% interval resamples patients
+    (each report's saved replicates: the same test records and seed in every split, so one
+    replicate is one draw of patients for all of them) and, within each replicate, the
+    instances. The controls are pooled the same way: the wrong-text null reassigns every
+    instance a random wrong text, the abnormality margin is paired replicate by replicate, and
+    each untrained-encoder seed gets its pooled macro. None when no split has an unseen class
+    in its macro."""
+    inst, reps, fingerprints = [], [], set()
+    for r, out in zip(reports, report_dirs):
+        g = r["groups"].get("unseen") or {}
+        if not g.get("classes"):
+            continue
+        saved = Path(out) / zeroshot.REPLICATES
+        loaded = dict(np.load(saved)) if saved.exists() else None
+        if loaded is not None:
+            fingerprints.add(str(loaded["records"][0]))
+        rows = {c["code"]: c for c in r["classes"]}
+        for code in g["classes"]:
+            inst.append(rows[code])
+            if loaded is not None and "baseline_auroc" in loaded:
+                col = list(loaded["codes"]).index(code)
+                reps.append((loaded["auroc"][:, col], loaded["baseline_auroc"][:, col]))
+    if not inst:
+        return None
+    auroc = float(np.mean([c["auroc"] for c in inst]))
+    out = {"n_instances": len(inst), "n_classes": len({c["code"] for c in inst}),
+           "macro_auroc": round(auroc, 6), "macro_auroc_ci": None,
+           "bootstrap": "patients and classes" if len(reps) == len(inst) else None,
+           "same_records_every_split": len(fingerprints) == 1}
+    base = [c["abnormality_auroc"] for c in inst]
+    margin_ci = None
+    if len(reps) == len(inst):
+        own_r, base_r = (np.stack(x, axis=1) for x in zip(*reps))    # (n_boot, instances)
+        rng = np.random.default_rng(seed)
+        drawn = rng.integers(0, len(inst), own_r.shape)
+        own_b = np.take_along_axis(own_r, drawn, axis=1).mean(axis=1)
+        base_b = np.take_along_axis(base_r, drawn, axis=1).mean(axis=1)
+        out["macro_auroc_ci"] = metrics.percentile_ci(own_b)
+        margin_ci = metrics.percentile_ci(own_b - base_b)
+    if all(b is not None for b in base):
+        out["abnormality_baseline"] = {"macro_auroc": round(float(np.mean(base)), 6),
+                                       "margin": round(auroc - float(np.mean(base)), 6),
+                                       "margin_ci": margin_ci}
+    wrong = [c["wrong_text"] for c in inst]
+    if all(wrong):
+        null = specificity.reassignment_null([list(w["aurocs"].values()) for w in wrong],
+                                             seed=seed)
+        out["wrong_text"] = {"null_mean": round(float(null.mean()), 6),
+                             "q95": round(float(np.quantile(null, 0.95)), 6),
+                             **metrics.null_position(auroc, null),
+                             "mean_own_rank": round(float(np.mean([w["rank"] for w in wrong])),
+                                                    2),
+                             "mean_n_texts": round(float(np.mean([w["n_texts"] for w in wrong])),
+                                                   2)}
+        out["class_specific"] = bool(out["wrong_text"]["p"] < specificity.ALPHA)
+    within = [c["within_abnormal_auroc"] for c in inst]
+    within_base = [c["within_abnormal_abnormality_auroc"] for c in inst]
+    out["within_abnormal"] = {"macro_auroc": _mean(within),
+                              "abnormality_macro_auroc": _mean(within_base)}
+    # the untrained encoders of a seed are the same network in every split: pool per seed
+    per_seed = [(r["groups"]["unseen"]["n_classes"], r["groups"]["unseen"]["control"]["values"])
+                for r in reports if (r["groups"].get("unseen") or {}).get("control")]
+    if per_seed and len({len(v) for _, v in per_seed}) == 1:
+        values = np.sum([n * np.asarray(v) for n, v in per_seed], axis=0) / \
+            sum(n for n, _ in per_seed)
+        out["control"] = {"mean": round(float(values.mean()), 6),
+                          "min": round(float(values.min()), 6),
+                          "max": round(float(values.max()), 6), "n_seeds": len(values)}
+        out["distinguishable_from_nulls"] = bool(auroc > values.max())
+    out["verdict"] = specificity.verdict(out)
+    return out
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return round(float(np.mean(values)), 6) if values else None
 
 
 def run_b(cfg: ExperimentConfig):

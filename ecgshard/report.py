@@ -13,11 +13,11 @@ import numpy as np
 
 from . import concepts, shards
 
-# The published PTB-XL-only version of this design (frozen Bio_ClinicalBERT CLS embeddings,
-# trained projection, CLIP loss, 128 Hz), for comparison beside our numbers.
-PUBLISHED = {"a_heldout_macro_auroc": 0.59, "a_trained_macro_auroc": 0.70,
-             "supervised_xresnet1d101": 0.93, "b_unseen_macro_auroc": "0.57-0.61",
-             "b_seen_macro_auroc": "0.70-0.74",
+# Published figures of related designs, shown only where the experiment matches theirs in
+# kind, and always marked as not comparable: other text models (Bio_ClinicalBERT), other data
+# (the whole of PTB-XL, MIMIC-IV-ECG reports) and no control for class specificity.
+NOT_COMPARABLE = "not comparable: other text model, data and class sets"
+PUBLISHED = {"b_unseen_macro_auroc": "0.57-0.61", "b_seen_macro_auroc": "0.70-0.74",
              # ECG-text models trained on MIMIC-IV-ECG reports, zero-shot macro AUROC averaged
              # over PTB-XL super/sub/form/rhythm, CPSC2018 and Chapman-Shaoxing
              "c_all_macro_auroc": "0.75-0.81 (averaged over datasets, no seen/unseen split)"}
@@ -59,6 +59,8 @@ def fold_ranges(folds):
 def write_per_class_csv(path, classes):
     fields = ["code", "name", "group", "via", "why", "n_pos", "n", "in_macro", "prevalence",
               "auroc", "auroc_ci_low", "auroc_ci_high", "control_auroc_min", "control_auroc_max",
+              "own_text_rank", "n_texts", "wrong_text_p", "wrong_text_mean", "best_wrong_text",
+              "best_wrong_text_auroc", "abnormality_auroc", "within_abnormal_auroc",
               "ap", "sensitivity", "specificity", "f1", "threshold"]
     with shards.atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -67,9 +69,14 @@ def write_per_class_csv(path, classes):
             for c in classes:
                 ci = c["auroc_ci"] or [None, None]
                 ctrl = c.get("control_auroc") or {}
+                wrong = c.get("wrong_text") or {}
                 w.writerow(dict(c, auroc_ci_low=ci[0], auroc_ci_high=ci[1],
                                 control_auroc_min=ctrl.get("min"),
-                                control_auroc_max=ctrl.get("max")))
+                                control_auroc_max=ctrl.get("max"),
+                                own_text_rank=wrong.get("rank"), n_texts=wrong.get("n_texts"),
+                                wrong_text_p=wrong.get("p"), wrong_text_mean=wrong.get("mean"),
+                                best_wrong_text=(wrong.get("best") or {}).get("code"),
+                                best_wrong_text_auroc=(wrong.get("best") or {}).get("auroc")))
 
 
 GROUP_COLORS = {"seen": "tab:blue", "related": "tab:green", "unseen": "tab:orange"}
@@ -141,6 +148,9 @@ def summary_lines(report):
                      f"{num(g['macro_auroc'])}{interval(g.get('macro_auroc_ci'))}  macro AP "
                      f"{num(g['macro_ap'])}  "
                      f"F1 {num(g.get('macro_f1'))}  {null_text(g)}")
+        if g.get("macro_auroc") is not None:
+            lines.append(f"           {controls_text(g)}")
+            lines.append(f"           verdict: {g['verdict']}")
         if g["excluded_few_positives"]:
             lines.append(f"           not in the macro (too few positives): "
                          f"{g['excluded_few_positives']}")
@@ -169,6 +179,33 @@ def null_text(group):
     return "; ".join(parts)
 
 
+def controls_text(group):
+    """'wrong texts 0.61 (own rank 3.0 of 48, p 0.004); abnormality score 0.70 (margin +0.05);
+    within abnormal 0.66' for one group's macro."""
+    parts = []
+    wrong = group.get("wrong_text")
+    if wrong:
+        ranks = wrong.get("own_rank") or []
+        texts = wrong.get("n_texts") or []
+        where = f"own text ranks {np.mean(ranks):.1f} of {np.mean(texts):.0f} on average, " \
+            if ranks else ""
+        parts.append(f"wrong texts {num(wrong['null_mean'])} ({where}p {num(wrong['p'])})")
+    base = group.get("abnormality_baseline")
+    if base and base.get("macro_auroc") is not None:
+        parts.append(f"class-agnostic abnormality score ({base['text']}) "
+                     f"{num(base['macro_auroc'])} (margin {base['margin']:+.3f}"
+                     f"{signed_interval(base.get('margin_ci'))})")
+    within = group.get("within_abnormal") or {}
+    if within.get("macro_auroc") is not None:
+        parts.append(f"within abnormal records {num(within['macro_auroc'])} (abnormality score "
+                     f"{num(within.get('abnormality_macro_auroc'))})")
+    return "; ".join(parts) or "no class-specificity control"
+
+
+def signed_interval(ci):
+    return f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+
+
 def report_table(report_dirs):
     """``ecgshard report``: several reports side by side, one row per figure."""
     reports = [json.loads((Path(d) / "report.json").read_text()) for d in report_dirs]
@@ -185,6 +222,14 @@ def report_table(report_dirs):
         r["references"].get("random_encoder_control", {}).get("macro_auroc"))))
     rows.append(("unseen vs nulls", lambda r: {True: "above", False: "NOT above", None: "-"}[
         r["groups"].get("unseen", {}).get("distinguishable_from_nulls")]))
+    rows.append(("unseen wrong-text p", lambda r: num(
+        (r["groups"].get("unseen", {}).get("wrong_text") or {}).get("p"))))
+    rows.append(("unseen abnormality", lambda r: num(
+        (r["groups"].get("unseen", {}).get("abnormality_baseline") or {}).get("macro_auroc"))))
+    rows.append(("unseen within abnormal", lambda r: num(
+        (r["groups"].get("unseen", {}).get("within_abnormal") or {}).get("macro_auroc"))))
+    rows.append(("unseen class-specific", lambda r: {True: "yes", False: "NO", None: "-"}[
+        r["groups"].get("unseen", {}).get("class_specific")]))
     names = [Path(d).name for d in report_dirs]
     cells = [[get(r) for r in reports] for _, get in rows]
     width = max(len(x) for x in names + [c for row in cells for c in row]) + 2
@@ -199,13 +244,6 @@ def report_table(report_dirs):
 def _class_cells(c):
     """The positives | AUROC [CI] | AP cells every per-class table ends with."""
     return f"{c['n_pos']} | {num(c['auroc'])}{interval(c['auroc_ci'])} | {num(c['ap'])} |"
-
-
-def _ms(values):
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if not len(v):
-        return "n/a"
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
 
 def _control_cell(group):
@@ -223,7 +261,7 @@ def _control_cell(group):
 
 
 def figures_a(reports):
-    """Experiment A's headline figures per split (lists, one entry per split)."""
+    """Experiment A's figures per split (lists, one entry per split)."""
     groups = [r["groups"].get("unseen", {}) for r in reports]
     trained = [r["references"].get("trained_classes_same_folds", {}) for r in reports]
     return {
@@ -233,6 +271,12 @@ def figures_a(reports):
         "unseen_classes": [g.get("classes", []) for g in groups],
         **{f"unseen_macro_{m}": [g.get(f"macro_{m}") for g in groups]
            for m in ("sensitivity", "specificity", "f1")},
+        "unseen_wrong_text_p": [(g.get("wrong_text") or {}).get("p") for g in groups],
+        "unseen_abnormality_macro_auroc": [(g.get("abnormality_baseline") or {})
+                                           .get("macro_auroc") for g in groups],
+        "unseen_within_abnormal_macro_auroc": [(g.get("within_abnormal") or {})
+                                               .get("macro_auroc") for g in groups],
+        "class_specific": [g.get("class_specific") for g in groups],
         "trained_macro_auroc": [t.get("macro_auroc") for t in trained],
         "trained_macro_ap": [t.get("macro_ap") for t in trained],
         "control_macro_auroc": [v for g in groups
@@ -242,13 +286,40 @@ def figures_a(reports):
                                        for r in reports]}
 
 
-def markdown_a(cfg, manifest, reports):
+def _pooled_rows(pooled, scored):
+    """The headline table's rows of the pooled unseen figure and its controls."""
+    if pooled is None:
+        return [f"| unseen (held-out) classes | no split has a held-out class with enough "
+                f"{scored} positives | |"]
+    wrong, base = pooled.get("wrong_text") or {}, pooled.get("abnormality_baseline") or {}
+    within, ctrl = pooled.get("within_abnormal") or {}, pooled.get("control") or {}
+    unit = "patients and classes" if pooled["bootstrap"] else "not available"
+    return [
+        f"| **unseen (held-out) classes, macro AUROC** over {pooled['n_instances']} (split, "
+        f"class) instances of {pooled['n_classes']} classes | **{num(pooled['macro_auroc'])}"
+        f"{interval(pooled['macro_auroc_ci'])}** | 95% interval resamples {unit} |",
+        f"| wrong-text null: the same instances scored with other classes' texts | "
+        f"{num(wrong.get('null_mean'))} (95th percentile {num(wrong.get('q95'))}) | own text "
+        f"p {num(wrong.get('p'))}; own text ranks {num(wrong.get('mean_own_rank'), 1)} of "
+        f"{num(wrong.get('mean_n_texts'), 0)} texts on average |",
+        f"| class-agnostic abnormality score (minus cosine to the normal text) | "
+        f"{num(base.get('macro_auroc'))} | own text's margin "
+        f"{num(base.get('margin'))}{signed_interval(base.get('margin_ci'))} |",
+        f"| within abnormal records (normal records removed): own text / abnormality score | "
+        f"{num(within.get('macro_auroc'))} / {num(within.get('abnormality_macro_auroc'))} | "
+        f"the abnormality axis cannot score here |",
+        f"| untrained encoders, same instances ({ctrl.get('n_seeds', 0)} seeds, pooled per "
+        f"seed) | {num(ctrl.get('mean'))} [{num(ctrl.get('min'))}, {num(ctrl.get('max'))}] | |",
+        f"| **verdict** | {pooled['verdict']} | |"]
+
+
+def markdown_a(cfg, manifest, reports, pooled=None):
     p0 = reports[0]["provenance"]
     f = figures_a(reports)
-    unseen, unseen_ap, trained = f["unseen_macro_auroc"], f["unseen_macro_ap"], \
-        f["trained_macro_auroc"]
+    trained = f["trained_macro_auroc"]
     control, above, val = f["control_macro_auroc"], sum(f["above_both_nulls"]), \
         f["checkpoint_val_macro_auroc"]
+    specific = sum(bool(x) for x in f["class_specific"])
     not_unseen = [c["code"] for r in reports for c in r["classes"] if c["group"] != "unseen"]
     scored = "test" if cfg.score == "test" else "validation"
     lines = [
@@ -261,12 +332,14 @@ def markdown_a(cfg, manifest, reports):
         f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.text.texts}, templates "
         f"{list(cfg.text.templates)}). {recipe_text(cfg.fit)}. Train folds "
         f"{fold_ranges(cfg.fit.train_folds)}, validation fold {fold_ranges(cfg.fit.val_folds)} "
-        f"(checkpoint, threshold, and which classes may be held out: at least {cfg.min_val_positives} validation positives; random splits exclude at "
+        f"(checkpoint, threshold, and which classes may be held out: at least "
+        f"{cfg.min_val_positives} validation positives; random splits exclude at "
         f"most {cfg.max_excluded:.0%} of the training records), "
         f"{scored} fold {fold_ranges(p0['folds'])} (reporting only"
         f"{'' if scored == 'test' else '; scored here to choose a recipe, not a test figure'}"
         f"). Each holdout is closed over "
-        f"`ecgshard/data/concept_relations.csv` (synonyms, parents, children, near-siblings), "
+        f"`ecgshard/data/concept_relations.csv` (synonyms, parents, children, near-siblings) "
+        f"among every class present at any count, "
         f"and every record carrying a held-out statement at any likelihood is excluded from "
         f"training and validation; every held-out class is therefore *unseen*"
         f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
@@ -274,54 +347,89 @@ def markdown_a(cfg, manifest, reports):
         f"Leads scored: {_leads_text(p0)}. Threshold (sensitivity, specificity, F1): "
         f"`{cfg.zeroshot.threshold}`, in split 0 {p0['threshold_rule']}.",
         "",
-        f"Macros are over held-out classes with at least {cfg.zeroshot.min_positives} {scored} "
-        f"positives (the others are listed per split); 95% intervals resample patients with the "
-        f"class set fixed. Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
+        f"The headline pools every held-out class with at least {cfg.zeroshot.min_positives} "
+        f"{scored} positives over all splits. Controls (`docs/zeroshot.md`): the **wrong-text "
+        f"null** scores each class with every other class text of the vocabulary "
+        f"({len(p0.get('wrong_text_pool') or [])} candidates, normal texts excluded) and asks "
+        f"how often texts reassigned at random do as well; the **abnormality baseline** scores "
+        f"every class with one class-agnostic score (minus the cosine to the "
+        f"`{p0.get('normal_text')}` text); **within-abnormal** AUROC removes the normal "
+        f"records. A figure is called class-specific only when it beats the wrong-text null "
+        f"(p < 0.05). Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
         f"pipeline, other seeds) and {p0['permutations']} label permutations.",
         "",
-        f"| figure ({scored} fold) | ours, mean ± std over splits | published (PTB-XL only, "
-        "Bio_ClinicalBERT) |",
+        f"| figure ({scored} fold) | value | note |",
         "|---|---|---|",
-        f"| unseen (held-out) classes, macro AUROC | {_ms(unseen)} | "
-        f"{PUBLISHED['a_heldout_macro_auroc']} |",
-        f"| unseen (held-out) classes, macro AP | {_ms(unseen_ap)} | — |",
-        f"| random-encoder distribution, same classes ({len(control)} encoders) | "
-        + (f"{_ms(control)} (range {num(min(control))}–{num(max(control))})" if control else
-           f"n/a: no held-out class has {cfg.zeroshot.min_positives} {scored} positives") + " | — |",
-        f"| splits whose unseen macro is above both nulls | {above} of {len(reports)} | — |",
-        f"| unseen classes at the threshold: macro sensitivity / specificity / F1 | "
-        f"{' / '.join(_ms(f[f'unseen_macro_{m}']) for m in ('sensitivity', 'specificity', 'f1'))}"
-        f" | — |",
-        f"| trained classes, macro AUROC | {_ms(trained)} | "
-        f"{PUBLISHED['a_trained_macro_auroc']} (supervised xresnet1d101: "
-        f"{PUBLISHED['supervised_xresnet1d101']}) |",
-        f"| validation macro AUROC, trained classes | {_ms(val)} | — |",
+        *_pooled_rows(pooled, scored),
+        f"| splits whose unseen macro is above the untrained encoders and permutation | "
+        f"{above} of {len(reports)} | |",
+        f"| splits whose unseen macro is class-specific (beats the wrong-text null) | "
+        f"{specific} of {len(reports)} | |",
+        f"| unseen classes at the threshold: macro sensitivity / specificity / F1, mean over "
+        f"splits | "
+        f"{' / '.join(_mean(f[f'unseen_macro_{m}']) for m in ('sensitivity', 'specificity', 'f1'))}"
+        f" | |",
+        f"| trained classes, macro AUROC, mean over splits | {_mean(trained)} | same records |",
+        f"| validation macro AUROC, trained classes, mean over splits | {_mean(val)} | |",
         "",
-        "Per split: the holdout the run used (after closure), the unseen macro and where it "
-        "falls in the nulls:",
+        "Per split: the holdout the run used (after closure), the unseen macro, the nulls and "
+        "the class-specificity controls:",
         "",
         "| split | held out (closed) | training records excluded | unseen classes in macro | "
-        "macro AUROC [95% CI] | random encoders mean [min, max]; permutation; verdict | "
-        "not in macro (positives) |",
-        "|---|---|---|---|---|---|---|"]
+        "macro AUROC [95% CI] | untrained encoders; permutation | wrong-text null (p) | "
+        "abnormality score (margin) | within abnormal | verdict | not in macro (positives) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(reports):
         g = r["groups"].get("unseen", {})
         few = ", ".join(f"{c} ({n})" for c, n in g.get("excluded_few_positives", {}).items())
-        lines.append(f"| {i} | {', '.join(r['provenance']['holdout'])} | "
-                     f"{r.get('excluded_train_share', 0):.0%} | {g.get('n_classes', 0)} "
-                     f"| {num(g.get('macro_auroc'))}{interval(g.get('macro_auroc_ci'))} | "
-                     f"{_control_cell(g)} | {few or '—'} |")
-    lines += ["", "Per held-out class (AUROC with 95% bootstrap CI over patients; the range of "
-              "the untrained encoders beside it):", "",
+        wrong, base = g.get("wrong_text") or {}, g.get("abnormality_baseline") or {}
+        lines.append(
+            f"| {i} | {', '.join(r['provenance']['holdout'])} | "
+            f"{r.get('excluded_train_share', 0):.0%} | {g.get('n_classes', 0)} "
+            f"| {num(g.get('macro_auroc'))}{interval(g.get('macro_auroc_ci'))} | "
+            f"{_control_cell(g)} | {num(wrong.get('null_mean'))} ({num(wrong.get('p'))}) | "
+            f"{num(base.get('macro_auroc'))} ({num(base.get('margin'))}) | "
+            f"{num((g.get('within_abnormal') or {}).get('macro_auroc'))} | "
+            f"{_short_verdict(g)} | {few or '—'} |")
+    lines += ["", "Per held-out class (AUROC with a 95% bootstrap CI over patients where the "
+              "class has enough positives for a macro; the own text's rank among the "
+              "vocabulary's texts, the best other text, the class-agnostic abnormality score "
+              "and the AUROC within abnormal records beside it):", "",
               "| split | class | name | group | positives | AUROC [95% CI] | AP | "
-              "random encoders |",
-              "|---|---|---|---|---|---|---|---|"]
+              "own-text rank | best other text | abnormality score | within abnormal | "
+              "untrained encoders |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(reports):
         for c in r["classes"]:
             lines.append(f"| {i} | {c['code']} | {c['name']} | {c['group']} | "
-                         f"{_class_cells(c)} {_ctrl_range(c)} |")
+                         f"{_class_cells(c)} {_wrong_cells(c)} "
+                         f"{num(c.get('within_abnormal_auroc'))} | {_ctrl_range(c)} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _mean(values):
+    """Mean over splits of the figures that exist, with their count."""
+    v = [x for x in values if x is not None]
+    return f"{np.mean(v):.3f} ({len(v)} splits)" if v else "n/a"
+
+
+def _short_verdict(group):
+    if group.get("distinguishable_from_nulls") is False:
+        return "not above the nulls"
+    if group.get("class_specific") is None:
+        return "—"
+    return "**class-specific**" if group["class_specific"] else "**not class-specific**"
+
+
+def _wrong_cells(c):
+    """The own-text rank | best other text | abnormality score cells of a class row."""
+    wrong = c.get("wrong_text")
+    if not wrong:
+        return "— | — | " + f"{num(c.get('abnormality_auroc'))} |"
+    return (f"{wrong['rank']} of {wrong['n_texts']} (p {num(wrong['p'])}) | "
+            f"{wrong['best']['code']} {num(wrong['best']['auroc'])} | "
+            f"{num(c.get('abnormality_auroc'))} |")
 
 
 def recipe_text(fc):
@@ -403,19 +511,31 @@ def markdown_transfer(cfg, which, trained, manifest, report):
                                        p["excluded_sources_same_as_training"].items()) +
            " (the training database itself, inside this collection).", ""]
           if p.get("excluded_sources_same_as_training") else []),
+        "Controls per group (`docs/zeroshot.md`): the wrong-text null (each class scored with "
+        "the other classes' texts; p of the macro against texts reassigned at random), the "
+        f"class-agnostic abnormality score (minus the cosine to the `{p.get('normal_text')}` "
+        "text) and the AUROC within abnormal records; a figure is class-specific only when it "
+        f"beats the wrong-text null. Published figures: {NOT_COMPARABLE}.",
+        "",
         "| group | classes in macro | macro AUROC [95% CI] | macro AP | macro F1 | random "
-        "encoders mean [min, max]; permutation; verdict | published |",
-        "|---|---|---|---|---|---|---|"]
+        "encoders mean [min, max]; permutation | wrong-text null (p) | abnormality score "
+        "(margin) | within abnormal | verdict | published (not comparable) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("unseen", "related", "seen", "all"):
         cited = published.get(name, "—")
         if name not in g:
             lines.append(f"| {name} | 0 | no class of this collection is {name} for this run "
-                         f"| | | | {cited} |")
+                         f"| | | | | | | | {cited} |")
         else:
             row = g[name]
+            wrong, base = row.get("wrong_text") or {}, row.get("abnormality_baseline") or {}
             lines.append(f"| {name} | {row['n_classes']} | {num(row['macro_auroc'])}"
                          f"{interval(row['macro_auroc_ci'])} | {num(row['macro_ap'])} | "
-                         f"{num(row.get('macro_f1'))} | {_control_cell(row)} | {cited} |")
+                         f"{num(row.get('macro_f1'))} | {_control_cell(row)} | "
+                         f"{num(wrong.get('null_mean'))} ({num(wrong.get('p'))}) | "
+                         f"{num(base.get('macro_auroc'))} ({num(base.get('margin'))}) | "
+                         f"{num((row.get('within_abnormal') or {}).get('macro_auroc'))} | "
+                         f"{_short_verdict(row)} | {cited} |")
     few = {name: row["excluded_few_positives"] for name, row in g.items()
            if name != "all" and row["excluded_few_positives"]}
     if few:
@@ -433,12 +553,14 @@ def markdown_transfer(cfg, which, trained, manifest, report):
             f"{e[k]['n_classes']}, {num(e[k]['macro_auroc'])}" for k in concepts.GROUPS[::-1])
             + " |")
     lines += ["", "Per class:", "",
-              "| code | name | group (via) | positives | AUROC [95% CI] | AP | random encoders |",
-              "|---|---|---|---|---|---|---|"]
+              "| code | name | group (via) | positives | AUROC [95% CI] | AP | own-text rank | "
+              "best other text | abnormality score | within abnormal | random encoders |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {name: i for i, name in enumerate(concepts.GROUPS[::-1])}
     for c in sorted(report["classes"], key=lambda c: (order[c["group"]], -(c["auroc"] or 0))):
         lines.append(f"| {c['code']} | {c['name']} | {c['group']}"
                      f"{' (' + c['via'] + ')' if c['via'] else ''} | {_class_cells(c)} "
+                     f"{_wrong_cells(c)} {num(c.get('within_abnormal_auroc'))} | "
                      f"{_ctrl_range(c)} |")
     lines.append("")
     return "\n".join(lines)

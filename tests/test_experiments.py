@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,11 +31,26 @@ def test_experiment_a_writes_and_replaces_its_section(demo_data, tmp_path):
     text = results.read_text()
     assert "intro kept" in text and text.count("experiment-a-tiny-test:begin") == 1
     assert "unseen (held-out) classes, macro AUROC" in text and "| 1 |" in text
-    assert "random-encoder distribution, same classes (6 encoders)" in text
+    assert "untrained encoders, same instances (3 seeds" in text
+    # one headline over every (split, class) instance, with the class-specificity controls
+    pooled = out["pooled_unseen"]
+    reports = [json.loads((Path(r) / "report.json").read_text())
+               for r in out["reports"]]
+    instances = [c for r in reports for c in r["classes"]
+                 if c["code"] in r["groups"].get("unseen", {}).get("classes", [])]
+    assert pooled["n_instances"] == len(instances) > 0
+    assert pooled["macro_auroc"] == pytest.approx(sum(c["auroc"] for c in instances)
+                                                  / len(instances), abs=1e-5)
+    lo, hi = pooled["macro_auroc_ci"]
+    assert lo <= hi and pooled["bootstrap"] == "patients and classes"
+    assert pooled["same_records_every_split"]
+    assert 0 < pooled["wrong_text"]["p"] <= 1 and "verdict" in pooled
+    assert f"| **verdict** | {pooled['verdict']} |" in text
+    assert "wrong-text null" in text and "published" not in text
     assert "Command: `bin/experiment-a tiny`" in text
     # the table names the holdout each run used (closed), not the drawn one
     for split, report in zip(out["splits"], out["reports"]):
-        used = json.loads((pytest.importorskip("pathlib").Path(report) / "report.json")
+        used = json.loads((Path(report) / "report.json")
                           .read_text())["provenance"]["holdout"]
         assert used == split and f"| {', '.join(used)} |" in text
     experiments.run_a(cfg)                                # a rerun reuses and replaces
@@ -101,7 +117,7 @@ def test_scoring_on_validation_never_reads_the_test_fold(demo_data, tmp_path, mo
     monkeypatch.setattr(data, "load_selection", spy)
     out = experiments.run_a(_cfg(demo_data, tmp_path, splits=1, score="val"))
     scored = json.loads((tmp_path / "work" / "experiment-a-tiny-test.json").read_text())
-    report = json.loads((pytest.importorskip("pathlib").Path(out["reports"][0]) / "report.json")
+    report = json.loads((Path(out["reports"][0]) / "report.json")
                         .read_text())
     assert report["provenance"]["folds"] == [9] and out["reports"][0].endswith("-val")
     assert read and all(10 not in folds for folds in read)
@@ -121,7 +137,7 @@ def test_experiment_c_places_statement_trained_concepts_as_seen(demo_data, tmp_p
     assert "## Experiment C: MIMIC-IV-ECG model scored on PTB-XL — tiny c" in text
     assert "## Experiment C: MIMIC-IV-ECG model scored on Challenge 2021 databases" in text
     assert "Per statement kind" in text and "| rhythm |" in text
-    ptbxl = json.loads((pytest.importorskip("pathlib").Path(out["reports"][0]) / "report.json")
+    ptbxl = json.loads((Path(out["reports"][0]) / "report.json")
                        .read_text())
     group = {c["code"]: (c["group"], c["via"]) for c in ptbxl["classes"]}
     # the machine's "Sinus bradycardia" statement was trained: SBRAD is seen, through it

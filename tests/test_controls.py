@@ -1,0 +1,115 @@
+"""The class-specificity controls: a score that only says "abnormal" must not be called
+class-specific, and one that follows each class's text must."""
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ecgshard import concepts, controls, metrics, zeroshot
+from ecgshard.concepts import Status
+from ecgshard.config import ZeroShotConfig
+
+CLASSES = ["AMI", "LAFB/LPFB", "1AVB", "WPW", "LNGQT", "DIG"]
+VOCAB = ["NORM", "SR"] + CLASSES
+
+
+def _world(class_specific, n=600, dim=32, seed=0):
+    """Records that are normal (NORM + SR) or carry one abnormal class; embeddings with a
+    shared "abnormal" direction u, plus each class's own direction v_c when
+    ``class_specific``. Class texts are u + v_c; the normal text is -u."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    u, v = basis[0], basis[1:1 + len(CLASSES)]
+    # -1: normal, most records (as in PTB-XL, where NORM is about half)
+    kind = np.where(rng.random(n) < 0.6, -1, rng.integers(0, len(CLASSES), n))
+    labels_all = np.zeros((n, len(VOCAB)), np.uint8)
+    labels_all[kind < 0, 0] = labels_all[kind < 0, 1] = 1
+    labels_all[kind >= 0, 2 + kind[kind >= 0]] = 1
+    emb = 0.4 * rng.normal(size=(n, dim))
+    emb += np.outer(kind >= 0, u) * 1.0
+    if class_specific:
+        emb[kind >= 0] += 1.0 * v[kind[kind >= 0]]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    text = {"NORM": -u, "SR": -u}
+    for i, c in enumerate(CLASSES):
+        t = u + v[i]
+        text[c] = t / np.linalg.norm(t)
+    return emb, labels_all, text
+
+
+def _evaluate(class_specific, n=600, min_positives=10):
+    emb, labels_all, text = _world(class_specific, n=n)
+    graph = concepts.load()
+    labels = labels_all[:, 2:]
+    scores = emb @ np.stack([text[c] for c in CLASSES]).T
+    pool = controls.wrong_text_pool(VOCAB, graph)
+    against = {"pool": pool, "pool_scores": emb @ np.stack([text[c] for c in pool]).T,
+               "normal_code": "NORM", "baseline": -(emb @ text["NORM"]),
+               "normal": controls.normal_records(labels_all, VOCAB, graph), "graph": graph}
+    cfg = ZeroShotConfig(run="", shards="", text="", out="", bootstrap=50, control_seeds=0,
+                         permutations=200, min_positives=min_positives)
+    status = {c: Status("unseen", None, "test") for c in CLASSES}
+    patients = np.arange(len(labels)).astype(str)
+    return zeroshot._evaluate(scores, labels, CLASSES, status, {}, 0.0, cfg, patients, None,
+                              against)
+
+
+def test_cross_auroc_is_the_auroc_of_every_score_against_every_label():
+    rng = np.random.default_rng(1)
+    scores, labels = rng.normal(size=(80, 3)), rng.integers(0, 2, (80, 4))
+    scores[:, 0] = np.round(scores[:, 0])                 # ties count half
+    cross = metrics.cross_auroc(scores, labels)
+    for s in range(3):
+        for c in range(4):
+            assert cross[s, c] == pytest.approx(roc_auc_score(labels[:, c], scores[:, s]))
+    labels[:, 2] = 0
+    assert np.isnan(metrics.cross_auroc(scores, labels)[:, 2]).all()
+
+
+def test_an_abnormality_axis_alone_is_not_class_specific():
+    classes, groups, _ = _evaluate(class_specific=False)
+    g = groups["unseen"]
+    assert g["macro_auroc"] > 0.7                         # looks like zero-shot success ...
+    assert g["distinguishable_from_nulls"]                # ... and beats label permutation
+    assert not g["class_specific"] and g["wrong_text"]["p"] > 0.05
+    assert g["abnormality_baseline"]["margin_ci"][0] < 0     # the axis does as well
+    assert abs(g["within_abnormal"]["macro_auroc"] - 0.5) < 0.1
+    assert "NOT class-specific" in g["verdict"]
+    assert np.mean(g["wrong_text"]["own_rank"]) > 2
+
+
+def test_a_score_that_follows_the_text_is_class_specific():
+    classes, groups, replicates = _evaluate(class_specific=True)
+    g = groups["unseen"]
+    assert g["class_specific"] and g["wrong_text"]["p"] < 0.01
+    assert all(r == 1 for r in g["wrong_text"]["own_rank"])
+    assert g["abnormality_baseline"]["margin_ci"][0] > 0
+    assert g["within_abnormal"]["macro_auroc"] > 0.8
+    assert g["within_abnormal"]["abnormality_macro_auroc"] < 0.65
+    assert g["verdict"].startswith("class-specific")
+    assert replicates["auroc"].shape == replicates["baseline_auroc"].shape == (50, len(CLASSES))
+    # each class's wrong texts exclude its own concept and the normal texts
+    for c in classes:
+        assert c["code"] not in c["wrong_text"]["aurocs"]
+        assert not {"NORM", "SR"} & set(c["wrong_text"]["aurocs"])
+        assert c["wrong_text"]["n_texts"] == len(CLASSES)
+
+
+def test_normal_records_without_a_normal_statement_are_sinus_rhythm_alone():
+    graph = concepts.load()
+    codes = ["426783006", "164889003", "713427006"]       # sinus rhythm, AF, RBBB (SNOMED)
+    labels = np.array([[1, 0, 0], [1, 0, 1], [0, 1, 0], [0, 0, 0]])
+    assert controls.normal_records(labels, codes, graph).tolist() == [True, False, False, False]
+    with_norm = np.array([[1, 0], [0, 1], [1, 1]])
+    assert controls.normal_records(with_norm, ["NORM", "LVOLT"], graph).tolist() == \
+        [True, False, True]
+    assert controls.normal_text_code(["AFIB", "426783006", "NORM"], graph) == "NORM"
+    assert controls.normal_text_code(["AFIB", "426783006"], graph) == "426783006"
+    assert controls.normal_text_code(["AFIB"], graph) is None
+
+
+def test_intervals_below_the_macro_minimum_are_not_shown():
+    classes, _, _ = _evaluate(class_specific=True, n=250, min_positives=18)
+    below = [c for c in classes if c["n_pos"] < 18]
+    assert below and len(below) < len(classes)
+    for c in classes:
+        assert (c["auroc_ci"] is None) == (c["n_pos"] < 18) and c["auroc"] is not None
