@@ -16,6 +16,9 @@ class typed into ``predict`` — is placed by its words (``names``: the synonyms
 ``data/class_texts.json`` and the SNOMED CT names): text that *is* a known name is that
 concept ("sinus bradycardia" is SBRAD); text that *contains* a known name as a phrase
 ("sinus bradycardia with 1st degree av block") is related to that concept, both ways.
+The same rule holds for a coded class's findings text (``data/class_texts.json``): a class
+whose findings name another class ("prolonged PR interval" in AV block's) is related to it,
+both ways; a negated clause ("no pathological Q waves") names nothing.
 """
 from __future__ import annotations
 
@@ -54,13 +57,24 @@ def normalised_name(text):
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
 
 
+# What follows one of these words in a finding is absent, not present: it names no class.
+NEGATION = re.compile(r"\b(no|not|without|absent|absence|neither|nor|never)\b")
+
+
+def affirmed(finding):
+    """The part of a finding that asserts something: the normalised text before its first
+    negation ("flat T waves without ST depression" -> "flat t waves")."""
+    return NEGATION.split(normalised_name(finding), maxsplit=1)[0].strip()
+
+
 class ConceptGraph:
     """The relation table as a graph over concepts (codes joined by ``same``); ``names``
     (normalised name -> code) places free-text classes."""
 
-    def __init__(self, edges, names=None):
+    def __init__(self, edges, names=None, findings=None):
         self.edges = list(edges)
         self.names = dict(names or {})
+        self.findings = dict(findings or {})
         self._named_codes = set(self.names.values())
         self._phrases, self._families = {}, {}
         self._root = {}
@@ -107,18 +121,29 @@ class ConceptGraph:
         return (code in self._codes or code in self._named_codes
                 or self.concept(code) != code or bool(self.mentions(code)))
 
+    def coded(self, code):
+        """Whether ``code`` is a class of a code system (of the table or with class texts),
+        not free text."""
+        return code in self._codes or code in self.findings
+
     def mentions(self, code):
         """The concepts whose names ``code``'s text contains as a phrase, other than the one it
-        is (a combined machine statement mentions each finding it names)."""
+        is: for free text its words (a combined machine statement mentions each finding it
+        names), for a coded class the affirmed part of each of its findings."""
         if code not in self._phrases:
-            found = set()
-            if code not in self._codes:
-                # whole words: "av block" is in "1st degree av block", "af" is not in "after"
-                text = f" {normalised_name(code)} "
-                found = {self.concept(c) for n, c in self.names.items() if f" {n} " in text}
-                found.discard(self.concept(code))
+            texts = [affirmed(f) for f in self.findings.get(code, ())] if self.coded(code) \
+                else [normalised_name(code)]
+            found = {self.concept(c) for t in texts for c in self._named_in(t)}
+            found.discard(self.concept(code))
             self._phrases[code] = found
         return self._phrases[code]
+
+    def _named_in(self, text):
+        """Codes whose names ``text`` contains as whole words ("av block" is in "1st degree av
+        block", "af" is not in "after"), plurals included ("pacs" names "pac")."""
+        text = f" {text} "
+        return {c for n, c in self.names.items()
+                if f" {n} " in text or f" {n}s " in text or f" {n}es " in text}
 
     def _named(self, code):
         """The concepts ``code`` names: its own and those its text contains."""
@@ -133,9 +158,14 @@ class ConceptGraph:
         return self._families[code]
 
     def _text_link(self, a, b):
-        """Whether a finding one of ``a``, ``b`` names is, or is related to, a finding the
-        other names: how free text joins the table (for codes of the table alone it is the
-        table's own relation, which is looked at first)."""
+        """Whether ``a`` and ``b`` are tied by what their texts name. Two coded classes are
+        when one's findings name the other's concept (directly: two classes that both name
+        T-wave inversion are not thereby related to each other). Free text joins the table
+        more widely: when a finding one names is, or is related to, a finding the other
+        names."""
+        if self.coded(a) and self.coded(b):
+            return bool(self.concept(b) in self.mentions(a) or
+                        self.concept(a) in self.mentions(b))
         return bool(self._named(a) & self._family(b) or self._named(b) & self._family(a))
 
     def members(self, code):
@@ -297,4 +327,6 @@ def load(path=None):
     SNOMED CT names) to place free-text classes."""
     from .text import load_class_texts
 
-    return ConceptGraph(read_table(path), load_class_texts().by_name)
+    texts = load_class_texts()
+    return ConceptGraph(read_table(path), texts.by_name,
+                        {code: e.get("findings", []) for code, e in texts.entries.items()})

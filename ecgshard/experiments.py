@@ -125,7 +125,6 @@ def holdout_splits(cfg, shard_dir, manifest):
     n_train, _, train_pos = count_selection(Selection(str(shard_dir), tuple(folds.train_folds),
                                                       codes))
     _, _, val_pos = count_selection(Selection(str(shard_dir), tuple(folds.val_folds), codes))
-    trainable = [c for c, n in zip(codes, train_pos) if n >= cfg.fit.min_positives]
 
     def excluded_share(holdout):
         _, dropped, _ = count_selection(Selection(str(shard_dir), tuple(folds.train_folds), codes,
@@ -139,7 +138,7 @@ def holdout_splits(cfg, shard_dir, manifest):
     if default:
         # The package's default is always reported (it is what `fit --holdout default` does);
         # the table states the share of training records each split excluded.
-        splits.append(labels.resolve_holdout(default, classes, expand=True, trainable=trainable))
+        splits.append(labels.resolve_holdout(default, classes, expand=True))
     rng = np.random.default_rng(cfg.fit.seed)
     tries = 0
     while len(splits) < cfg.splits and tries < 200 and eligible:
@@ -147,7 +146,7 @@ def holdout_splits(cfg, shard_dir, manifest):
         pick = sorted(str(c) for c in rng.choice(eligible, size=min(cfg.holdout_size,
                                                                     len(eligible)),
                                                  replace=False))
-        full = labels.resolve_holdout(list(pick), classes, expand=True, trainable=trainable)
+        full = labels.resolve_holdout(list(pick), classes, expand=True)
         if full not in splits and excluded_share(full) <= cfg.max_excluded:
             splits.append(full)
     if not splits:

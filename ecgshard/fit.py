@@ -26,16 +26,18 @@ from .errors import ECGShardError
 log = logging.getLogger(__name__)
 
 
-def resolve_holdout(cfg, classes, trainable):
+def resolve_holdout(cfg, classes):
     """The run's closed holdout: ``cfg.holdout`` ('default' = the package's PTB-XL holdout,
-    where present) closed over the classes that could be trained (``trainable``)."""
+    where present) closed over every class of the vocabulary, whatever its count: a relative
+    below ``--min-positives`` is no training class, but its records would still be trained on
+    as negatives, and the closure must pass through it."""
     codes = list(cfg.holdout)
     if codes == ["default"]:
         present = {c["code"] for c in classes}
         codes = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in present]
     if not codes:
         return []
-    return labels.resolve_holdout(codes, classes, expand=cfg.holdout_expand, trainable=trainable)
+    return labels.resolve_holdout(codes, classes, expand=cfg.holdout_expand)
 
 
 def plan(cfg):
@@ -51,12 +53,10 @@ def plan(cfg):
     text = shards.read_text_matrix(cfg.text)
     classes = list({c["code"]: c for m in reversed(manifests) for c in m["classes"]}.values())
     every = tuple(dict.fromkeys(c for m in manifests for c in shards.class_codes(m)))
-    _, positives = _count(_selections(cfg.shards, manifests, cfg.train_folds, every))
-    trainable = [c for c, n in zip(every, positives) if n >= cfg.min_positives]
-    holdout = resolve_holdout(cfg, classes, trainable)
+    holdout = resolve_holdout(cfg, classes)
     # A held-out concept's codes in every set, trainable or not, take their records out.
-    watch = _with_synonyms(holdout, every)
-    exclude = () if cfg.include_heldout_records else watch
+    exclude = () if cfg.include_heldout_records else _with_synonyms(holdout, every)
+    watch = heldout_watch(holdout, every)
     if cfg.include_heldout_records and holdout:
         log.warning("!!! --include-heldout-records: records carrying held-out labels ARE TRAINED "
                     "ON (only the label columns are removed). Results are NOT strict zero-shot.")
@@ -84,10 +84,25 @@ def plan(cfg):
              "records_excluded_for_heldout_labels": {"train": t[1], "val": v[1]}}
             for d, m, t, v in zip(cfg.shards, manifests, by_set, val_by_set)]
     return {"manifest": manifests[0], "sets": sets, "text": text,
-            "holdout": holdout, "train_sel": train_sel, "val_sel": val_sel,
+            "holdout": holdout, "watch": list(watch), "train_sel": train_sel,
+            "val_sel": val_sel,
             "train_codes": list(train_codes), "n_train": n_train, "n_val": n_val,
             "excluded": {"train": n_excluded, "val": n_val_excluded},
             "dropped_rare": [c for c, n in zip(candidates, positives) if n < cfg.min_positives]}
+
+
+def heldout_watch(holdout, vocabulary):
+    """The codes the held-out check watches for in training batches: every code of
+    ``vocabulary`` that is not *unseen* against the holdout by the relation table's pairwise
+    status (the same concept, a relative, a shared finding). Computed apart from the closure
+    that chose what to exclude, so a closure that missed a relative is caught, not confirmed."""
+    from . import concepts
+
+    if not holdout:
+        return ()
+    graph = concepts.load()
+    return tuple(sorted(set(holdout) | {c for c in vocabulary
+                                        if graph.status(c, holdout).group != "unseen"}))
 
 
 def _with_synonyms(holdout, vocabulary):
@@ -271,7 +286,7 @@ def _train(cfg, out, world, device):
             if is_best:
                 shards.save_checkpoint(out / "checkpoint-best.pt", ck)
             shards.save_checkpoint(out / "checkpoint-last.pt", ck)
-            _write_heldout_check(out, state, p["holdout"], cfg.include_heldout_records)
+            _write_heldout_check(out, state, p, cfg.include_heldout_records)
         distributed.barrier(world)
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
@@ -435,10 +450,13 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
         text_model=p["text"].attrs.get("model_id")))
 
 
-def _write_heldout_check(out, state, holdout, allowed):
+def _write_heldout_check(out, state, p, allowed):
     ok = state["heldout_seen"] == 0 or allowed
     shards.write_json(out / "heldout_check.json", {
-        "holdout": holdout, "batches": state["batches"], "records_seen": state["records_seen"],
+        "holdout": p["holdout"], "watched_codes": p["watch"],
+        "watch_rule": "every code not unseen against the holdout by the relation table's "
+                      "pairwise status, computed apart from the closure",
+        "batches": state["batches"], "records_seen": state["records_seen"],
         "records_with_heldout_label_seen": state["heldout_seen"], "passed": ok})
     if not ok:
         raise ECGShardError(f"{state['heldout_seen']} training records carried a held-out label; "

@@ -104,10 +104,11 @@ def snomed_vocabulary(table, counts):
 
 # ---------------------------------------------------------------- holdouts
 
-def resolve_holdout(holdout, classes, expand=False, trainable=None):
-    """Close a holdout under the class relations of ``concepts`` (transitively).
+def resolve_holdout(holdout, classes, expand=False):
+    """Close a holdout under the class relations of ``concepts`` (transitively), over every
+    class of ``classes`` whatever its count (a rare relative's records would otherwise be
+    trained on, and the closure would stop at it).
 
-    ``trainable``: the codes that could become training classes (default: every class).
     Returns the sorted full holdout. Without ``expand``, a holdout that would leave a related
     class among them is refused with a message naming the whole closure and why each member
     belongs; with ``expand`` the closure is held out (and logged).
@@ -119,8 +120,7 @@ def resolve_holdout(holdout, classes, expand=False, trainable=None):
     if unknown:
         raise ECGShardError(f"holdout codes not in the vocabulary: {unknown} (codes are matched "
                             f"exactly, e.g. 'CLBBB' or '164909002')")
-    pool = known if trainable is None else set(trainable) | set(holdout)
-    reasons = concepts.load().closure(list(holdout), pool)
+    reasons = concepts.load().closure(list(holdout), known)
     added = {c: why for c, why in reasons.items() if why is not None}
     if added and not expand:
         raise ECGShardError(

@@ -219,3 +219,37 @@ def test_lead_dropout_zeroes_whole_leads_at_its_rate():
     zeroed = (y.abs().sum(-1) == 0).float()
     assert torch.all((y == 0) | (y == 1))                      # whole leads, nothing partial
     assert abs(zeroed.mean().item() - 0.3) < 0.01
+
+
+def _train_records_carrying(shard_dir, folds, codes):
+    sel = data.Selection(str(shard_dir), tuple(folds), ("SR",), tuple(codes))
+    return data.count_selection(sel)[1]
+
+
+def test_the_holdout_closes_over_relatives_below_min_positives(demo_data, demo_text):
+    """IRBBB (29 training records) is below --min-positives 35, so it is no training class;
+    holding out CRBBB must still hold it out and exclude its records (near CRBBB)."""
+    shard_dir = demo_data / "s-ptbxl"
+    cfg = fit.FitConfig(shards=str(shard_dir), text=str(demo_text), out="x", device="cpu",
+                        holdout=("CRBBB",), holdout_expand=True, min_positives=35)
+    p = fit.plan(cfg)
+    assert p["holdout"] == ["CRBBB", "IRBBB"] and "IRBBB" not in p["train_codes"]
+    assert p["excluded"]["train"] == _train_records_carrying(shard_dir, cfg.train_folds,
+                                                             ["CRBBB", "IRBBB"])
+    assert {"CRBBB", "IRBBB"} <= set(p["watch"])
+
+
+def test_the_heldout_check_watches_relatives_the_closure_missed(demo_data, demo_text, tmp_path,
+                                                                 monkeypatch):
+    """The check is computed apart from the closure: a closure that forgets IRBBB (near CRBBB)
+    trains on IRBBB records, and the check says so instead of confirming the exclusion."""
+    from ecgshard import labels
+
+    monkeypatch.setattr(labels, "resolve_holdout", lambda codes, classes, expand=False:
+                        sorted(codes))
+    cfg = fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
+                        out=str(tmp_path / "run"), device="cpu", holdout=("CRBBB",),
+                        min_positives=2, epochs=1, max_steps=3, batch_size=64)
+    assert "IRBBB" in fit.plan(cfg)["watch"]
+    with pytest.raises(ECGShardError, match="carried a held-out label"):
+        fit.run(cfg)
