@@ -107,6 +107,17 @@ def reassignment_null(wrong, n_draws=WRONG_TEXT_DRAWS, seed=0):
     return draws.mean(axis=0)
 
 
+def wrong_text_null(value, wrong, seed=0):
+    """Where a macro AUROC ``value`` stands among macros of wrongly assigned texts, for the
+    classes whose ``own_vs_wrong`` rows are ``wrong``: the null's mean and 95th percentile,
+    the one-sided p, and each class's own-text rank among its texts."""
+    null = reassignment_null([list(w["aurocs"].values()) for w in wrong], seed=seed)
+    return {"null_mean": round(float(null.mean()), 6),
+            "q95": round(float(np.quantile(null, 0.95)), 6), "draws": len(null),
+            **metrics.null_position(value, null),
+            "own_rank": [w["rank"] for w in wrong], "n_texts": [w["n_texts"] for w in wrong]}
+
+
 def best_single_text(wrong):
     """The one text that, given to every class of a macro, scores them best (chosen on the
     evaluated labels: a diagnostic, optimistic by construction): (code, macro) or None.

@@ -235,15 +235,7 @@ def pool_unseen(reports, report_dirs, seed=0):
                                        "margin_ci": margin_ci}
     wrong = [c["wrong_text"] for c in inst]
     if all(wrong):
-        null = specificity.reassignment_null([list(w["aurocs"].values()) for w in wrong],
-                                             seed=seed)
-        out["wrong_text"] = {"null_mean": round(float(null.mean()), 6),
-                             "q95": round(float(np.quantile(null, 0.95)), 6),
-                             **metrics.null_position(auroc, null),
-                             "mean_own_rank": round(float(np.mean([w["rank"] for w in wrong])),
-                                                    2),
-                             "mean_n_texts": round(float(np.mean([w["n_texts"] for w in wrong])),
-                                                   2)}
+        out["wrong_text"] = specificity.wrong_text_null(auroc, wrong, seed=seed)
         out["class_specific"] = bool(out["wrong_text"]["p"] < specificity.ALPHA)
     within = [c["within_abnormal_auroc"] for c in inst]
     within_base = [c["within_abnormal_abnormality_auroc"] for c in inst]

@@ -185,11 +185,8 @@ def controls_text(group):
     parts = []
     wrong = group.get("wrong_text")
     if wrong:
-        ranks = wrong.get("own_rank") or []
-        texts = wrong.get("n_texts") or []
-        where = f"own text ranks {np.mean(ranks):.1f} of {np.mean(texts):.0f} on average, " \
-            if ranks else ""
-        parts.append(f"wrong texts {num(wrong['null_mean'])} ({where}p {num(wrong['p'])})")
+        parts.append(f"wrong texts {num(wrong['null_mean'])} ({_own_rank_text(wrong)}, "
+                     f"p {num(wrong['p'])})")
     base = group.get("abnormality_baseline")
     if base and base.get("macro_auroc") is not None:
         parts.append(f"class-agnostic abnormality score ({base['text']}) "
@@ -200,6 +197,12 @@ def controls_text(group):
         parts.append(f"within abnormal records {num(within['macro_auroc'])} (abnormality score "
                      f"{num(within.get('abnormality_macro_auroc'))})")
     return "; ".join(parts) or "no class-specificity control"
+
+
+def _own_rank_text(wrong):
+    ranks, texts = wrong.get("own_rank") or [], wrong.get("n_texts") or []
+    return f"own text ranks {np.mean(ranks):.1f} of {np.mean(texts):.0f} on average" \
+        if ranks else "no own-text rank"
 
 
 def signed_interval(ci):
@@ -300,8 +303,7 @@ def _pooled_rows(pooled, scored):
         f"{interval(pooled['macro_auroc_ci'])}** | 95% interval resamples {unit} |",
         f"| wrong-text null: the same instances scored with other classes' texts | "
         f"{num(wrong.get('null_mean'))} (95th percentile {num(wrong.get('q95'))}) | own text "
-        f"p {num(wrong.get('p'))}; own text ranks {num(wrong.get('mean_own_rank'), 1)} of "
-        f"{num(wrong.get('mean_n_texts'), 0)} texts on average |",
+        f"p {num(wrong.get('p'))}; {_own_rank_text(wrong)} |",
         f"| class-agnostic abnormality score (minus cosine to the normal text) | "
         f"{num(base.get('macro_auroc'))} | own text's margin "
         f"{num(base.get('margin'))}{signed_interval(base.get('margin_ci'))} |",

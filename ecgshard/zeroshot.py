@@ -132,8 +132,9 @@ def _load_records(cfg, trained, manifest, folds, targets, same_set):
     vocab = shards.class_codes(manifest)
     own = set(vocab)
     extra = [c for c in trained.train_codes if c in own] if same_set else []
-    # every code of the set is read too: which records are normal depends on all their labels
-    label_codes = list(dict.fromkeys(targets + extra + list(vocab)))
+    # every code of the set is read (the training classes among them): which records are
+    # normal depends on all their labels
+    label_codes = list(dict.fromkeys(targets + list(vocab)))
     data = load_selection(Selection(cfg.shards, folds, tuple(label_codes)), with_ids=True)
     excluded = {}
     if not same_set:
@@ -371,7 +372,7 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
     wrong = specificity.own_vs_wrong(
         auroc, metrics.cross_auroc(against["pool_scores"], labels), against["pool"], targets,
         graph) if against["pool"] else [None] * n_classes
-    base_auroc = metrics.per_class_fast(base_scores, labels)[0] if base_scores is not None \
+    base_auroc = metrics.cross_auroc(baseline[:, None], labels)[0] if baseline is not None \
         else np.full(n_classes, np.nan)
     within = specificity.within_abnormal(scores, labels, against["normal"])
     within_base = specificity.within_abnormal(base_scores, labels, against["normal"]) \
@@ -464,18 +465,14 @@ def _place_in_controls(group, rows, boot, cols, against, cfg):
     value = group["macro_auroc"]
     wrong = [r["wrong_text"] for r in rows]
     if all(wrong):
-        null = specificity.reassignment_null([list(w["aurocs"].values()) for w in wrong],
-                                             seed=cfg.seed)
-        group["wrong_text"] = {
-            "null_mean": _num(null.mean()), "q95": _num(np.quantile(null, 0.95)),
-            "draws": len(null), **metrics.null_position(value, null),
-            "own_rank": [w["rank"] for w in wrong], "n_texts": [w["n_texts"] for w in wrong],
-            "best_single_text": specificity.best_single_text([w["aurocs"] for w in wrong])}
+        group["wrong_text"] = dict(
+            specificity.wrong_text_null(value, wrong, seed=cfg.seed),
+            best_single_text=specificity.best_single_text([w["aurocs"] for w in wrong]))
         group["class_specific"] = bool(group["wrong_text"]["p"] < specificity.ALPHA)
     if against["baseline"] is not None:
         base = _num(np.mean([r["abnormality_auroc"] for r in rows]))
         margin_ci = None
-        if boot is not None and boot["baseline_auroc"] is not None:
+        if boot is not None:
             margin_ci = metrics.percentile_ci(metrics.macro_rows(boot["auroc"][:, cols])
                                               - metrics.macro_rows(boot["baseline_auroc"][:,
                                                                                           cols]))
