@@ -140,6 +140,14 @@ def within_abnormal(scores, labels, normal):
     return out
 
 
+def p_text(p):
+    """A p value as text: below 0.001 it is said so, not rounded to "0.000" (a +1-corrected
+    p is never 0)."""
+    if p is None:
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def verdict(group):
     """One sentence for a group macro, from the nulls and the controls in ``group``."""
     wt, base = group.get("wrong_text"), group.get("abnormality_baseline")
@@ -149,9 +157,9 @@ def verdict(group):
         head = "association only: no wrong-text null could be formed"
     elif not group.get("class_specific"):
         head = (f"NOT class-specific: other classes' texts score these classes as well "
-                f"(wrong-text p {wt['p']:.3f})")
+                f"(wrong-text p {p_text(wt['p'])})")
     else:
-        head = f"class-specific: beats the wrong-text null (p {wt['p']:.3f})"
+        head = f"class-specific: beats the wrong-text null (p {p_text(wt['p'])})"
     if base and base.get("margin") is not None:
         ci = base.get("margin_ci")
         above = ci is not None and ci[0] > 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import concepts, shards
+from .controls import p_text
 
 # Published figures of related designs, shown only where the experiment matches theirs in
 # kind, and always marked as not comparable: other text models (Bio_ClinicalBERT), other data
@@ -186,7 +187,7 @@ def controls_text(group):
     wrong = group.get("wrong_text")
     if wrong:
         parts.append(f"wrong texts {num(wrong['null_mean'])} ({_own_rank_text(wrong)}, "
-                     f"p {num(wrong['p'])})")
+                     f"p {p_text(wrong['p'])})")
     base = group.get("abnormality_baseline")
     if base and base.get("macro_auroc") is not None:
         parts.append(f"class-agnostic abnormality score ({base['text']}) "
@@ -225,7 +226,7 @@ def report_table(report_dirs):
         r["references"].get("random_encoder_control", {}).get("macro_auroc"))))
     rows.append(("unseen vs nulls", lambda r: {True: "above", False: "NOT above", None: "-"}[
         r["groups"].get("unseen", {}).get("distinguishable_from_nulls")]))
-    rows.append(("unseen wrong-text p", lambda r: num(
+    rows.append(("unseen wrong-text p", lambda r: p_text(
         (r["groups"].get("unseen", {}).get("wrong_text") or {}).get("p"))))
     rows.append(("unseen abnormality", lambda r: num(
         (r["groups"].get("unseen", {}).get("abnormality_baseline") or {}).get("macro_auroc"))))
@@ -303,7 +304,7 @@ def _pooled_rows(pooled, scored):
         f"{interval(pooled['macro_auroc_ci'])}** | 95% interval resamples {unit} |",
         f"| wrong-text null: the same instances scored with other classes' texts | "
         f"{num(wrong.get('null_mean'))} (95th percentile {num(wrong.get('q95'))}) | own text "
-        f"p {num(wrong.get('p'))}; {_own_rank_text(wrong)} |",
+        f"p {p_text(wrong.get('p'))}; {_own_rank_text(wrong)} |",
         f"| class-agnostic abnormality score (minus cosine to the normal text) | "
         f"{num(base.get('macro_auroc'))} | own text's margin "
         f"{num(base.get('margin'))}{signed_interval(base.get('margin_ci'))} |",
@@ -389,7 +390,7 @@ def markdown_a(cfg, manifest, reports, pooled=None):
             f"| {i} | {', '.join(r['provenance']['holdout'])} | "
             f"{r.get('excluded_train_share', 0):.0%} | {g.get('n_classes', 0)} "
             f"| {num(g.get('macro_auroc'))}{interval(g.get('macro_auroc_ci'))} | "
-            f"{_control_cell(g)} | {num(wrong.get('null_mean'))} ({num(wrong.get('p'))}) | "
+            f"{_control_cell(g)} | {num(wrong.get('null_mean'))} ({p_text(wrong.get('p'))}) | "
             f"{num(base.get('macro_auroc'))} ({num(base.get('margin'))}) | "
             f"{num((g.get('within_abnormal') or {}).get('macro_auroc'))} | "
             f"{_short_verdict(g)} | {few or '—'} |")
@@ -429,7 +430,7 @@ def _wrong_cells(c):
     wrong = c.get("wrong_text")
     if not wrong:
         return "— | — | " + f"{num(c.get('abnormality_auroc'))} |"
-    return (f"{wrong['rank']} of {wrong['n_texts']} (p {num(wrong['p'])}) | "
+    return (f"{wrong['rank']} of {wrong['n_texts']} (p {p_text(wrong['p'])}) | "
             f"{wrong['best']['code']} {num(wrong['best']['auroc'])} | "
             f"{num(c.get('abnormality_auroc'))} |")
 
@@ -534,7 +535,7 @@ def markdown_transfer(cfg, which, trained, manifest, report):
             lines.append(f"| {name} | {row['n_classes']} | {num(row['macro_auroc'])}"
                          f"{interval(row['macro_auroc_ci'])} | {num(row['macro_ap'])} | "
                          f"{num(row.get('macro_f1'))} | {_control_cell(row)} | "
-                         f"{num(wrong.get('null_mean'))} ({num(wrong.get('p'))}) | "
+                         f"{num(wrong.get('null_mean'))} ({p_text(wrong.get('p'))}) | "
                          f"{num(base.get('macro_auroc'))} ({num(base.get('margin'))}) | "
                          f"{num((row.get('within_abnormal') or {}).get('macro_auroc'))} | "
                          f"{_short_verdict(row)} | {cited} |")

@@ -86,6 +86,8 @@ def test_a_score_that_follows_the_text_is_class_specific():
     assert g["within_abnormal"]["macro_auroc"] > 0.8
     assert g["within_abnormal"]["abnormality_macro_auroc"] < 0.65
     assert g["verdict"].startswith("class-specific")
+    # a +1-corrected p of 1/10,001 is not printed as "0.000"
+    assert g["wrong_text"]["p"] < 0.001 and "(p < 0.001)" in g["verdict"]
     assert replicates["auroc"].shape == replicates["baseline_auroc"].shape == (50, len(CLASSES))
     # each class's wrong texts exclude its own concept and the normal texts
     for c in classes:
