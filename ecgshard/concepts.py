@@ -32,6 +32,8 @@ from pathlib import Path
 from .errors import ECGShardError
 
 RELATIONS = ("same", "child_of", "near")
+# How a closure names a class it takes along for a shared name without following it further
+SHARED_NAME = "shared name"
 GROUPS = ("seen", "related", "unseen")
 
 
@@ -246,9 +248,11 @@ class ConceptGraph:
         """The held-out set that keeps every one of ``codes`` unseen.
 
         Transitive: a class related to a held-out class is held out, and so on, within
-        ``vocabulary`` (the codes that could be trained); a free-text class that shares a name
-        with one is held out too, without following it further. Returns ``{code: reason}`` with
-        ``reason`` None for the requested codes and "<relation> of <code>" for the others.
+        ``vocabulary`` (the codes that could be trained); a class tied to one only by what
+        their texts name (a combined statement, a class whose findings name it) is held out
+        too, without following it further: it rides along (``riders``), and is not itself kept
+        unseen. Returns ``{code: reason}`` with ``reason`` None for the requested codes and
+        "<relation> of <code>" for the others.
         """
         vocabulary = set(vocabulary)
         reasons = {c: None for c in codes}
@@ -260,14 +264,20 @@ class ConceptGraph:
             for other in sorted(vocabulary - set(reasons)):
                 kind = "same concept" if self.concept(other) == root else \
                     related.get(self.concept(other)) or \
-                    ("shared name" if self._text_link(code, other) else None)
+                    (SHARED_NAME if self._text_link(code, other) else None)
                 if kind:
                     reasons[other] = f"{kind} of {code}"
                     # a combined statement goes with each finding it names, but is not
                     # followed further: its other findings stay trainable
-                    if kind != "shared name":
+                    if kind != SHARED_NAME:
                         todo.append(other)
         return reasons
+
+
+def riders(reasons):
+    """The members of a closure (``closure``'s ``{code: reason}``) that ride along: held out
+    for a shared name, not kept unseen themselves."""
+    return {c for c, why in reasons.items() if why and why.startswith(SHARED_NAME + " of ")}
 
 
 def describe(code, trained=None, vocabulary=None, graph=None):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import concepts
 from . import labels
 from . import shards
 from .config import FitConfig
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_holdout(cfg, classes):
-    """The run's closed holdout: ``cfg.holdout`` ('default' = the package's PTB-XL holdout,
+    """The run's closed holdout, ``{code: reason}``: ``cfg.holdout`` ('default' = the package's PTB-XL holdout,
     where present) closed over every class of the vocabulary, whatever its count: a relative
     below ``--min-positives`` is no training class, but its records would still be trained on
     as negatives, and the closure must pass through it."""
@@ -36,8 +37,8 @@ def resolve_holdout(cfg, classes):
         present = {c["code"] for c in classes}
         codes = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in present]
     if not codes:
-        return []
-    return labels.resolve_holdout(codes, classes, expand=cfg.holdout_expand)
+        return {}
+    return labels.close_holdout(codes, classes, expand=cfg.holdout_expand)
 
 
 def plan(cfg):
@@ -53,10 +54,11 @@ def plan(cfg):
     text = shards.read_text_matrix(cfg.text)
     classes = list({c["code"]: c for m in reversed(manifests) for c in m["classes"]}.values())
     every = tuple(dict.fromkeys(c for m in manifests for c in shards.class_codes(m)))
-    holdout = resolve_holdout(cfg, classes)
+    reasons = resolve_holdout(cfg, classes)
+    holdout, riders = sorted(reasons), sorted(concepts.riders(reasons))
     # A held-out concept's codes in every set, trainable or not, take their records out.
     exclude = () if cfg.include_heldout_records else _with_synonyms(holdout, every)
-    watch = heldout_watch(holdout, every)
+    watch = heldout_watch(holdout, riders, every)
     if cfg.include_heldout_records and holdout:
         log.warning("!!! --include-heldout-records: records carrying held-out labels ARE TRAINED "
                     "ON (only the label columns are removed). Results are NOT strict zero-shot.")
@@ -84,31 +86,29 @@ def plan(cfg):
              "records_excluded_for_heldout_labels": {"train": t[1], "val": v[1]}}
             for d, m, t, v in zip(cfg.shards, manifests, by_set, val_by_set)]
     return {"manifest": manifests[0], "sets": sets, "text": text,
-            "holdout": holdout, "watch": list(watch), "train_sel": train_sel,
+            "holdout": holdout, "riders": riders, "watch": list(watch), "train_sel": train_sel,
             "val_sel": val_sel,
             "train_codes": list(train_codes), "n_train": n_train, "n_val": n_val,
             "excluded": {"train": n_excluded, "val": n_val_excluded},
             "dropped_rare": [c for c, n in zip(candidates, positives) if n < cfg.min_positives]}
 
 
-def heldout_watch(holdout, vocabulary):
+def heldout_watch(holdout, riders, vocabulary):
     """The codes the held-out check watches for in training batches: every code of
-    ``vocabulary`` that is not *unseen* against the holdout by the relation table's pairwise
-    status (the same concept, a relative, a shared finding). Computed apart from the closure
-    that chose what to exclude, so a closure that missed a relative is caught, not confirmed."""
-    from . import concepts
-
+    ``vocabulary`` that is not *unseen* against the held-out classes kept unseen (all but the
+    ``riders``, taken along for a shared name) by the relation table's pairwise status — the
+    same concept, a relative, a finding one's text names. Computed apart from the closure that
+    chose what to exclude, so a closure that missed a relative is caught, not confirmed."""
     if not holdout:
         return ()
     graph = concepts.load()
+    kept_unseen = [h for h in holdout if h not in set(riders)]
     return tuple(sorted(set(holdout) | {c for c in vocabulary
-                                        if graph.status(c, holdout).group != "unseen"}))
+                                        if graph.status(c, kept_unseen).group != "unseen"}))
 
 
 def _with_synonyms(holdout, vocabulary):
     """The held-out codes and every code of ``vocabulary`` naming the same concept."""
-    from . import concepts
-
     graph = concepts.load()
     held = {graph.concept(c) for c in holdout}
     return tuple(sorted({c for c in vocabulary if graph.concept(c) in held} | set(holdout)))
@@ -120,7 +120,6 @@ def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
     labels each class by its own code; in a union each class takes, in each set, its own code
     or that set's codes of the same concept (by the relation table), and is negative
     throughout a set that has neither."""
-    from . import concepts
     from .data import Selection
 
     sources, graph = None, concepts.load()
@@ -453,9 +452,9 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
 def _write_heldout_check(out, state, p, allowed):
     ok = state["heldout_seen"] == 0 or allowed
     shards.write_json(out / "heldout_check.json", {
-        "holdout": p["holdout"], "watched_codes": p["watch"],
-        "watch_rule": "every code not unseen against the holdout by the relation table's "
-                      "pairwise status, computed apart from the closure",
+        "holdout": p["holdout"], "held_out_alongside": p["riders"], "watched_codes": p["watch"],
+        "watch_rule": "every code not unseen, by the relation table's pairwise status, against "
+                      "the held-out classes kept unseen; computed apart from the closure",
         "batches": state["batches"], "records_seen": state["records_seen"],
         "records_with_heldout_label_seen": state["heldout_seen"], "passed": ok})
     if not ok:

@@ -105,13 +105,19 @@ def snomed_vocabulary(table, counts):
 # ---------------------------------------------------------------- holdouts
 
 def resolve_holdout(holdout, classes, expand=False):
+    """The sorted full holdout of ``close_holdout``."""
+    return sorted(close_holdout(holdout, classes, expand))
+
+
+def close_holdout(holdout, classes, expand=False):
     """Close a holdout under the class relations of ``concepts`` (transitively), over every
     class of ``classes`` whatever its count (a rare relative's records would otherwise be
     trained on, and the closure would stop at it).
 
-    Returns the sorted full holdout. Without ``expand``, a holdout that would leave a related
-    class among them is refused with a message naming the whole closure and why each member
-    belongs; with ``expand`` the closure is held out (and logged).
+    Returns ``{code: reason}`` of the full holdout (``ConceptGraph.closure``). Without
+    ``expand``, a holdout that would leave a related class among them is refused with a
+    message naming the whole closure and why each member belongs; with ``expand`` the closure
+    is held out (and logged).
     """
     from . import concepts
 
@@ -133,7 +139,7 @@ def resolve_holdout(holdout, classes, expand=False):
     if added:
         log.warning("holdout closed with related classes: %s",
                     ", ".join(f"{c} ({why})" for c, why in sorted(added.items())))
-    return sorted(reasons)
+    return reasons
 
 
 # A default PTB-XL holdout spanning rhythm (SBRAD), form (LVOLT, the premature-complex family)

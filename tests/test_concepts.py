@@ -210,3 +210,40 @@ def test_statements_in_plural_name_their_findings():
     assert graph.status("sinus rhythm with pacs", ["PAC"]).group == "related"
     assert graph.status("PAC", ["Sinus rhythm with PACs/PVCs"]).group == "related"
     assert graph.status("PVC", ["Sinus rhythm with PACs/PVCs"]).group == "related"
+
+
+@pytest.mark.parametrize("vocabulary", [SCP71, SUBCLASS_TREE])
+def test_the_heldout_check_agrees_with_every_closure(vocabulary):
+    """Holding out any one class: the codes the held-out check watches (pairwise status
+    against the classes kept unseen) are exactly the closed holdout. A class taken along
+    because a held-out class's findings name it rides along: its own relatives (ST/T change's
+    child LNGQT, when ISCI's text names ST/T change) are not watched, nor held out."""
+    from ecgshard import fit
+
+    classes = [{"code": c} for c in vocabulary]
+    graph = concepts.load()
+    for code in vocabulary:
+        reasons = labels.close_holdout([code], classes, expand=True)
+        riders = concepts.riders(reasons)
+        assert list(fit.heldout_watch(sorted(reasons), riders, vocabulary)) == sorted(reasons), \
+            code
+        # a class kept unseen is unseen against every trainable class
+        trainable = set(vocabulary) - set(reasons)
+        for kept in set(reasons) - riders:
+            assert graph.status(kept, trainable).group == "unseen", (code, kept)
+    if "STTC" in vocabulary:
+        reasons = labels.close_holdout(["ISCI"], classes, expand=True)
+        assert "STTC" in concepts.riders(reasons) and "LNGQT" not in reasons
+
+
+def test_a_combined_statement_rides_along_without_its_other_findings_being_watched():
+    from ecgshard import fit
+
+    vocab = ["sinus bradycardia", "sinus bradycardia with 1st degree av block",
+             "1st degree av block", "sinus rhythm"]
+    reasons = labels.close_holdout(["sinus bradycardia"], [{"code": c} for c in vocab],
+                                   expand=True)
+    assert sorted(reasons) == ["sinus bradycardia", "sinus bradycardia with 1st degree av block"]
+    assert concepts.riders(reasons) == {"sinus bradycardia with 1st degree av block"}
+    assert list(fit.heldout_watch(sorted(reasons), concepts.riders(reasons), vocab)) == \
+        sorted(reasons)

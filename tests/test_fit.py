@@ -245,8 +245,8 @@ def test_the_heldout_check_watches_relatives_the_closure_missed(demo_data, demo_
     trains on IRBBB records, and the check says so instead of confirming the exclusion."""
     from ecgshard import labels
 
-    monkeypatch.setattr(labels, "resolve_holdout", lambda codes, classes, expand=False:
-                        sorted(codes))
+    monkeypatch.setattr(labels, "close_holdout", lambda codes, classes, expand=False:
+                        {c: None for c in codes})
     cfg = fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
                         out=str(tmp_path / "run"), device="cpu", holdout=("CRBBB",),
                         min_positives=2, epochs=1, max_steps=3, batch_size=64)
