@@ -109,8 +109,10 @@ def run_key(fc):
 
 
 def holdout_splits(cfg, shard_dir, manifest):
-    """The default holdout first, then random draws of ``holdout_size`` classes; each closed
-    over its related classes.
+    """The default holdout first, then random draws of ``holdout_size`` classes: the codes a
+    run is asked to hold out (``fit`` closes them over their related classes; a closed list
+    would be closed again there, and a class taken along for a shared name would then be
+    followed as if asked for). Judged and told apart by their closures.
 
     Only the training and validation folds decide: a class is drawn with at least
     ``min_val_positives`` positives in the validation folds, and a random split is kept only if
@@ -133,12 +135,13 @@ def holdout_splits(cfg, shard_dir, manifest):
 
     eligible = [c for c, n, t in zip(codes, val_pos, train_pos)
                 if n >= cfg.min_val_positives and t / max(1, n_train) <= cfg.max_excluded]
-    splits = []
+    splits, closures = [], []
     default = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in codes]
     if default:
         # The package's default is always reported (it is what `fit --holdout default` does);
         # the table states the share of training records each split excluded.
-        splits.append(labels.resolve_holdout(default, classes, expand=True))
+        splits.append(default)
+        closures.append(labels.resolve_holdout(default, classes, expand=True))
     rng = np.random.default_rng(cfg.fit.seed)
     tries = 0
     while len(splits) < cfg.splits and tries < 200 and eligible:
@@ -147,8 +150,9 @@ def holdout_splits(cfg, shard_dir, manifest):
                                                                     len(eligible)),
                                                  replace=False))
         full = labels.resolve_holdout(list(pick), classes, expand=True)
-        if full not in splits and excluded_share(full) <= cfg.max_excluded:
-            splits.append(full)
+        if full not in closures and excluded_share(full) <= cfg.max_excluded:
+            splits.append(pick)
+            closures.append(full)
     if not splits:
         raise ECGShardError(f"no holdout split found: no class has {cfg.min_val_positives} "
                             f"positives in validation folds {folds.val_folds} while excluding at "
