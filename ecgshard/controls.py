@@ -15,6 +15,11 @@ Three controls ask the right question, per class and per group macro:
   own text's margin over it.
 * **within-abnormal AUROC** — positives against abnormal records only (normal records removed),
   where the abnormality axis cannot score.
+
+Across a collection of databases one more confound fakes a class: a label that only one source
+carries (Ningbo's VCG-loop label, Chapman's rotations) is scored partly by telling that source
+from the others. **Within-source AUROC** scores such a class among the records of the sources
+that carry it.
 """
 from __future__ import annotations
 
@@ -146,6 +151,20 @@ def p_text(p):
     if p is None:
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def within_source(scores, labels, sources):
+    """Per class: the sources whose records carry its positives, and its AUROC among the
+    records of those sources only (NaN where not evaluable there). Equal to the pooled AUROC
+    for a class that every source carries."""
+    sources = np.asarray(sources)
+    aurocs, carriers = np.full(labels.shape[1], np.nan), []
+    for c in range(labels.shape[1]):
+        positive = labels[:, c].astype(bool)
+        carriers.append(sorted(set(sources[positive].tolist())))
+        keep = np.isin(sources, carriers[-1])
+        aurocs[c] = metrics.per_class_fast(scores[keep][:, [c]], labels[keep][:, [c]])[0][0]
+    return aurocs, carriers
 
 
 def verdict(group):

@@ -116,22 +116,22 @@ def _with_synonyms(holdout, vocabulary):
 
 def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
     """One Selection per shard set; records carrying an ``exclude`` code are dropped, and
-    those carrying a ``watch`` code counted per batch (the held-out check). A single set
-    labels each class by its own code; in a union each class takes, in each set, its own code
-    or that set's codes of the same concept (by the relation table), and is negative
-    throughout a set that has neither."""
+    those carrying a ``watch`` code counted per batch (the held-out check). Each class takes,
+    in each set, every code of that set naming its concept (by the relation table; its own
+    code among them), and is negative throughout a set that has none: two codes of one concept
+    in one set (the Challenge's 59118001 and 713427006) label the same records, never each
+    other's negatives."""
     from .data import Selection
 
-    sources, graph = None, concepts.load()
+    graph = concepts.load()
     sels = []
     for d, m in zip(shard_dirs, manifests):
-        if len(shard_dirs) > 1:
-            present = shards.class_codes(m)
-            sources = tuple(((c,) if c in present else
-                             tuple(p for p in present if graph.concept(p) == graph.concept(c)))
-                            for c in codes)
+        present = shards.class_codes(m)
+        sources = tuple(tuple(p for p in present if graph.concept(p) == graph.concept(c))
+                        for c in codes)
+        own = all(s == (c,) for s, c in zip(sources, codes))
         sels.append(Selection(str(d), tuple(folds), tuple(codes), tuple(exclude), tuple(watch),
-                              sources))
+                              None if own else sources))
     return sels
 
 

@@ -62,6 +62,7 @@ def write_per_class_csv(path, classes):
               "auroc", "auroc_ci_low", "auroc_ci_high", "control_auroc_min", "control_auroc_max",
               "own_text_rank", "n_texts", "wrong_text_p", "wrong_text_mean", "best_wrong_text",
               "best_wrong_text_auroc", "abnormality_auroc", "within_abnormal_auroc",
+              "within_source_auroc", "single_source",
               "ap", "sensitivity", "specificity", "f1", "threshold"]
     with shards.atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -518,22 +519,26 @@ def markdown_transfer(cfg, which, trained, manifest, report):
         "the other classes' texts; p of the macro against texts reassigned at random), the "
         f"class-agnostic abnormality score (minus the cosine to the `{p.get('normal_text')}` "
         "text) and the AUROC within abnormal records; a figure is class-specific only when it "
-        f"beats the wrong-text null. Published figures: {NOT_COMPARABLE}.",
+        "beats the wrong-text null. *Within source*: each class scored among the records of "
+        "the sources that carry it, so that a label one database alone uses is not scored by "
+        f"telling that database apart. Published figures: {NOT_COMPARABLE}.",
         "",
-        "| group | classes in macro | macro AUROC [95% CI] | macro AP | macro F1 | random "
-        "encoders mean [min, max]; permutation | wrong-text null (p) | abnormality score "
-        "(margin) | within abnormal | verdict | published (not comparable) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| group | classes in macro | macro AUROC [95% CI] | within source | macro AP | macro F1 "
+        "| random encoders mean [min, max]; permutation | wrong-text null (p) | abnormality "
+        "score (margin) | within abnormal | verdict | published (not comparable) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("unseen", "related", "seen", "all"):
         cited = published.get(name, "—")
         if name not in g:
             lines.append(f"| {name} | 0 | no class of this collection is {name} for this run "
-                         f"| | | | | | | | {cited} |")
+                         f"| | | | | | | | | {cited} |")
         else:
             row = g[name]
             wrong, base = row.get("wrong_text") or {}, row.get("abnormality_baseline") or {}
             lines.append(f"| {name} | {row['n_classes']} | {num(row['macro_auroc'])}"
-                         f"{interval(row['macro_auroc_ci'])} | {num(row['macro_ap'])} | "
+                         f"{interval(row['macro_auroc_ci'])} | "
+                         f"{num(row.get('within_source_macro_auroc'))} | "
+                         f"{num(row['macro_ap'])} | "
                          f"{num(row.get('macro_f1'))} | {_control_cell(row)} | "
                          f"{num(wrong.get('null_mean'))} ({p_text(wrong.get('p'))}) | "
                          f"{num(base.get('macro_auroc'))} ({num(base.get('margin'))}) | "
@@ -545,6 +550,14 @@ def markdown_transfer(cfg, which, trained, manifest, report):
         lines += ["", "Not in a macro (fewer positives than the minimum): " + "; ".join(
             f"{name}: " + ", ".join(f"{c} ({n})" for c, n in codes.items())
             for name, codes in few.items()) + "."]
+    single = {c["code"]: c["positive_sources"][0] for c in report["classes"]
+              if c.get("single_source") and c["in_macro"]}
+    if single:
+        lines += ["", "Carried by one source only (pooled AUROC partly tells that source from the "
+                  "others; within source beside it): " + ", ".join(
+                      f"{c['code']} ({single[c['code']]}: {num(c['auroc'])} pooled, "
+                      f"{num(c['within_source_auroc'])} within)" for c in report["classes"]
+                      if c["code"] in single) + "."]
     lines += _by_kind(manifest, report)
     lines += ["", "Per source database (macro AUROC over the classes with enough positives "
               "there):", "",

@@ -250,7 +250,7 @@ def _specificity_inputs(emb, text, vocab, data):
     baseline = None if normal_code is None else -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
     return {"pool": pool, "pool_scores": emb @ text.emb[text.rows(pool)].T if pool else None,
             "normal_code": normal_code, "baseline": baseline, "normal": data["normal"],
-            "graph": graph}
+            "source": data["source"], "graph": graph}
 
 
 def _control_scores(ck, data, text_rows, device, cfg):
@@ -377,6 +377,8 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
     within = specificity.within_abnormal(scores, labels, against["normal"])
     within_base = specificity.within_abnormal(base_scores, labels, against["normal"]) \
         if base_scores is not None else np.full(n_classes, np.nan)
+    by_source, carriers = specificity.within_source(scores, labels, against["source"])
+    n_sources = len(set(against["source"]))
 
     classes = []
     for i, code in enumerate(targets):
@@ -396,7 +398,10 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
             "threshold": _num(np.broadcast_to(threshold, (len(targets),))[i]),
             "wrong_text": wrong[i], "abnormality_auroc": _num(base_auroc[i]),
             "within_abnormal_auroc": _num(within[i]),
-            "within_abnormal_abnormality_auroc": _num(within_base[i])}
+            "within_abnormal_abnormality_auroc": _num(within_base[i]),
+            "positive_sources": carriers[i],
+            "single_source": bool(n_sources > 1 and len(carriers[i]) == 1),
+            "within_source_auroc": _num(by_source[i])}
         if ctrl_auroc is not None and np.isfinite(auroc[i]):
             row["control_auroc"] = {"mean": _num(ctrl_auroc[:, i].mean()),
                                     "min": _num(ctrl_auroc[:, i].min()),
@@ -484,6 +489,9 @@ def _place_in_controls(group, rows, boot, cols, against, cfg):
         "abnormality_macro_auroc": _num(metrics.macro(
             _values(rows, "within_abnormal_abnormality_auroc"))),
         "normal_records_removed": int(against["normal"].sum())}
+    group["within_source_macro_auroc"] = _num(metrics.macro(_values(rows,
+                                                                    "within_source_auroc")))
+    group["single_source_classes"] = [r["code"] for r in rows if r["single_source"]]
     group["verdict"] = specificity.verdict(group)
 
 

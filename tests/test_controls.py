@@ -44,7 +44,8 @@ def _evaluate(class_specific, n=600, min_positives=10):
     pool = controls.wrong_text_pool(VOCAB, graph)
     against = {"pool": pool, "pool_scores": emb @ np.stack([text[c] for c in pool]).T,
                "normal_code": "NORM", "baseline": -(emb @ text["NORM"]),
-               "normal": controls.normal_records(labels_all, VOCAB, graph), "graph": graph}
+               "normal": controls.normal_records(labels_all, VOCAB, graph),
+               "source": np.full(len(labels), "one database"), "graph": graph}
     cfg = ZeroShotConfig(run="", shards="", text="", out="", bootstrap=50, control_seeds=0,
                          permutations=200, min_positives=min_positives)
     status = {c: Status("unseen", None, "test") for c in CLASSES}
@@ -115,3 +116,20 @@ def test_intervals_below_the_macro_minimum_are_not_shown():
     assert below and len(below) < len(classes)
     for c in classes:
         assert (c["auroc_ci"] is None) == (c["n_pos"] < 18) and c["auroc"] is not None
+
+
+def test_a_label_one_source_carries_is_scored_within_that_source():
+    """A score that only tells source A from source B looks perfect for a label A alone
+    carries; among A's records it is at chance."""
+    rng = np.random.default_rng(3)
+    sources = np.array(["A"] * 200 + ["B"] * 200)
+    labels = np.zeros((400, 2), np.uint8)
+    labels[rng.choice(200, 40, replace=False), 0] = 1              # only A carries class 0
+    labels[rng.choice(400, 60, replace=False), 1] = 1              # both carry class 1
+    scores = np.stack([(sources == "A") + 0.01 * rng.normal(size=400),
+                       rng.normal(size=400)], axis=1)
+    pooled = metrics.per_class(scores, labels)[0]
+    within, carriers = controls.within_source(scores, labels, sources)
+    assert pooled[0] > 0.75 and abs(within[0] - 0.5) < 0.15
+    assert carriers == [["A"], ["A", "B"]]
+    assert within[1] == pytest.approx(pooled[1])

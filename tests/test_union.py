@@ -173,3 +173,20 @@ def test_a_statement_vocabulary_joins_a_code_vocabulary_by_concept(demo_data, de
     loaded = data.load_selection(p["train_sel"][1])
     np.testing.assert_array_equal(loaded["labels"][:, codes.index("SR")],
                                   loaded["labels"][:, codes.index("sinus rhythm")])
+
+
+def test_two_codes_of_one_concept_in_one_set_label_the_same_records(demo_data, demo_text):
+    """The Challenge scores 59118001 and 713427006 (RBBB) as one diagnosis: trained from one
+    set, each column is positive on the records carrying either, never negative on the
+    other's."""
+    shard_dir = str(demo_data / "s-cinc")
+    p = fit.plan(fit.FitConfig(shards=shard_dir, text=str(demo_text), out="x", min_positives=2))
+    codes = p["train_codes"]
+    assert {"59118001", "713427006"} <= set(codes)
+    loaded = data.load_selection(p["train_sel"][0])
+    rbbb = loaded["labels"][:, [codes.index("59118001"), codes.index("713427006")]]
+    np.testing.assert_array_equal(rbbb[:, 0], rbbb[:, 1])
+    raw = data.load_selection(data.Selection(shard_dir, tuple(p["train_sel"][0].folds),
+                                             ("59118001", "713427006")))
+    np.testing.assert_array_equal(rbbb[:, 0], raw["labels"].max(axis=1))
+    assert (raw["labels"][:, 0] != raw["labels"][:, 1]).any()    # the raw codes differ

@@ -67,6 +67,14 @@ def test_experiment_b_groups_classes_by_concept(demo_data, demo_run, demo_text, 
     assert report["provenance"]["excluded_sources_same_as_training"] == {"PTB-XL": 40}
     assert report["provenance"]["folds"] == list(range(1, 11))
     assert (tmp_path / "b" / "embeddings.h5").exists()
+    # each class names the sources carrying it and is scored among their records too
+    for c in report["classes"]:
+        if c["auroc"] is not None:
+            assert c["positive_sources"]
+            assert set(c["positive_sources"]) <= set(report["per_source"])
+            assert c["single_source"] == (len(c["positive_sources"]) == 1)
+            assert c["within_source_auroc"] is not None
+    assert report["groups"]["seen"]["within_source_macro_auroc"] is not None
 
 
 def test_same_records_built_differently_are_the_same_dataset(demo_data, demo_run, demo_text,
