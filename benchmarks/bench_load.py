@@ -45,8 +45,8 @@ def main():
     # What integrity costs: every shard hashed against its manifest checksum, which each
     # process does once (and a later process not at all while the stamps hold).
     t0 = time.perf_counter()
-    for path, sha256 in shards.shard_checksums(shard_dir, manifest).items():
-        shards.verify_shard(path, sha256, full=True)
+    for path, expected in shards.shard_entries(shard_dir, manifest).items():
+        shards.verify_shard(path, expected.sha256, full=True)
     verify_s = time.perf_counter() - t0
     sel = data.Selection(str(shard_dir), tuple(range(1, 11)), tuple(shards.class_codes(manifest)))
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -105,11 +106,36 @@ def _execute(todo, cfg, code_index, workers):
 
     # fork: children inherit the compiled numba kernels and the plan without pickling it twice.
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
-                             mp_context=mp.get_context("fork")) as pool:
+                             mp_context=mp.get_context("fork"),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(build_shard, index, task, task_fp, cfg, code_index)
                    for index, task, task_fp in todo]
         for future in as_completed(futures):
             yield future.result()
+
+
+def _die_with_parent(parent):
+    """A worker whose build is killed (kill -9) must not live on writing shards and holding
+    the directory's lock (inherited across fork): the kernel kills it with its parent
+    (Linux), else a watchdog thread ends it once the parent is gone."""
+    import ctypes
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:               # the parent died before prctl took hold
+            os._exit(1)
+        return
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def build_shard(index, items, task_fp, cfg, code_index):
@@ -172,6 +198,24 @@ def load_record(it, cfg, spec, notes):
     return x, length, digest
 
 
+SAMPLING_RATE_HZ = (50.0, 10000.0)
+# The widest lead's central 99% range, in mV. Real records span 0.8-15 mV (500 PTB-XL records
+# at both rates, 80 Challenge records from five sources; z-scored PTB-XL 5-12.5): a gain of 1
+# instead of 1000, microvolts or ADC counts land in the thousands, volts below 0.01.
+AMPLITUDE_RANGE_MV = (0.05, 30.0)
+
+
+def _check_amplitude(sig, where):
+    lo, hi = np.percentile(sig, [0.5, 99.5], axis=1)
+    widest = float((hi - lo).max())
+    if not AMPLITUDE_RANGE_MV[0] <= widest <= AMPLITUDE_RANGE_MV[1]:
+        raise BadRecordError(
+            "implausible_amplitude",
+            f"{where}: the widest lead spans {widest:.4g} mV (central 99%); a 12-lead ECG in "
+            f"millivolts spans {AMPLITUDE_RANGE_MV[0]:g} to {AMPLITUDE_RANGE_MV[1]:g}. Check the "
+            f"units and the gain (a .npy/.npz record must be in mV)")
+
+
 def process_signal(sig, fs, leads, cfg, where="", spec=None):
     """A raw record — ``(L, T)`` millivolts at ``fs`` Hz, its lead names — through the signal
     path of ``cfg`` (a BuildConfig): 12 leads in canonical order, checks, resampling, filters,
@@ -179,8 +223,9 @@ def process_signal(sig, fs, leads, cfg, where="", spec=None):
     being ``(reason, detail)`` of what was kept despite a problem; raises ``BadRecordError``.
     ``build`` and ``predict`` both go through here, so a record scored from its raw files equals
     the same record read from a shard."""
-    if not fs or fs <= 0:
-        raise BadRecordError("bad_sampling_rate", f"{where}: fs={fs}")
+    if not (np.isscalar(fs) and SAMPLING_RATE_HZ[0] <= fs <= SAMPLING_RATE_HZ[1]):
+        raise BadRecordError("bad_sampling_rate", f"{where}: fs={fs!r}; a 12-lead ECG is "
+                             f"sampled at {SAMPLING_RATE_HZ[0]:g} to {SAMPLING_RATE_HZ[1]:g} Hz")
     lead_notes, flat_notes = [], []
     sig = readers.to_canonical_leads(sig, leads, where, lead_notes)
     if not np.isfinite(sig).all():
@@ -195,6 +240,7 @@ def process_signal(sig, fs, leads, cfg, where="", spec=None):
         if cfg.flat_leads == "skip":
             raise BadRecordError("flat_lead", detail)
         flat_notes.append(("flat_lead_kept", detail))
+    _check_amplitude(sig, where)
     if seconds > cfg.seconds * 1.5:
         # Long records (PTB's 2-minute ones): cut the central window first, with a margin for
         # the filters, so that resampling and filtering work on what is kept.
@@ -348,8 +394,9 @@ def inspect(shard_dir, verify=False):
     manifest = shards.load_manifest(shard_dir)
     lines = summary_lines(manifest)
     if verify:
-        for path, sha256 in shards.shard_checksums(shard_dir, manifest).items():
-            shards.verify_shard(path, sha256, full=True)
+        for path, expected in shards.shard_entries(shard_dir, manifest).items():
+            shards.verify_shard(path, expected.sha256, full=True)
+            shards.open_shard(path, expected).close()
         lines.append(f"verified: all {len(manifest['shards'])} shards match their checksums")
     return lines
 

@@ -19,23 +19,25 @@ import numpy as np
 
 from . import concepts, shards, text
 from .config import BuildConfig
-from .errors import ECGShardError
+from .errors import BadRecordError, ECGShardError
 
 log = logging.getLogger(__name__)
 
 
 class ZeroShotClassifier:
-    def __init__(self, model, info, text_attrs, loss, device="cpu", flat_leads="skip"):
+    def __init__(self, model, info, text_attrs, loss, device="cpu", flat_leads="skip",
+                 class_texts=None):
         self.model, self.info, self.loss, self.device = model.eval(), info, loss, device
         self.text_attrs = text_attrs
         self.signal_cfg = BuildConfig.from_signal_path(info.signal_path, flat_leads=flat_leads)
         self._text_encoder = None
         self._text_cache = {}
-        self._class_texts = None
+        self._class_texts = class_texts
 
     @classmethod
     def from_run(cls, run, device="auto", checkpoint="best", flat_leads="skip"):
-        """Load ``RUN/checkpoint-{checkpoint}.pt`` with its run record and text settings."""
+        """Load ``RUN/checkpoint-{checkpoint}.pt`` with its run record and text side (the run's
+        own copies, checked against the hashes it recorded)."""
         from .device import resolve_device
         from .models import ZeroShotModel
 
@@ -45,35 +47,45 @@ class ZeroShotClassifier:
         if ck.get("learned_class_emb") is not None:
             raise ECGShardError(f"{run} is a supervised reference run (learned class vectors): "
                                 f"it cannot score classes by their text")
-        try:
-            attrs = shards.read_text_matrix(info.text).attrs
-        except ECGShardError as exc:
-            raise ECGShardError(f"the run's text matrix is needed to embed new class texts the "
-                                f"way it was trained ({exc})") from None
+        matrix, where = run_text_matrix(run, info)
+        attrs = matrix.attrs
         if "load" not in attrs:
-            raise ECGShardError(f"{info.text} predates the record of how it was embedded; "
+            raise ECGShardError(f"{where} predates the record of how it was embedded; "
                                 f"rerun `ecgshard embed-text` with the same options (its "
                                 f"embeddings do not change)")
         device = resolve_device(device)
         model = ZeroShotModel.from_checkpoint(ck).to(device)
-        return cls(model, info, attrs, ck["loss_name"], device, flat_leads)
+        return cls(model, info, attrs, ck["loss_name"], device, flat_leads,
+                   run_class_texts(run, info, attrs))
 
     # ------------------------------------------------------------ ECG side
 
     def prepare(self, signal, fs, leads=shards.LEADS, where=""):
-        """One raw record ``(L, T)`` in millivolts (leads named by ``leads``) through the run's
-        signal path: ``(float16 (12, T), valid length)``; raises ``BadRecordError``."""
+        """One raw record ``(L, T)`` (or ``(T, L)``) in millivolts, leads named by ``leads``,
+        through the run's signal path: ``(float16 (12, T), valid length)``; raises
+        ``BadRecordError``."""
         from .build import process_signal
 
-        x, length, _ = process_signal(np.asarray(signal, dtype=np.float32), fs, list(leads),
-                                      self.signal_cfg, where)
+        leads = _names(leads, "leads")
+        x = np.asarray(signal, dtype=np.float32)
+        if x.ndim == 2 and x.shape[0] != len(leads) and x.shape[1] == len(leads):
+            x = x.T                                  # (T, leads), as many tools store it
+        if x.ndim != 2 or x.shape[0] != len(leads):
+            raise BadRecordError("missing_lead", f"{where or 'record'}: signal of shape "
+                                 f"{x.shape}, {len(leads)} lead names; expected "
+                                 f"({len(leads)}, samples)")
+        x, length, _ = process_signal(x, fs, leads, self.signal_cfg, where)
         return x, length
 
     def encode_ecg(self, signals, fs, leads=shards.LEADS, keep_leads=None, batch_size=256):
         """(N, D) unit embeddings of raw records: ``signals`` an (N, L, T) array or a list of
         (L, T) arrays in millivolts at ``fs`` Hz. ``keep_leads``: score with only these present
         (the others zeroed)."""
-        prepared = [self.prepare(s, fs, leads) for s in signals]
+        if isinstance(signals, np.ndarray) and signals.ndim != 3:
+            raise ECGShardError(f"signals of shape {signals.shape}: give a list of (leads, "
+                                f"samples) records or an (N, leads, samples) array (one "
+                                f"record: [signal])")
+        prepared = [self.prepare(s, fs, leads, f"record {i}") for i, s in enumerate(signals)]
         if not prepared:
             return np.zeros((0, self.model.encoder.config.text_dim), np.float32)
         x = np.stack([p[0] for p in prepared])
@@ -90,7 +102,7 @@ class ZeroShotClassifier:
 
     def encode_text(self, texts):
         """(C, D) unit rows for class texts, as the run's text matrix would hold them."""
-        texts = list(texts)
+        texts = _names(texts, "classes")
         todo = [t for t in dict.fromkeys(texts) if self._key(t) not in self._text_cache]
         if todo:
             groups = text.class_texts([{"code": t, "name": t} for t in todo],
@@ -103,8 +115,6 @@ class ZeroShotClassifier:
         return np.stack([self._text_cache[self._key(t)] for t in texts])
 
     def _table(self):
-        if self._class_texts is None:
-            self._class_texts = text.load_class_texts(self.text_attrs["load"]["class_texts"])
         return self._class_texts
 
     def _key(self, t):
@@ -145,6 +155,7 @@ class ZeroShotClassifier:
         matched by code, by a synonym, or by the names its words contain; "related via CODE"
         names the trained one), or 'not in the relation table' for words that name nothing
         known."""
+        classes = _names(classes, "classes")
         graph = concepts.load()
         table = self._table()           # the run's own class texts may name more
         out = []
@@ -161,6 +172,61 @@ class ZeroShotClassifier:
         """A pandas DataFrame of cosine scores: one row per record, one column per class."""
         import pandas as pd
 
+        classes = _names(classes, "classes")
         emb = self.encode_ecg(signals, fs, leads, keep_leads)
         return pd.DataFrame(self.scores(emb, classes), columns=list(classes))
 
+
+
+def _names(values, what):
+    """A list of strings from a list-like; one string would be iterated letter by letter."""
+    if isinstance(values, str):
+        raise ECGShardError(f"{what} must be a list of strings, got the string {values!r} "
+                            f"(write [{values!r}])")
+    values = list(values)
+    bad = [v for v in values if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise ECGShardError(f"{what} must be non-empty strings, got {bad[:5]}")
+    return values
+
+
+def run_text_matrix(run, info):
+    """The text matrix a run was trained against — its own copy, else (runs from before the
+    copy) the recorded path — refused unless its content hash is the run's."""
+    own = Path(run) / shards.RUN_TEXT
+    where = own if own.exists() else Path(info.text)
+    try:
+        matrix = shards.read_text_matrix(where)
+    except ECGShardError as exc:
+        raise ECGShardError(f"the run's text matrix is needed to embed new class texts the way "
+                            f"it was trained ({exc})") from None
+    if matrix.sha256 != info.text_sha256:
+        raise ECGShardError(
+            f"{where} is not the text matrix {run} was trained against (content sha256 "
+            f"{matrix.sha256[:12]} there, {info.text_sha256[:12]} in {shards.RUN_INFO}): it was "
+            f"rewritten since. Restore it, or train a run against the new matrix")
+    return matrix, where
+
+
+def run_class_texts(run, info, attrs):
+    """The class texts a run's matrix was embedded with: its own copy, else the file the
+    matrix names (the package's when none), refused when its bytes differ from those the
+    matrix or the run recorded."""
+    own = Path(run) / shards.RUN_CLASS_TEXTS
+    source = own if own.exists() else attrs["load"].get("class_texts")
+    if source is not None and not Path(source).exists():
+        raise ECGShardError(f"the class texts {run}'s text matrix was embedded with, {source}, "
+                            f"are not there (a relative path is read from the directory "
+                            f"embed-text ran in); give the run a copy at {own}")
+    raw = text.class_texts_bytes(source)
+    digest = hashlib.sha256(raw).hexdigest()
+    expected = [(what, h) for what, h in ((shards.RUN_INFO, info.class_texts_sha256),
+                                         ("the text matrix", attrs["load"].get(
+                                             "class_texts_sha256"))) if h]
+    for what, h in expected:
+        if h != digest:
+            raise ECGShardError(
+                f"the class texts {source or 'of this ecgshard package'} differ from those "
+                f"{run} was trained with (sha256 {digest[:12]} now, {h[:12]} in {what}): new "
+                f"class texts would be written differently from the trained rows")
+    return text.load_class_texts(raw=raw)

@@ -54,12 +54,13 @@ def check(cfg, *rules):
 
 
 def fixed_threshold(rule):
-    """X of 'fixed:X', or None."""
+    """X of 'fixed:X' (a finite cosine, in [-1, 1]), or None."""
     head, _, value = rule.partition(":")
     try:
-        return float(value) if head == "fixed" else None
+        x = float(value) if head == "fixed" else None
     except ValueError:
         return None
+    return x if x is not None and -1.0 <= x <= 1.0 else None
 
 
 # ---------------------------------------------------------------- the stages
@@ -228,7 +229,7 @@ class ZeroShotConfig:
         check(
             self,
             (self.threshold in self.THRESHOLDS[:3] or fixed_threshold(self.threshold) is not None,
-             f"--threshold must be one of {list(self.THRESHOLDS)} (X a number), got "
+             f"--threshold must be one of {list(self.THRESHOLDS)} (X a cosine in [-1, 1]), got "
              f"{self.threshold!r}"),
             (min(self.bootstrap, self.control_seeds, self.permutations) >= 0,
              "--bootstrap, --control-seeds and --permutations must be >= 0"),
@@ -301,7 +302,10 @@ class ProbeConfig:
     def __post_init__(self):
         check(self, (all(0 < f <= 1 for f in self.fractions) and self.fractions,
                      f"--fractions are shares in (0, 1], got {self.fractions}"),
-              (self.min_positives > 0 and self.c > 0, "--min-positives and --c must be > 0"))
+              (self.min_positives > 0 and self.c > 0, "--min-positives and --c must be > 0"),
+              (not set(self.train_folds or ()) & set(self.test_folds or ()),
+               f"--train-folds {self.train_folds} and --test-folds {self.test_folds} overlap: "
+               f"the probe would be scored on records it was fitted on"))
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,8 @@ def count_selection(sel):
     cols = _Columns(sel, manifest)
     kept = excluded = 0
     positives = np.zeros(len(sel.class_codes), np.int64)
-    for path, sha256 in shards.shard_checksums(sel.shard_dir, manifest).items():
-        with shards.open_shard(path, sha256) as f:
+    for path, expected in shards.shard_entries(sel.shard_dir, manifest).items():
+        with shards.open_shard(path, expected) as f, shards.reading(path):
             labels, folds = f[shards.LABELS][...], f[shards.FOLD][...]
             mentioned = shards.read_mentioned(f)
         keep, out, _ = cols.apply(labels, folds, mentioned)
@@ -130,10 +130,10 @@ def load_selection(sel, with_ids=False):
     and, with ``with_ids``, record ids, patient ids, sources and folds."""
     manifest = shards.load_manifest(sel.shard_dir)
     cols = _Columns(sel, manifest)
-    checksums = shards.shard_checksums(sel.shard_dir, manifest)
+    entries = shards.shard_entries(sel.shard_dir, manifest)
     sig, lab, held, lengths, ids, patients, sources, folds = [], [], [], [], [], [], [], []
     for path, start, stop in shard_blocks(sel, manifest):
-        with shards.open_shard(path, checksums[path]) as f:
+        with shards.open_shard(path, entries[path]) as f, shards.reading(path):
             block = cols.read_block(f, start, stop)
             if block is None:
                 continue
@@ -190,8 +190,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         # (set index, path, start, stop)
         self.blocks = [(i, *block) for i, (s, m) in enumerate(zip(self.sels, self.manifests))
                        for block in shard_blocks(s, m)]
-        self.checksums = {path: sha for s, m in zip(self.sels, self.manifests)
-                          for path, sha in shards.shard_checksums(s.shard_dir, m).items()}
+        self.entries = {path: e for s, m in zip(self.sels, self.manifests)
+                        for path, e in shards.shard_entries(s.shard_dir, m).items()}
         self.block_p = None
         if weights:
             # A block drawn brings all its records, so p(block) = share * rows / sum(rows^2)
@@ -216,7 +216,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self._files is None:
             self._files = {}
         if path not in self._files:
-            self._files[path] = shards.open_shard(path, self.checksums[path])
+            self._files[path] = shards.open_shard(path, self.entries[path])
         return self._files[path]
 
     def __iter__(self):
@@ -235,8 +235,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         pool = {key: [] for key in BATCH_KEYS}
         pooled = 0
         for set_index, path, start, stop in mine:
-            f = self._file(path)
-            block = cols[set_index].read_block(f, start, stop)
+            with shards.reading(path):
+                block = cols[set_index].read_block(self._file(path), start, stop)
             if block is not None:
                 for key, value in zip(BATCH_KEYS, block):
                     pool[key].append(value)

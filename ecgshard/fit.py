@@ -8,6 +8,7 @@ classes, and last), all written atomically; ``--resume`` continues from the last
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -50,7 +51,9 @@ def plan(cfg):
     class's labels in a set come from that set's codes of the same concept. Selections, counts
     and records are per set (``train_sel``/``val_sel`` are lists, one per ``cfg.shards``)."""
     manifests = [shards.load_manifest(d) for d in cfg.shards]
+    _check_distinct_sets(cfg.shards, manifests)
     _check_same_signal_path(cfg.shards, manifests)
+    _check_folds(cfg, manifests)
     text = shards.read_text_matrix(cfg.text)
     classes = list({c["code"]: c for m in reversed(manifests) for c in m["classes"]}.values())
     every = tuple(dict.fromkeys(c for m in manifests for c in shards.class_codes(m)))
@@ -147,6 +150,35 @@ def _count(sels):
     return by_set, positives
 
 
+def _check_distinct_sets(shard_dirs, manifests):
+    """One shard set named twice (another spelling of its path, a copy) would train every
+    record twice; sets are told apart by content, not by path."""
+    first = {}
+    for d, m in zip(shard_dirs, manifests):
+        key = m.get("dataset_fingerprint") or m["fingerprint"]
+        if key in first:
+            raise ECGShardError(f"--shards {first[key]} and {d} hold the same records "
+                                f"(dataset fingerprint {key[:12]}): name each set once")
+        first[key] = d
+
+
+def _check_folds(cfg, manifests):
+    """Every named fold must hold records in the shards, before any minute is spent training:
+    an absent validation fold would choose checkpoints on nothing, an absent test fold leave
+    nothing to judge the run on."""
+    present = sorted({int(f) for m in manifests for f, n in m["folds"].items() if n})
+    for role, folds in (("train", cfg.train_folds), ("validation", cfg.val_folds),
+                        ("test", cfg.test_folds)):
+        absent = [f for f in folds if f not in present]
+        where = f"{', '.join(map(str, cfg.shards))} (folds present: {present})"
+        if len(absent) == len(folds):
+            flag = "val" if role == "validation" else role
+            raise ECGShardError(f"{role} folds {absent} hold no records in {where}; name folds "
+                                f"it has with --{flag}-folds")
+        if absent:
+            log.warning("%s folds %s hold no records in %s", role, absent, where)
+
+
 def _check_same_signal_path(shard_dirs, manifests):
     """Shard sets trained together must share one signal path; the message names both sides."""
     first = shards.signal_path(manifests[0])
@@ -240,6 +272,7 @@ def _train(cfg, out, world, device):
         if ck["text_sha256"] != p["text"].sha256 or ck["train_codes"] != p["train_codes"]:
             raise ECGShardError(f"{out} was trained against another text matrix or class list; "
                                 f"resume it with the same --text and holdout, or use a new --out")
+        _check_same_config(out, ck["config"], cfg, ck["state"]["epoch"])
         before = shards.read_run_info(out)
         now = [s["fingerprint"] for s in p["sets"]]
         if before.shards_fingerprint != now:
@@ -428,6 +461,41 @@ class Trainer:
         return ck["state"]
 
 
+# What may change on --resume: where and how fast it runs, and when it stops. The shard sets
+# and the text matrix are compared by content above, not by the paths given.
+RESUME_MAY_CHANGE = ("resume", "device", "workers", "data", "compile", "max_steps", "shards",
+                     "text", "out")
+
+
+def _check_same_config(out, stored, cfg, at_epoch):
+    """A resumed run trains on with the settings it started with, or the last and best
+    checkpoints and config.json would describe different trainings. More --epochs extend it:
+    the learning-rate schedule stretches from there on, which config.json records."""
+    now = asdict(cfg)
+    differs = [f"{k}: {stored.get(k)!r} vs {now[k]!r}" for k in now
+               if k not in RESUME_MAY_CHANGE + ("epochs",)
+               and _plain(stored.get(k)) != _plain(now[k])]
+    if cfg.epochs < stored["epochs"]:
+        differs.append(f"epochs: {stored['epochs']} vs {cfg.epochs} (fewer)")
+    if differs:
+        raise ECGShardError(f"{out} was trained with other settings (run vs now: "
+                            f"{'; '.join(differs)}); resume with the same options, or use a new "
+                            f"--out")
+    if cfg.epochs != stored["epochs"]:
+        log.warning("extending %s from %d to %d epochs at epoch %d: the learning-rate schedule "
+                    "stretches from here (recorded in config.json)", out, stored["epochs"],
+                    cfg.epochs, at_epoch)
+        recorded = json.loads((out / "config.json").read_text())
+        recorded.setdefault("extended", []).append(
+            {"at_epoch": at_epoch, "epochs": [stored["epochs"], cfg.epochs]})
+        recorded["config"]["epochs"] = cfg.epochs
+        shards.write_json(out / "config.json", recorded)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
     shards.write_json(out / "config.json", {"config": asdict(cfg), "model": asdict(encoder_cfg),
                                             "data_path": "preload" if use_preload else "stream"})
@@ -446,7 +514,36 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
         shard_sources=sorted({src for s in p["sets"] for src in s["sources"]}),
         signal_path=shards.signal_path(p["manifest"]),
         text=str(Path(cfg.text).resolve()), text_sha256=p["text"].sha256,
-        text_model=p["text"].attrs.get("model_id")))
+        text_model=p["text"].attrs.get("model_id"),
+        class_texts_sha256=_copy_text_side(out, cfg.text, p["text"])))
+
+
+def _copy_text_side(out, text_path, matrix):
+    """Copy the text matrix and the class texts it was embedded with into the run; returns the
+    class texts' hash. A class texts file edited since embed-text would embed new texts
+    differently from the trained rows, so it is refused."""
+    import shutil
+
+    from .text import class_texts_bytes
+
+    with shards.atomic_path(out / shards.RUN_TEXT) as tmp:
+        shutil.copyfile(text_path, tmp)
+        if shards.read_text_matrix(tmp).sha256 != matrix.sha256:
+            raise ECGShardError(f"{text_path} was rewritten while the run started; start again")
+    load = matrix.attrs.get("load") or {}
+    source = load.get("class_texts")
+    table = class_texts_bytes(source)
+    digest = hashlib.sha256(table).hexdigest()
+    embedded = load.get("class_texts_sha256")
+    if embedded and embedded != digest:
+        raise ECGShardError(
+            f"the class texts {source or 'of this ecgshard package'} changed since {text_path} "
+            f"was embedded (sha256 {embedded[:12]} then, {digest[:12]} now): new class texts "
+            f"would be written differently from the trained rows. Rerun `ecgshard embed-text` "
+            f"so both agree")
+    with shards.atomic_path(out / shards.RUN_CLASS_TEXTS) as tmp:
+        Path(tmp).write_bytes(table)
+    return digest
 
 
 def _write_heldout_check(out, state, p, allowed):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,9 @@ def run(cfg: PredictConfig):
     classes = class_list(cfg)
     status = clf.class_status(classes)
     paths = record_paths(cfg.inputs)
+    if not paths:
+        raise ECGShardError(f"no record files ({', '.join(RECORD_SUFFIXES)}) in "
+                            f"{', '.join(cfg.inputs)}")
     ok, rows, prob = [], [], None
     for path in paths:
         try:
@@ -39,7 +43,7 @@ def run(cfg: PredictConfig):
             rows.append({"record": str(path), "status": "skipped", "reason": exc.reason,
                          "detail": exc.detail})
             continue
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             rows.append({"record": str(path), "status": "skipped", "reason": "unreadable",
                          "detail": f"{type(exc).__name__}: {exc}"})
             continue
@@ -97,7 +101,8 @@ def record_paths(inputs):
 
 
 def read_any(path, fs=None):
-    """``(sig (L, T) mV, fs, lead names)`` of a WFDB header or a NumPy file."""
+    """``(sig mV, fs, lead names)`` of a WFDB header or a NumPy file (its orientation and
+    lead count are checked by ``ZeroShotClassifier.prepare``)."""
     path = Path(path)
     if not path.exists():
         raise BadRecordError("missing_file", f"{path} does not exist")
@@ -106,25 +111,31 @@ def read_any(path, fs=None):
         return sig, rate, leads
     if path.suffix not in (".npy", ".npz"):
         raise BadRecordError("unknown_format", f"{path}: not a .hea, .npy or .npz record")
-    leads = list(shards.LEADS)
-    if path.suffix == ".npy":
-        sig = np.load(path, allow_pickle=False)
-    else:
-        with np.load(path, allow_pickle=False) as z:
-            if "signal" not in z:
-                raise BadRecordError("unreadable_signal", f"{path}: no 'signal' array")
-            sig = z["signal"]
-            fs = float(z["fs"]) if "fs" in z else fs
-            leads = [str(x) for x in z["leads"]] if "leads" in z else leads
+    try:
+        sig, fs, leads = _read_numpy(path, fs)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise BadRecordError("unreadable_signal", f"{path}: {type(exc).__name__}: {exc}") \
+            from None
     if fs is None:
         raise BadRecordError("bad_sampling_rate", f"{path}: no sampling rate; give --fs")
-    sig = np.asarray(sig, dtype=np.float32)
-    if sig.ndim == 2 and sig.shape[0] != len(leads) and sig.shape[1] == len(leads):
-        sig = sig.T                                  # (T, leads), as many tools store it
-    if sig.ndim != 2 or sig.shape[0] != len(leads):
-        raise BadRecordError("missing_lead", f"{path}: signal of shape {sig.shape}, expected "
-                             f"({len(leads)}, samples)")
     return sig, fs, leads
+
+
+def _read_numpy(path, fs):
+    leads = list(shards.LEADS)
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False).astype(np.float32), fs, leads
+    with np.load(path, allow_pickle=False) as z:
+        if "signal" not in z:
+            raise BadRecordError("unreadable_signal", f"{path}: no 'signal' array")
+        if "fs" in z:
+            if z["fs"].size != 1:
+                raise BadRecordError("bad_sampling_rate", f"{path}: 'fs' holds {z['fs'].size} "
+                                     f"values; one sampling rate in Hz is expected")
+            fs = float(z["fs"])
+        if "leads" in z:
+            leads = [str(x) for x in np.atleast_1d(z["leads"])]
+        return z["signal"].astype(np.float32), fs, leads
 
 
 def _write(out, rows, classes, status, with_prob):

@@ -18,6 +18,7 @@ import numpy as np
 from . import metrics, shards
 from .config import ProbeConfig
 from .embed import RunRecords
+from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,24 @@ def run(cfg: ProbeConfig):
     info = shards.read_run_info(cfg.run)
     train_folds = tuple(cfg.train_folds or info.folds["train"])
     test_folds = tuple(cfg.test_folds or info.folds["test"])
+    if set(train_folds) & set(test_folds):
+        raise ECGShardError(f"train folds {list(train_folds)} and test folds "
+                            f"{list(test_folds)} overlap: the probe would be scored on records "
+                            f"it was fitted on")
     records = RunRecords(cfg.run, cfg.shards, train_folds + test_folds, cfg.checkpoint,
                          checks=cfg)
+    _check_encoder_never_saw(info, records.manifest, test_folds)
     baseline_seed = cfg.seed + 1
     encoders = {"trained": records.embed(cfg.device),
                 "untrained": records.embed(cfg.device, seed=baseline_seed)}
     data, codes = records.data, records.codes
     fold = np.asarray(data["fold"])
     train, test = np.isin(fold, train_folds), np.isin(fold, test_folds)
+    for role, mask, folds in (("train", train, train_folds), ("test", test, test_folds)):
+        if not mask.any():
+            raise ECGShardError(f"no records in the probe's {role} folds {list(folds)} of "
+                                f"{cfg.shards} (folds present: "
+                                f"{sorted(int(f) for f in records.manifest['folds'])})")
     labels = np.asarray(data["labels"], dtype=np.uint8)
     patients = np.asarray([f"{s}/{p}" for s, p in zip(data["source"], data["patient_id"])])
     rows = []
@@ -58,6 +69,19 @@ def run(cfg: ProbeConfig):
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         shards.write_json(Path(cfg.out) / "probe.json", report)
     return report
+
+
+def _check_encoder_never_saw(info, manifest, test_folds):
+    """On the run's own dataset, the probe's test folds must not be folds the encoder trained
+    or chose its checkpoint on: its embedding of them would carry their labels."""
+    if manifest.get("dataset_fingerprint") not in info.dataset_fingerprint:
+        return
+    seen = sorted(set(test_folds) & set(info.folds["train"] + info.folds["val"]))
+    if seen:
+        raise ECGShardError(f"test folds {seen} are folds the run trained or validated on "
+                            f"(train {info.folds['train']}, validation {info.folds['val']}): "
+                            f"its encoder has seen their records. Test on "
+                            f"{info.folds['test']}")
 
 
 def draw_patients(patients, pool, fraction, seed):

@@ -41,6 +41,7 @@ class Header:
     baselines: list = field(default_factory=list)
     units: list = field(default_factory=list)
     leads: list = field(default_factory=list)
+    checksums: list = field(default_factory=list)   # 16-bit sums of the samples; None: not given
     comments: dict = field(default_factory=dict)
 
 
@@ -74,6 +75,7 @@ def parse_header(text, path=""):
             hdr.baselines.append(baseline)
             hdr.units.append(g.group(3) or "mV")
             hdr.leads.append(parts[8] if len(parts) > 8 else "")
+            hdr.checksums.append(int(parts[6]) if len(parts) > 6 else None)
     except BadRecordError:
         raise
     except (IndexError, ValueError, AttributeError) as exc:
@@ -120,6 +122,7 @@ def read_wfdb(hea_path):
         raw = _read_with_wfdb(hea_path, hdr)
     if raw.shape[1] == 0:
         raise BadRecordError("empty_record", f"{hea_path}: no samples")
+    _check_checksums(raw, hdr, hea_path)
     gains = np.asarray(hdr.gains, dtype=np.float32)[:, None]
     baselines = np.asarray(hdr.baselines, dtype=np.float32)[:, None]
     scale = np.asarray([_unit_scale(u, hea_path) for u in hdr.units], dtype=np.float32)[:, None]
@@ -128,6 +131,19 @@ def read_wfdb(hea_path):
     sig[raw == _INVALID.get(hdr.fmts[0], np.iinfo(np.int64).min)] = np.nan
     leads = [canonical_lead(n) or n for n in hdr.leads]
     return sig, hdr.fs, leads, hdr, digest.hexdigest()
+
+
+def _check_checksums(raw, hdr, path):
+    """WFDB headers carry each signal's 16-bit sum of samples: a mismatch means damaged or
+    misread samples (a flipped byte, a wrong format or offset), which no range check sees."""
+    sums = raw.astype(np.int64).sum(axis=1) & 0xFFFF
+    bad = [f"{hdr.leads[i] or i}: header {c}, samples {int(s) - (s >= 0x8000) * 0x10000}"
+           for i, (c, s) in enumerate(zip(hdr.checksums, sums))
+           if c is not None and (c & 0xFFFF) != s]
+    if bad:
+        raise BadRecordError("checksum_mismatch", f"{path}: the samples do not sum to the "
+                             f"header's checksums ({'; '.join(bad[:3])}"
+                             f"{f'; {len(bad) - 3} more' if len(bad) > 3 else ''})")
 
 
 def _unit_scale(unit, path):

@@ -162,6 +162,9 @@ def summary_lines(report):
                      f"{num(ref['macro_auroc'])}")
     if report["not_evaluable"]:
         lines.append(f"  not evaluable (no positives or no negatives): {report['not_evaluable']}")
+    if report["provenance"].get("classes_without_text"):
+        lines.append(f"  not scored (no text embedding): "
+                     f"{report['provenance']['classes_without_text']}")
     return lines
 
 

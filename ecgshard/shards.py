@@ -50,6 +50,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SchemaError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 TEXT_SCHEMA_VERSION = 1
@@ -123,16 +126,67 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC or "No space left" in str(exc):
-            raise SchemaError(f"no space left on the device holding {path.parent} while writing "
-                              f"{path.name}; nothing kept was corrupted (files are written "
-                              f"aside and renamed when complete). Free space and rerun: the "
-                              f"stage resumes") from None
+    except (OSError, RuntimeError) as exc:
+        _raise_if_disk_full(exc, path)
         raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _raise_if_disk_full(exc, path):
+    # Libraries word a full disk their own way (torch: "[enforce fail at
+    # inline_container.cc...]", PIL, HDF5), so the free space itself is asked too.
+    import shutil
+
+    try:
+        nearly_full = shutil.disk_usage(path.parent).free < (1 << 20)
+    except OSError:
+        nearly_full = False
+    if getattr(exc, "errno", None) == errno.ENOSPC or nearly_full or any(
+            mark in str(exc) for mark in ("No space left", "file write failed")):
+        raise SchemaError(f"no space left on the device holding {path.parent} while writing "
+                          f"{path.name}; nothing kept was corrupted (files are written "
+                          f"aside and renamed when complete). Free space and rerun: the "
+                          f"stage resumes") from None
+
+
+def check_replaceable(path, marker):
+    """``path`` (a Path) if it is new, empty or holds ``marker``; else a clear error."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and \
+            not (path / marker).exists():
+        raise SchemaError(f"{path} holds files but no {marker}: not a directory this stage "
+                          f"writes, and it would be replaced as a whole; give an empty or a "
+                          f"new directory")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path, marker):
+    """Yield a temporary sibling directory; when the block succeeds it replaces ``path`` as a
+    whole, so a set of files (a report and its plots) is never mixed with an older set nor
+    left half-written. ``path`` is replaced only if it is empty or holds ``marker`` (a file
+    every such set has): another directory's files are never deleted."""
+    import shutil
+
+    path = check_replaceable(path, marker)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    old = path.with_name(f".old-{os.getpid()}-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        try:
+            yield tmp
+        except (OSError, RuntimeError) as exc:
+            _raise_if_disk_full(exc, path)
+            raise
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path, obj):
@@ -181,7 +235,9 @@ def write_shard(path, arrays, attrs, compression=None):
         raise SchemaError(f"shard is missing {missing}")
     n = len(arrays[RECORD_ID])
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        # libver v110: metadata checksummed; fletcher32: every chunk's data checksummed, so
+        # a changed byte fails the read that meets it, whatever the file's mtime says.
+        with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
             f.attrs["schema_version"] = SCHEMA_VERSION
             for key, value in attrs.items():
                 f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
@@ -192,33 +248,86 @@ def write_shard(path, arrays, attrs, compression=None):
                 chunks = None
                 if key == SIGNAL and n:
                     chunks = (min(CHUNK_RECORDS, n),) + data.shape[1:]
-                f.create_dataset(key, data=data, chunks=chunks,
+                f.create_dataset(key, data=data, chunks=chunks or (n > 0 or None),
+                                 fletcher32=n > 0,
                                  compression=compression if key == SIGNAL else None)
             for key in STRING_KEYS:
-                f.create_dataset(key, data=np.asarray([str(s) for s in arrays[key]], dtype=object),
-                                 dtype=h5py.string_dtype())
+                # fixed-length UTF-8: variable-length strings take no filter, so no checksum
+                encoded = [str(s).encode() for s in arrays[key]]
+                width = max(map(len, encoded), default=1) or 1
+                f.create_dataset(key, data=np.asarray(encoded, dtype=f"S{width}"),
+                                 fletcher32=n > 0, chunks=n > 0 or None)
         digest = sha256_file(tmp)
     return digest
 
 
-def open_shard(path, sha256=None):
-    """Open a shard read-only after checking its schema version and shapes, and, given the
-    manifest's ``sha256``, its bytes (``verify_shard``)."""
+def open_shard(path, expected=None):
+    """Open a shard read-only after checking its schema version and shapes and, given its
+    ``Expected`` from the manifest (``shard_entries``), its bytes (``verify_shard``) and that
+    it holds what the manifest says: an edited manifest would mislabel or drop records."""
     import h5py
 
-    if sha256 is not None:
-        verify_shard(path, sha256)
+    if expected is not None:
+        verify_shard(path, expected.sha256)
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise SchemaError(f"{path}: not a readable HDF5 shard ({exc}); `ecgshard build` with "
                           f"the same options rebuilds damaged shards") from None
     try:
-        check_shard(f, path)
+        with reading(path):
+            check_shard(f, path)
+            if expected is not None:
+                _check_against_manifest(f, path, expected)
     except Exception:
         f.close()
         raise
     return f
+
+
+@contextlib.contextmanager
+def reading(path):
+    """Data read from a shard inside the block is checked by HDF5's per-chunk checksums
+    (fletcher32, see ``write_shard``); a failed one becomes an error naming the shard."""
+    try:
+        yield
+    except OSError as exc:
+        raise SchemaError(f"{path}: damaged data ({exc}); the bytes changed after the shard "
+                          f"was written. Rebuild it (`ecgshard build` with the same options "
+                          f"rebuilds only damaged shards)") from None
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the manifest says one shard holds."""
+    sha256: str
+    n_records: int
+    folds: tuple
+    codes: tuple
+    fs: float
+    n_samples: int
+
+
+def shard_entries(shard_dir, manifest):
+    """Shard path (str) -> its ``Expected`` by the manifest."""
+    codes = tuple(class_codes(manifest))
+    return {str(Path(shard_dir) / s["file"]): Expected(
+        s["sha256"], s["n_records"], tuple(sorted(int(k) for k in s["folds"])), codes,
+        manifest["fs"], manifest["n_samples"]) for s in manifest["shards"]}
+
+
+def _check_against_manifest(f, path, expected):
+    found = Expected(expected.sha256, f[SIGNAL].shape[0],
+                     tuple(sorted({int(x) for x in f[FOLD][...]})),
+                     tuple(_maybe_json(f.attrs.get("codes", "[]"))),
+                     float(f.attrs.get("fs", "nan")), f[SIGNAL].shape[2])
+    differs = [f"{k}: {getattr(found, k)!r} in the shard, {getattr(expected, k)!r} in the "
+               f"manifest" for k in ("n_records", "folds", "codes", "fs", "n_samples")
+               if getattr(found, k) != getattr(expected, k)]
+    if differs:
+        raise SchemaError(f"{path} does not hold what {MANIFEST} says ({'; '.join(differs)}): "
+                          f"the manifest was edited or belongs to other shards. Rebuild with "
+                          f"`ecgshard build`")
 
 
 VERIFIED_STAMPS = ".verified.json"
@@ -266,20 +375,17 @@ def _read_stamps(path):
         return {}
 
 
-def shard_checksums(shard_dir, manifest):
-    """Shard path (str) -> the sha256 its manifest names."""
-    return {str(Path(shard_dir) / s["file"]): s["sha256"] for s in manifest["shards"]}
-
-
 @contextlib.contextmanager
-def exclusive_lock(directory, what):
-    """Hold an exclusive lock on ``directory`` (its ``.lock`` file) for the block; a second
+def exclusive_lock(directory, what, beside=False):
+    """Hold an exclusive lock on ``directory`` (its ``.lock`` file; with ``beside``, a
+    ``.NAME.lock`` next to it, for a directory replaced as a whole) for the block; a second
     process asking for it is refused at once with a message naming the holder."""
     import fcntl
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = open(directory / ".lock", "a+")
+    home = directory.parent if beside else directory
+    home.mkdir(parents=True, exist_ok=True)
+    lock = open(home / (f".{directory.name}.lock" if beside else ".lock"), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -288,6 +394,12 @@ def exclusive_lock(directory, what):
         lock.close()
         raise SchemaError(f"{directory} is in use by {holder}; two {what}s into one directory "
                           f"would mix their files. Wait for it, or use another directory")
+    lock.seek(0)
+    left = lock.read().strip()
+    if left:
+        # a finished holder empties the file: what is left names one that was killed
+        log.warning("%s: taking over the lock left by %s, which ended without releasing it "
+                    "(killed?)", directory, left)
     try:
         lock.seek(0)
         lock.truncate()
@@ -295,6 +407,8 @@ def exclusive_lock(directory, what):
         lock.flush()
         yield
     finally:
+        lock.seek(0)
+        lock.truncate()
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
 
@@ -338,6 +452,10 @@ def load_manifest(shard_dir):
     missing = [k for k in REQUIRED_MANIFEST_FIELDS if k not in manifest]
     if missing:
         raise SchemaError(f"{path}: manifest lacks {missing}")
+    in_shards = sum(s["n_records"] for s in manifest["shards"])
+    if manifest["n_records"] != in_shards:
+        raise SchemaError(f"{path}: n_records {manifest['n_records']} but its shards list "
+                          f"{in_shards}: the manifest was edited. Rebuild with `ecgshard build`")
     return manifest
 
 
@@ -353,11 +471,26 @@ def signal_path(manifest):
             "notch": params.get("notch"), "normalize": params.get("normalize")}
 
 
+def lead_names(leads):
+    """``leads`` as names of ``LEADS`` (any case: ``avr`` is aVR); anything else is refused,
+    since an unknown name would silently zero every lead."""
+    if isinstance(leads, str):
+        raise SchemaError(f"leads must be a list of names, got the string {leads!r} (write "
+                          f"[{leads!r}])")
+    known = {lead.upper(): lead for lead in LEADS}
+    unknown = [x for x in leads if str(x).upper() not in known]
+    if unknown or not leads:
+        raise SchemaError(f"unknown lead names {unknown or '(none given)'}; leads are "
+                          f"{list(LEADS)}")
+    return [known[str(x).upper()] for x in leads]
+
+
 def keep_leads(signal, leads):
     """Zero every lead of a ``(N, 12, T)`` array but ``leads`` (names), in place, as a
     reduced-lead recording presents them to a model that met missing leads in training
     (lead-dropout augmentation). Returns the array."""
-    absent = [i for i, lead in enumerate(LEADS) if lead not in set(leads)]
+    keep = set(lead_names(leads))
+    absent = [i for i, lead in enumerate(LEADS) if lead not in keep]
     signal[:, absent] = 0
     return signal
 
@@ -458,6 +591,10 @@ def _maybe_json(value):
 # ---------------------------------------------------------------- run record
 
 RUN_INFO = "run.json"
+# A run carries its own copy of what scoring new texts needs, checked by hash on every load,
+# so nothing rewritten at the paths it was trained from can change its scores.
+RUN_TEXT = "text.h5"
+RUN_CLASS_TEXTS = "class_texts.json"
 
 
 @dataclass(frozen=True)
@@ -478,9 +615,10 @@ class RunInfo:
     shard_weights: list                 # each set's share of an epoch; [] = by size
     shard_sources: list
     signal_path: dict                   # see signal_path(): what evaluated shards must match
-    text: str
+    text: str                           # the matrix as given to fit; RUN_TEXT is its copy
     text_sha256: str
     text_model: str | None
+    class_texts_sha256: str | None = None   # RUN_CLASS_TEXTS (runs before it: None)
 
 
 def write_run_info(run_dir, info):

@@ -60,9 +60,13 @@ def run(cfg: TextConfig):
     """Embed the vocabulary; returns the path written (or found up to date)."""
     model, pooling = resolve_model(cfg.model, cfg.pooling)
     classes = collect_vocabulary(cfg.vocab)
-    texts = class_texts(classes, cfg.texts, cfg.templates, load_class_texts(cfg.class_texts))
-    # What it takes to embed a new class text the same way later (predict, the Python API).
-    load = {"model": model, "pooling": pooling, "class_texts": cfg.class_texts}
+    table_bytes = class_texts_bytes(cfg.class_texts)
+    texts = class_texts(classes, cfg.texts, cfg.templates, load_class_texts(raw=table_bytes))
+    # What it takes to embed a new class text the same way later (predict, the Python API);
+    # fit copies the class texts into the run, checked against this hash.
+    load = {"model": model, "pooling": pooling,
+            "class_texts": str(Path(cfg.class_texts).resolve()) if cfg.class_texts else None,
+            "class_texts_sha256": hashlib.sha256(table_bytes).hexdigest()}
     inputs = {"model": model, "model_files": _local_model_stamp(model), "pooling": pooling,
               "templates": list(cfg.templates), "texts": cfg.texts, "load": load,
               "classes": [[c["code"], t] for c, t in zip(classes, texts)]}
@@ -146,13 +150,25 @@ class ClassTexts:
 
 
 
-def load_class_texts(path=None):
+def class_texts_bytes(path=None):
+    """The bytes of a class texts file, or of the package's when ``path`` is None."""
+    if path is None:
+        return resources.files("ecgshard").joinpath("data/class_texts.json").read_bytes()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ECGShardError(f"cannot read the class texts {path}: {exc.strerror or exc}") \
+            from None
+
+
+def load_class_texts(path=None, raw=None):
     """The package's class texts, or a user's JSON file in the same form (``{"classes": {code:
-    {"synonyms": [...], "findings": [...]}}}``) or as ``{code: description}``."""
-    if path:
-        raw = json.loads(Path(path).read_text())
-    else:
-        raw = json.loads(resources.files("ecgshard").joinpath("data/class_texts.json").read_text())
+    {"synonyms": [...], "findings": [...]}}}``) or as ``{code: description}``; ``raw``: the
+    file's bytes, already read."""
+    try:
+        raw = json.loads(class_texts_bytes(path) if raw is None else raw)
+    except ValueError as exc:
+        raise ECGShardError(f"{path or 'the class texts'} is not JSON ({exc})") from None
     table = raw.get("classes", raw) if isinstance(raw, dict) else None
     if not isinstance(table, dict):
         raise ECGShardError(f"{path}: class texts must be a JSON object keyed by code")

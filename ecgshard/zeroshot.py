@@ -37,7 +37,14 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: ZeroShotConfig):
-    """Evaluate; returns the report dict written to ``OUT/report.json``."""
+    """Evaluate; returns the report dict written to ``OUT/report.json``. ``OUT`` is locked
+    while this runs and replaced as a whole at the end (``shards.atomic_dir``)."""
+    shards.check_replaceable(cfg.out, REPORT)
+    with shards.exclusive_lock(cfg.out, "zeroshot", beside=True):
+        return _run(cfg)
+
+
+def _run(cfg):
     from .device import resolve_device
     from .models import ZeroShotModel
 
@@ -48,8 +55,7 @@ def run(cfg: ZeroShotConfig):
     manifest = shards.load_manifest(cfg.shards)
     check_signal_path(trained.info, manifest, cfg)
     same_set, folds = _evaluated_folds(cfg, trained, manifest)
-    targets = _target_classes(cfg.classes, manifest, text, trained.train_codes, trained.holdout,
-                              same_set)
+    targets, no_text = _target_classes(cfg.classes, manifest, text, trained.holdout, same_set)
     data, excluded = _load_records(cfg, trained, manifest, folds, targets, same_set)
     if cfg.leads:
         shards.keep_leads(data["signal"], cfg.leads)
@@ -64,6 +70,7 @@ def run(cfg: ZeroShotConfig):
 
     report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
                                         rule, excluded)}
+    report["provenance"]["classes_without_text"] = no_text
     report["provenance"]["normal_text"] = against["normal_code"]
     report["provenance"]["wrong_text_pool"] = against["pool"]
     classes, groups, replicates = _evaluate(scores, data["labels"], targets,
@@ -186,7 +193,10 @@ def _references(cfg, trained, text, emb, data, groups, same_set):
     encoder does where it learned) and the random-encoder summary."""
     refs = {}
     if same_set and trained.holdout:
-        scores = emb @ text.emb[text.rows(data["train_codes"])].T
+        # the rows the run trained against, whether or not the given matrix holds them
+        trained_rows = np.asarray(trained.ck["text_emb_train"])
+        scores = emb @ trained_rows[[trained.train_codes.index(c)
+                                     for c in data["train_codes"]]].T
         auroc, ap = metrics.per_class(scores, data["train_labels"])
         refs["trained_classes_same_folds"] = {"macro_auroc": _num(metrics.macro(auroc)),
                                               "macro_ap": _num(metrics.macro(ap)),
@@ -200,12 +210,19 @@ def _references(cfg, trained, text, emb, data, groups, same_set):
     return refs
 
 
+REPORT = "report.json"
+
+
 def _write(cfg, report, emb, scores, data, targets, replicates):
+    with shards.atomic_dir(cfg.out, REPORT) as out:
+        _write_set(out, cfg, report, emb, scores, data, targets, replicates)
+    log.debug("report written to %s", cfg.out)
+
+
+def _write_set(out, cfg, report, emb, scores, data, targets, replicates):
     from . import report as present
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    shards.write_json(out / "report.json", report)
+    shards.write_json(out / REPORT, report)
     if replicates is not None:
         # per-class bootstrap replicates: pooling several reports (Experiment A's splits)
         # resamples the same patients in every one (same records, same seed: checked by hash)
@@ -220,7 +237,6 @@ def _write(cfg, report, emb, scores, data, targets, replicates):
         from .embed import write_embeddings
 
         write_embeddings(out / "embeddings.h5", emb, data, targets, report["provenance"])
-    log.debug("report written to %s", out)
 
 
 def check_signal_path(info, manifest, cfg):
@@ -291,29 +307,38 @@ def _check_text_space(text, ck):
                                 "the one the run used (other pooling, template or texts)")
 
 
-def _target_classes(spec, manifest, text, train_codes, holdout, same_set):
+def _target_classes(spec, manifest, text, holdout, same_set):
+    """The classes to score, and those of the set left out for want of a text embedding (a
+    report never shrinks silently: they are warned about and listed in its provenance)."""
     in_text = set(text.codes)
     vocab = shards.class_codes(manifest)
     in_vocab = set(vocab)
-    if spec == "heldout":
-        if same_set:
-            if not holdout:
-                raise ECGShardError("this run held out no classes; use --classes all or a list")
-            # a run over several shard sets held out codes of every set; this set's are scored
-            targets = [c for c in holdout if c in in_vocab]
-        else:
-            targets = [c for c in vocab if c in in_text]
-    elif spec == "all":
-        targets = [c for c in vocab if c in in_text]
+    if spec == "heldout" and same_set:
+        if not holdout:
+            raise ECGShardError("this run held out no classes; use --classes all or a list")
+        # a run over several shard sets held out codes of every set; this set's are scored
+        candidates = [c for c in holdout if c in in_vocab]
+    elif spec in ("heldout", "all"):
+        candidates = vocab
     else:
-        targets = [c.strip() for c in spec.split(",") if c.strip()]
-        bad = [c for c in targets if c not in vocab]
+        candidates = [c.strip() for c in spec.split(",") if c.strip()]
+        bad = [c for c in candidates if c not in in_vocab]
         if bad:
             raise ECGShardError(f"classes {bad} are not in the shard vocabulary")
-    missing = [c for c in targets if c not in in_text]
-    if missing:
-        raise ECGShardError(f"no text embedding for {missing}; add them with embed-text")
-    return targets
+        missing = [c for c in candidates if c not in in_text]
+        if missing:
+            raise ECGShardError(f"no text embedding for {missing}; add them with embed-text")
+    targets = [c for c in candidates if c in in_text]
+    no_text = [c for c in candidates if c not in in_text]
+    if not targets:
+        raise ECGShardError(f"the text matrix ({text.attrs.get('model_id')}, {len(text.codes)} "
+                            f"classes) has no embedding for any of the {len(candidates)} classes "
+                            f"to score ({', '.join(candidates[:10])}...); run `ecgshard "
+                            f"embed-text --vocab` over these shards")
+    if no_text:
+        log.warning("%d of %d classes have no text embedding and are not scored: %s",
+                    len(no_text), len(candidates), ", ".join(no_text))
+    return targets, no_text
 
 
 def _threshold(cfg, trained, scores, labels, text_rows):

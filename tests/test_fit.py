@@ -97,13 +97,28 @@ def test_resume_continues_to_the_same_state(demo_data, demo_text, tmp_path):
     with pytest.raises(ECGShardError, match="another text matrix"):
         fit.run(fit.FitConfig(out=str(tmp_path / "cut"), resume=True,
                               **{**common, "text": str(tmp_path / "other.h5")}))
+    # nor with other training settings (R10); where it runs may change
+    for change, named in (({"lr": 1e-2}, "lr: 0.003 vs 0.01"), ({"loss": "bce"}, "loss: "),
+                          ({"seed": 2}, "seed: 1 vs 2")):
+        with pytest.raises(ECGShardError, match=f"other settings .*{named}"):
+            fit.run(fit.FitConfig(out=str(tmp_path / "cut"), resume=True,
+                                  **{**common, **change}))
+    fit.run(fit.FitConfig(out=str(tmp_path / "cut"), resume=True, workers=0, data="stream",
+                          **common))
 
 
 def test_clear_errors(demo_data, demo_text, tmp_path):
     common = dict(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), device="cpu",
                   epochs=1)
-    with pytest.raises(ECGShardError, match="empty training set"):
+    with pytest.raises(ECGShardError, match=r"train folds \[11\] hold no records .*folds "
+                                            r"present: \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10\]"):
         fit.run(fit.FitConfig(out=str(tmp_path / "a"), train_folds=(11,), **common))
+    with pytest.raises(ECGShardError, match=r"validation folds \[11\] .*--val-folds"):
+        fit.run(fit.FitConfig(out=str(tmp_path / "a"), val_folds=(11,), **common))
+    with pytest.raises(ECGShardError, match="same records"):
+        fit.run(fit.FitConfig(out=str(tmp_path / "a"), **{
+            **common, "shards": (str(demo_data / "s-ptbxl"), str(demo_data / "s-ptbxl") + "/")}))
+    assert not (tmp_path / "a" / "checkpoint-last.pt").exists()
     with pytest.raises(ECGShardError, match="test folds never steer"):
         fit.run(fit.FitConfig(out=str(tmp_path / "b"), val_folds=(10,), **common))
     with pytest.raises(ECGShardError, match="not in the vocabulary"):

@@ -31,7 +31,7 @@ def _flip(path, offset):
 
 def _offsets(path):
     with h5py.File(path, "r") as f:
-        return {"labels": f[shards.LABELS].id.get_offset(),
+        return {"labels": f[shards.LABELS].id.get_chunk_info(0).byte_offset,
                 "signal": f[shards.SIGNAL].id.get_chunk_info(0).byte_offset + 100}
 
 
@@ -57,10 +57,54 @@ def test_a_flipped_byte_is_refused_by_every_reader_with_the_shard_named(tree, wh
     assert result.exit_code == 2 and first.name in result.output
 
 
+@pytest.mark.parametrize("where", ["labels", "signal"])
+def test_a_changed_byte_with_its_mtime_restored_fails_the_read(tree, where):
+    """R7: the stamp spares the hash, but every chunk read is checked (fletcher32)."""
+    import os
+
+    out = tree / "out"
+    sel = data.Selection(str(out), tuple(range(1, 11)), ("NORM",))
+    data.load_selection(sel)                               # hashed once, stamped
+    first = out / shards.load_manifest(out)["shards"][0]["file"]
+    st = first.stat()
+    _flip(first, _offsets(first)[where])
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(SchemaError, match=f"{first.name}: damaged data"):
+        data.load_selection(sel)
+    with pytest.raises(SchemaError, match=f"{first.name}: damaged data"):
+        list(data.ShardStream(sel, batch_size=4))
+
+
+def test_an_edited_manifest_is_refused_not_trusted(tree):
+    """R8: swapped class entries would swap labels; an edited count would drop records."""
+    out = tree / "out"
+    original = (out / shards.MANIFEST).read_text()
+    sel = data.Selection(str(out), tuple(range(1, 11)), ("NORM", "CLBBB"))
+    manifest = json.loads(original)
+    classes = manifest["classes"]
+    i, j = [k for k, c in enumerate(classes) if c["code"] in ("NORM", "CLBBB")]
+    classes[i], classes[j] = classes[j], classes[i]
+    (out / shards.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SchemaError, match="does not hold what manifest.json says .*codes"):
+        data.count_selection(sel)
+    manifest = json.loads(original)
+    manifest["n_records"] -= 5
+    (out / shards.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SchemaError, match="n_records .* the manifest was edited"):
+        data.count_selection(sel)
+    manifest["shards"][0]["n_records"] -= 5
+    (out / shards.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SchemaError, match="n_records: 16 in the shard, 11 in the manifest"):
+        data.load_selection(sel)
+    (out / shards.MANIFEST).write_text(original)
+    assert data.count_selection(sel)[0] == 30
+
+
 def test_verification_hashes_a_shard_once_until_it_changes(tree, monkeypatch):
     out = tree / "out"
     manifest = shards.load_manifest(out)
-    path, sha = next(iter(shards.shard_checksums(out, manifest).items()))
+    path, expected = next(iter(shards.shard_entries(out, manifest).items()))
+    sha = expected.sha256
     calls = []
     real = shards.sha256_file
     monkeypatch.setattr(shards, "sha256_file", lambda p: calls.append(p) or real(p))
@@ -166,6 +210,59 @@ def test_a_second_build_into_one_directory_is_refused(tmp_path):
     with shards.exclusive_lock(tmp_path / "run", "fit"):
         with pytest.raises(ECGShardError, match="in use by"):
             fit.run(fit.FitConfig(shards=str(out), text="unused", out=str(tmp_path / "run")))
+
+
+def _children(pid):
+    """Pids whose parent is ``pid`` (Linux /proc)."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid):
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_build_takes_its_workers_along_and_leaves_the_lock_free(tmp_path, caplog):
+    """R6: kill -9 of a 2-worker build leaves no orphan writing shards or holding the lock;
+    the rerun takes the lock over, says so, and resumes."""
+    import os
+    import signal
+
+    synth.write_ptbxl(tmp_path / "src", n_records=400, seed=0, rates=(100,))
+    out = tmp_path / "out"
+    build_cmd = (f"from ecgshard import build\n"
+                 f"build.run(build.BuildConfig(source_dir={str(tmp_path / 'src')!r}, "
+                 f"out_dir={str(out)!r}, format='ptbxl', shard_size=8, workers=2))")
+    parent = subprocess.Popen([sys.executable, "-c", build_cmd])
+    deadline = time.time() + 60
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = _children(parent.pid)
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the build never started its workers"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    time.sleep(1.0)
+    assert not [w for w in workers if _alive(w)]
+    with caplog.at_level("WARNING"):
+        manifest = _build(tmp_path / "src", out, format="ptbxl", shard_size=8)
+    assert manifest["n_records"] + len(manifest["skipped"]) == 400
+    assert f"lock left by pid {parent.pid} (build)" in caplog.text
 
 
 def test_an_interrupted_rebuild_leaves_no_stale_manifest(tree, monkeypatch):
@@ -380,3 +477,28 @@ def test_resume_on_other_shards_says_what_differs(tmp_path):
     fit.run(fit.FitConfig(shards=str(tmp_path / "s100"), **common))
     with pytest.raises(ECGShardError, match="fs: 100 vs 50; n_samples: 1000 vs 500"):
         fit.run(fit.FitConfig(shards=str(tmp_path / "s50"), resume=True, **common))
+
+
+def test_a_full_disk_under_torch_and_plots_is_one_clear_error(tmp_path, monkeypatch):
+    """R11: torch words a full disk as an enforce failure; the free space tells."""
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 4096))
+
+    def full(obj, f, *a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ECGShardError, match="no space left on the device holding .* while "
+                                            "writing checkpoint-best.pt"):
+        shards.save_checkpoint(tmp_path / "checkpoint-best.pt", {"model": {}})
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ECGShardError, match="no space left .* writing z"):
+        with shards.atomic_dir(tmp_path / "z", "report.json") as out:
+            (out / "report.json").write_text("{}")
+            raise OSError("cannot write mode RGBA as PNG")          # PIL's words
+    assert not list(tmp_path.iterdir())

@@ -19,8 +19,8 @@ def _carrying(shard_dir, folds, codes):
     manifest = shards.load_manifest(shard_dir)
     index = [i for i, c in enumerate(shards.class_codes(manifest)) if c in set(codes)]
     n = 0
-    for path, sha in shards.shard_checksums(shard_dir, manifest).items():
-        with shards.open_shard(path, sha) as f:
+    for path, expected in shards.shard_entries(shard_dir, manifest).items():
+        with shards.open_shard(path, expected) as f:
             in_folds = np.isin(f[shards.FOLD][...], folds)
             n += int((in_folds & shards.read_mentioned(f)[:, index].any(axis=1)).sum())
     return n

@@ -145,6 +145,7 @@ def test_a_run_whose_text_matrix_lacks_its_recipe_is_refused(demo_run, demo_text
     shards.write_text_matrix(tmp_path / "old.h5", old.emb, old.codes, old.texts, old.names,
                              attrs)
     info = shards.read_run_info(run)
+    (run / shards.RUN_TEXT).unlink()                # a run from before runs kept a copy
     shards.write_run_info(run, dataclasses.replace(info, text=str(tmp_path / "old.h5")))
     with pytest.raises(ECGShardError, match="rerun `ecgshard embed-text`"):
         ZeroShotClassifier.from_run(run, device="cpu")
@@ -159,3 +160,144 @@ def test_class_status_places_words_by_the_names_they_contain(demo_run):
     assert status[0] == "seen via SR"
     assert status[1].startswith("related via")
     assert status[2] == "not in the relation table"
+
+
+def _rewritten(path, attrs_update=None):
+    """Rewrite a text matrix in place as another template would: other rows, other attrs."""
+    old = shards.read_text_matrix(path)
+    attrs = {k: v for k, v in old.attrs.items() if k not in ("schema_version", "content_sha256")}
+    attrs.update(attrs_update or {"templates": ["an ECG showing {name}"]})
+    emb = np.roll(old.emb, 1, axis=1)
+    shards.write_text_matrix(path, emb / np.linalg.norm(emb, axis=1, keepdims=True), old.codes,
+                             old.texts, old.names, attrs)
+
+
+def test_a_rewritten_text_matrix_is_refused_naming_both_hashes(demo_run, tmp_path):
+    """R1: predict and the API score with the run's own text side, checked against run.json."""
+    import dataclasses
+    import shutil
+
+    from ecgshard import ECGShardError, ZeroShotClassifier
+
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    info = shards.read_run_info(run)
+    assert shards.read_text_matrix(run / shards.RUN_TEXT).sha256 == info.text_sha256
+    _rewritten(run / shards.RUN_TEXT)
+    with pytest.raises(ECGShardError, match=rf"not the text matrix .* {info.text_sha256[:12]} in "
+                                            rf"run.json"):
+        ZeroShotClassifier.from_run(run, device="cpu")
+    # a run from before the copy: the recorded path is checked the same way
+    (run / shards.RUN_TEXT).unlink()
+    shutil.copyfile(info.text, tmp_path / "t.h5")
+    shards.write_run_info(run, dataclasses.replace(info, text=str(tmp_path / "t.h5")))
+    ZeroShotClassifier.from_run(run, device="cpu")
+    _rewritten(tmp_path / "t.h5")
+    with pytest.raises(ECGShardError, match="rewritten since"):
+        predict.run(PredictConfig(run=str(run), inputs=(str(tmp_path),), classes=("x",),
+                                  device="cpu"))
+
+
+def test_a_run_scores_with_its_own_class_texts_from_any_directory(demo_data, monkeypatch,
+                                                                   tmp_path):
+    """R1: a relative --class-texts path, deleted or edited after training, changes nothing;
+    a class texts file edited between embed-text and fit is refused."""
+    import dataclasses
+    import json
+
+    from ecgshard import ECGShardError, ZeroShotClassifier, fit, text
+
+    table = json.loads(text.class_texts_bytes())
+    table["classes"]["CLBBB"]["findings"] = ["wide notched R waves in I and V6"]
+    monkeypatch.chdir(tmp_path)
+    Path("ct.json").write_text(json.dumps(table))
+    text.run(text.TextConfig(vocab=(str(demo_data / "s-ptbxl"),), out="t.h5", device="cpu",
+                             model="minilm-offline", class_texts="ct.json"))
+    cfg = fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text="t.h5", out="run",
+                        holdout=("LVOLT",), epochs=1, max_steps=1, batch_size=64,
+                        device="cpu", min_positives=3)
+    fit.run(cfg)
+    matrix = shards.read_text_matrix("t.h5")
+    row = matrix.emb[matrix.rows(["CLBBB"])[0]]
+    Path("ct.json").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    clf = ZeroShotClassifier.from_run(tmp_path / "run", device="cpu")
+    got = clf.encode_text([matrix.names[matrix.rows(["CLBBB"])[0]]])[0]
+    np.testing.assert_allclose(got, row, atol=1e-5)          # the edited findings, not the package's
+    monkeypatch.chdir(tmp_path)
+    table["classes"]["CLBBB"]["findings"] = ["something else"]
+    Path("ct.json").write_text(json.dumps(table))
+    with pytest.raises(ECGShardError, match="changed since t.h5 was embedded"):
+        fit.run(dataclasses.replace(cfg, out="run2"))
+    (tmp_path / "run" / shards.RUN_CLASS_TEXTS).write_text(json.dumps(table))
+    with pytest.raises(ECGShardError, match="differ from those .* trained with"):
+        ZeroShotClassifier.from_run(tmp_path / "run", device="cpu")
+
+
+def test_every_unreadable_numpy_record_is_a_named_row_and_the_csv_is_written(demo_run,
+                                                                             tmp_path):
+    """R3, R2: one bad file never aborts the batch; implausible units or rates are named."""
+    from ecgshard import ECGShardError
+
+    sig = np.random.default_rng(0).normal(0, 0.3, (12, 1000)).astype(np.float32)
+    (tmp_path / "zip.npz").write_bytes(b"PK\x03\x04 not a zip archive")
+    np.savez(tmp_path / "fs_array.npz", signal=sig, fs=np.array([100.0, 500.0]))
+    np.savez(tmp_path / "microvolts.npz", signal=sig * 1000, fs=100)
+    np.savez(tmp_path / "volts.npz", signal=sig / 1000, fs=100)
+    np.savez(tmp_path / "half_hz.npz", signal=sig, fs=0.5)
+    np.save(tmp_path / "object.npy", np.array([{"a": 1}], dtype=object))
+    np.savez(tmp_path / "ok.npz", signal=sig, fs=100)
+    out = tmp_path / "scores.csv"
+    result = predict.run(PredictConfig(run=str(demo_run), inputs=(str(tmp_path),),
+                                       classes=("atrial fibrillation",), out=str(out),
+                                       device="cpu"))
+    reasons = {Path(r["record"]).name: r["reason"] for r in result["rows"]}
+    assert reasons == {"zip.npz": "unreadable_signal", "fs_array.npz": "bad_sampling_rate",
+                       "microvolts.npz": "implausible_amplitude",
+                       "volts.npz": "implausible_amplitude", "half_hz.npz": "bad_sampling_rate",
+                       "object.npy": "unreadable_signal", "ok.npz": ""}
+    with open(out) as f:
+        assert len(list(csv.DictReader(f))) == 7
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ECGShardError, match="no record files"):
+        predict.run(PredictConfig(run=str(demo_run), inputs=(str(empty),), classes=("x",),
+                                  device="cpu"))
+
+
+def test_classifier_arguments_are_checked_not_iterated(demo_run):
+    """R4: strings where lists belong, unknown leads and transposed records."""
+    from ecgshard import ECGShardError, ZeroShotClassifier
+
+    clf = ZeroShotClassifier.from_run(demo_run, device="cpu")
+    sig = np.random.default_rng(1).normal(0, 0.3, (12, 1000)).astype(np.float32)
+    with pytest.raises(ECGShardError, match=r"write \['atrial fibrillation'\]"):
+        clf.predict([sig], fs=100, classes="atrial fibrillation")
+    for bad in ("V1", ["X"]):
+        with pytest.raises(ECGShardError, match="lead"):
+            clf.encode_ecg([sig], fs=100, keep_leads=bad)
+    lower = clf.encode_ecg([sig], fs=100, keep_leads=["i", "v1"])
+    np.testing.assert_array_equal(lower, clf.encode_ecg([sig], fs=100, keep_leads=["I", "V1"]))
+    assert not np.allclose(lower, clf.encode_ecg([sig], fs=100))
+    np.testing.assert_allclose(clf.encode_ecg([sig.T], fs=100), clf.encode_ecg([sig], fs=100),
+                               atol=1e-6)                     # (T, 12) is read as (12, T)
+    with pytest.raises(ECGShardError, match="one record: \\[signal\\]"):
+        clf.encode_ecg(sig.T, fs=100)
+    with pytest.raises(BadRecordError, match="13 lead names"):
+        clf.encode_ecg([sig], fs=100, leads=list(shards.LEADS) + ["V7"])
+
+
+def test_probe_refuses_folds_that_would_leak(demo_data, demo_run, tmp_path):
+    """R14: the probe is never scored on records it, or the run's encoder, was fitted on."""
+    from ecgshard import ECGShardError
+
+    common = dict(run=str(demo_run), shards=str(demo_data / "s-ptbxl"), device="cpu",
+                  fractions=(1.0,), min_positives=3)
+    with pytest.raises(ECGShardError, match="overlap"):
+        probe.run(ProbeConfig(train_folds=tuple(range(1, 11)), test_folds=(10,), **common))
+    with pytest.raises(ECGShardError, match=r"folds \[8\] are folds the run trained"):
+        probe.run(ProbeConfig(train_folds=(1, 2), test_folds=(8,), **common))
+    with pytest.raises(ECGShardError, match=r"no records in the probe's test folds \[11\]"):
+        probe.run(ProbeConfig(test_folds=(11,), **common))

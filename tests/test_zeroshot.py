@@ -293,3 +293,72 @@ def test_plots_draw_an_interval_that_excludes_its_point_estimate(tmp_path):
                {"code": "B", "name": "b", "group": "seen", "auroc": 0.60, "auroc_ci": None}]
     report.write_plots(tmp_path, scores, labels, ["A", "B"], classes)
     assert (tmp_path / "auroc_per_class.png").stat().st_size > 0
+
+
+def test_classes_without_text_are_listed_and_none_is_an_error(demo_data, demo_run, demo_text,
+                                                              tmp_path):
+    """R13: a text matrix that lacks some of the set's classes never shrinks a report
+    silently; one that lacks all of them is an error, not a 0-class report."""
+    from ecgshard import shards
+
+    m = shards.read_text_matrix(demo_text)
+    attrs = {k: v for k, v in m.attrs.items() if k not in ("schema_version", "content_sha256")}
+    vocab = shards.class_codes(shards.load_manifest(demo_data / "s-ptbxl"))
+    drop = {"LVOLT", "CLBBB"}
+    keep = [i for i, c in enumerate(m.codes) if c in set(vocab) - drop]
+    shards.write_text_matrix(tmp_path / "part.h5", m.emb[keep], [m.codes[i] for i in keep],
+                             [m.texts[i] for i in keep], [m.names[i] for i in keep], attrs)
+    report = _zs(demo_data, demo_run, tmp_path / "part.h5", tmp_path / "a", classes="all",
+                 shards=str(demo_data / "s-ptbxl"), bootstrap=0, control=False,
+                 permutations=0)
+    assert sorted(report["provenance"]["classes_without_text"]) == sorted(drop)
+    assert not drop & {c["code"] for c in report["classes"]}
+    with pytest.raises(ECGShardError, match="no embedding for any of the"):
+        _zs(demo_data, demo_run, tmp_path / "part.h5", tmp_path / "b", classes="all",
+            shards=str(demo_data / "s-cinc"), bootstrap=0, control=False, permutations=0,
+            allow_signal_mismatch=True)
+
+
+@pytest.mark.parametrize("rule", ["fixed:nan", "fixed:inf", "fixed:2"])
+def test_a_threshold_that_is_no_cosine_is_refused(rule):
+    with pytest.raises(ECGShardError, match="a cosine in"):
+        zeroshot.ZeroShotConfig(run="r", shards="s", text="t", out="o", threshold=rule)
+
+
+def test_a_report_directory_is_locked_and_replaced_as_a_whole(demo_data, demo_run, demo_text,
+                                                              tmp_path, monkeypatch):
+    """R5: no report beside another run's plots, no stale embeddings, no half-written set,
+    and never another directory's files deleted."""
+    import json
+
+    from ecgshard import report as present
+    from ecgshard import shards
+
+    out = tmp_path / "z"
+    quick = dict(shards=str(demo_data / "s-ptbxl"), bootstrap=0, control=False, permutations=0)
+    _zs(demo_data, demo_run, demo_text, out, save_embeddings=True, **quick)
+    assert (out / "embeddings.h5").exists()
+    first = (out / "report.json").read_text()
+
+    def killed(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(present, "write_plots", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _zs(demo_data, demo_run, demo_text, out, classes="all", **quick)
+    assert (out / "report.json").read_text() == first           # the old set, whole
+    assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob(".old-*"))
+    monkeypatch.undo()
+    _zs(demo_data, demo_run, demo_text, out, classes="all", **quick)
+    assert not (out / "embeddings.h5").exists()                 # not this run's: gone
+    assert json.loads((out / "report.json").read_text())["provenance"]["config"]["classes"] == "all"
+
+    with shards.exclusive_lock(out, "zeroshot", beside=True):
+        with pytest.raises(ECGShardError, match="in use by pid .* \\(zeroshot\\)"):
+            _zs(demo_data, demo_run, demo_text, out, **quick)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    with pytest.raises(ECGShardError, match="holds files but no report.json"):
+        _zs(demo_data, demo_run, demo_text, other, **quick)
+    assert (other / "mine.txt").read_text() == "keep me"
