@@ -39,10 +39,14 @@ def baseline(paths, fs_out=100, band=(0.5, 40.0)):
 
 
 def profile(paths, spec):
-    from ecgshard import readers, shards
+    """Per stage, microseconds a record and share: header, decode (with the WFDB checksums),
+    checks (non-finite, flat, amplitude), filter, HDF5 (with fletcher32); and, apart, what the
+    two plausibility checks alone cost."""
+    from ecgshard import build, readers, shards
     from ecgshard.filters import fit_length, preprocess
 
     t = dict.fromkeys(("header", "decode", "checks", "filter", "hdf5"), 0.0)
+    alone = {"WFDB checksums": 0.0, "amplitude range": 0.0}
     sigs = []
     for p in paths:
         t0 = time.perf_counter()
@@ -52,6 +56,7 @@ def profile(paths, spec):
         t2 = time.perf_counter()
         sig = readers.to_canonical_leads(sig, leads)
         ok = np.isfinite(sig).all() and np.ptp(sig, axis=1).min() > 1e-3
+        build._check_amplitude(sig, str(p))
         t3 = time.perf_counter()
         x, _ = fit_length(preprocess(sig, fs, spec), 1000)
         t4 = time.perf_counter()
@@ -60,6 +65,15 @@ def profile(paths, spec):
         t["decode"] += (t2 - t1) - (t1 - t0)      # read_wfdb parses the header again
         t["checks"] += t3 - t2
         t["filter"] += t4 - t3
+        raw = np.rint(sig * 1000).astype(np.int16)   # the stored samples (gain 1000)
+        t5 = time.perf_counter()
+        readers._check_checksums(raw, readers.Header("x", 12, fs, raw.shape[1],
+                                                     leads=list(leads), checksums=[None] * 12),
+                                 p)
+        t6 = time.perf_counter()
+        build._check_amplitude(sig, str(p))
+        alone["WFDB checksums"] += t6 - t5
+        alone["amplitude range"] += time.perf_counter() - t6
         del hdr, ok
     n = len(sigs)
     arrays = {shards.SIGNAL: np.stack(sigs), shards.LABELS: np.zeros((n, 5), np.uint8),
@@ -73,7 +87,7 @@ def profile(paths, spec):
     t["hdf5"] = time.perf_counter() - t0
     shutil.rmtree(tmp)
     total = sum(t.values())
-    return {k: (v / n * 1e6, v / total) for k, v in t.items()}
+    return {k: (v / n * 1e6, v / total) for k, v in {**t, **alone}.items()}
 
 
 def main():
@@ -131,7 +145,7 @@ def main():
           f"{n_base} records):")
     for stage, (us, frac) in profile(paths[:n_base], build.BuildConfig(
             source_dir="", out_dir="").filter_spec).items():
-        print(f"  {stage:<8}{us:8.0f} us  {100 * frac:5.1f}%")
+        print(f"  {stage:<16}{us:8.0f} us  {100 * frac:5.1f}% of the stages above")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import parser, shard_set
@@ -69,14 +70,20 @@ def main():
                 yield {"signal": torch.from_numpy(arrays["signal"][idx]),
                        "labels": torch.from_numpy(arrays["labels"][idx])}
 
-    def stream_epochs(workers):
-        loader = data.StreamLoader(sel, args.batch_size, "cpu", seed=0, workers=workers)
+    def stream_epochs(workers, selection=sel):
+        loader = data.StreamLoader(selection, args.batch_size, "cpu", seed=0, workers=workers)
         for epoch in range(args.epochs):
             yield from loader.epoch(epoch)
 
     rows = [("in-memory numpy array, shuffled gather", consume(memory_epochs()))]
     for workers in (0, 1, 2):
         rows.append((f"shard stream, {workers} loader worker(s)", consume(stream_epochs(workers))))
+    # What the per-chunk checksums cost: the same shards rewritten without fletcher32
+    bare = without_chunk_checksums(shard_dir, Path(args.work) / f"{shard_dir.name}-bare")
+    bare_sel = data.Selection(str(bare), sel.folds, sel.class_codes)
+    consume(stream_epochs(0, bare_sel))                  # hash once (stamps), like the other
+    rows.append(("shard stream, 0 workers, shards WITHOUT chunk checksums",
+                 consume(stream_epochs(0, bare_sel))))
     base = rows[0][1]
     print(f"\nloading {n} records x 12 x {manifest['n_samples']} float16, batch "
           f"{args.batch_size}, {args.epochs} epochs, {os.cpu_count()} cores")
@@ -98,6 +105,31 @@ def main():
                 base = sum(per_rank)
             print(f"{n_ranks:>10}{workers:>9}{np.mean(per_rank):>16.0f}{sum(per_rank):>14.0f}"
                   f"{sum(per_rank) / base:>13.2f}")
+
+
+def without_chunk_checksums(shard_dir, out):
+    """A copy of a shard set whose datasets carry no fletcher32 (same chunks and attributes),
+    its manifest's hashes updated: the baseline for what the checksums cost (made once)."""
+    import json
+
+    import h5py
+
+    from ecgshard import shards
+
+    if (out / shards.MANIFEST).exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = shards.load_manifest(shard_dir)
+    for entry in manifest["shards"]:
+        with h5py.File(shard_dir / entry["file"], "r") as src, \
+                h5py.File(out / entry["file"], "w", libver=("v110", "latest")) as dst:
+            dst.attrs.update(src.attrs)
+            for key, ds in src.items():
+                dst.create_dataset(key, data=ds[...], chunks=ds.chunks,
+                                   compression=ds.compression)
+        entry["sha256"] = shards.sha256_file(out / entry["file"])
+    (out / shards.MANIFEST).write_text(json.dumps(manifest))
+    return out
 
 
 def _rank(shard_dir, batch, rank, n_ranks, workers, epochs, start_at):

@@ -94,6 +94,15 @@ def _build(cfg, database, out):
     shards.write_json(out / shards.MANIFEST, manifest)
     if (out / shards.PARTIAL_MANIFEST).exists():
         (out / shards.PARTIAL_MANIFEST).unlink()
+    # shards of an earlier, larger build of this directory: no manifest lists them
+    listed = {s["file"] for s in manifest["shards"]}
+    orphans = [p for p in out.glob(shards.SHARD_GLOB)
+               if p.name not in listed]
+    for orphan in orphans:
+        orphan.unlink()
+    if orphans:
+        log.info("removed %d shard files of an earlier build that this one does not list",
+                 len(orphans))
     return manifest
 
 
@@ -255,15 +264,22 @@ def process_signal(sig, fs, leads, cfg, where="", spec=None):
 
 
 def _drop_duplicate_ids(items, skipped):
-    """The first record of each id; later ones become ``duplicate_record_id`` skips. One ECG
-    listed twice could land in a training and a test fold at once."""
-    first, kept = {}, []
+    """The first record of each id and of each file (row, for multi-record files); later ones
+    become ``duplicate_record_id`` / ``duplicate_record_file`` skips. One ECG listed twice,
+    under one id or under two ids pointing at one file, could land in a training and a test
+    fold at once."""
+    first, files, kept = {}, {}, []
     for it in items:
+        where = (str(Path(it.path).resolve()), it.index)
         if it.record_id in first:
             skipped.append(skip(it, "duplicate_record_id",
-                                 f"record id {it.record_id} also at {first[it.record_id]}"))
+                                f"record id {it.record_id} also at {first[it.record_id]}"))
+        elif where in files:
+            skipped.append(skip(it, "duplicate_record_file",
+                                f"{it.path} is also record {files[where]}"))
         else:
             first[it.record_id] = it.path
+            files[where] = it.record_id
             kept.append(it)
     return kept
 

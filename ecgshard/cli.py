@@ -23,6 +23,12 @@ class _Group(click.Group):
         except ECGShardError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:
+            # an ordinary file-system refusal (read-only --out, permissions, a missing
+            # directory): one line naming the file, not a traceback
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error:{where}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
 
 
 class _Choice(click.Choice):
@@ -57,7 +63,10 @@ def _folds(text):
     out = []
     for part in str(text).split(","):
         lo, _, hi = part.partition("-")
-        out += range(int(lo), int(hi or lo) + 1)
+        try:
+            out += range(int(lo), int(hi or lo) + 1)
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: folds are numbers, as 1-8 or 1,3,5") from None
     return tuple(out)
 
 

@@ -284,6 +284,9 @@ def describe(code, trained=None, vocabulary=None, graph=None):
     """Lines for ``ecgshard relations``: a code's concept and relatives with the table's
     evidence; its status against ``trained`` codes; its holdout closure within ``vocabulary``."""
     graph = graph or load()
+    code = str(code).strip()
+    if not code or not graph.known(code):
+        raise ECGShardError(f"{code!r} is not in the relation table{_did_you_mean(code, graph)}")
     lines = [f"{code}"]
     same = sorted(graph.members(code) - {code})
     lines.append(f"  same concept: {', '.join(same) if same else '-'}")
@@ -305,6 +308,15 @@ def describe(code, trained=None, vocabulary=None, graph=None):
         lines.append("  holdout closure in this vocabulary: " + ", ".join(
             c if why is None else f"{c} ({why})" for c, why in closed.items()))
     return lines
+
+
+def _did_you_mean(code, graph):
+    import difflib
+
+    known = sorted(graph._codes)
+    same_case = [c for c in known if c.upper() == str(code).strip().upper()]
+    close = same_case or difflib.get_close_matches(str(code).strip().upper(), known, n=3)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 def read_edges(lines, origin="concept_relations.csv"):

@@ -95,6 +95,7 @@ class BuildConfig:
         check(self, (self.fs > 0 and self.seconds > 0, "--fs and --seconds must be > 0"),
               (self.shard_size > 0 and self.min_count > 0,
                "--shard-size and --min-count must be > 0"),
+              (self.limit is None or self.limit > 0, f"--limit must be > 0, got {self.limit}"),
               # an upper edge at or above fs/2 means high-pass only (filters.design)
               (not self.band or 0 < self.band[0] < self.band[1],
                f"--band LOW HIGH must rise from above 0 Hz, got {self.band}"))

@@ -5,11 +5,26 @@ import contextlib
 
 
 def resolve_device(device="auto"):
-    """``auto``: CUDA when present, else CPU; anything else as given."""
+    """``auto``: CUDA when present, else CPU; anything else as given, if this machine has it."""
     import torch
+
+    from .errors import ECGShardError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise ECGShardError(f"--device {device!r} is not a device (auto, cpu, cuda, cuda:N, "
+                            f"mps)") from None
+    if kind.type == "cuda" and (not torch.cuda.is_available() or
+                                (kind.index or 0) >= torch.cuda.device_count()):
+        raise ECGShardError(f"--device {device}: this machine has "
+                            f"{torch.cuda.device_count()} CUDA devices visible (torch "
+                            f"{torch.__version__}, CUDA build {torch.version.cuda}); use "
+                            f"--device cpu or auto")
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        raise ECGShardError("--device mps: MPS is not available here; use --device cpu or auto")
     return device
 
 

@@ -72,8 +72,14 @@ def plan(cfg):
     n_train, n_excluded = map(sum, zip(*by_set))
     train_codes = tuple(c for c, n in zip(candidates, positives) if n >= cfg.min_positives)
     if not train_codes or n_train == 0:
-        raise ECGShardError(f"empty training set: {n_train} records in folds {cfg.train_folds}, "
-                            f"{len(train_codes)} classes with >= {cfg.min_positives} positives")
+        best = sorted(zip(positives.tolist(), candidates), reverse=True)[:5]
+        raise ECGShardError(
+            f"empty training set: {n_train} records in train folds {list(cfg.train_folds)} "
+            f"({n_excluded} more excluded for carrying held-out labels {holdout or '-'}), and "
+            f"{len(train_codes)} of {len(candidates)} candidate classes have >= "
+            f"{cfg.min_positives} positives there (most: "
+            f"{', '.join(f'{c} {n}' for n, c in best) or 'none'}). Hold out fewer classes, "
+            f"lower --min-positives, or name more --train-folds")
     _check_text_covers(cfg, text, train_codes, dict(zip(candidates, positives)))
     missing_text = [c for c in holdout if c not in set(text.codes)]
     if missing_text:
@@ -288,6 +294,7 @@ def _train(cfg, out, world, device):
                 f"{'; '.join(diffs) or 'same signal path and counts, other shard bytes'}). "
                 f"Resume with the shards it was trained on, or use a new --out")
         state = t.restore(ck)
+        _trim_log(out / "log.jsonl", state["epoch"])
         log.info("resuming %s at epoch %d", out, state["epoch"])
     elif world.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -459,6 +466,23 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
         return ck["state"]
+
+
+def _trim_log(path, epochs_done):
+    """Keep the log lines of the epochs the resumed checkpoint holds: a run killed after an
+    epoch's line but before its checkpoint trains that epoch again, and a kill mid-write
+    leaves half a line."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epochs_done:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    with shards.atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in kept))
 
 
 # What may change on --resume: where and how fast it runs, and when it stops. The shard sets

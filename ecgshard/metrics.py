@@ -201,11 +201,17 @@ def null_position(value, null):
             "percentile": round(float(100 * (null < value).mean()), 2)}
 
 
+MIN_USABLE_REPLICATES = 10
+
+
 def percentile_ci(samples, level=0.95):
-    """Percentile interval of the finite samples, or None when there are none."""
+    """Percentile interval of the finite samples, or None when fewer than half of them (or
+    fewer than ``MIN_USABLE_REPLICATES``) are finite: an interval of the few resamples that
+    happened to hold a positive says nothing (with two, it can exclude its own point)."""
     samples = np.asarray(samples, dtype=float)
+    drawn = len(samples)
     samples = samples[np.isfinite(samples)]
-    if not len(samples):
+    if len(samples) < max(MIN_USABLE_REPLICATES, drawn / 2):
         return None
     tail = 100 * (1 - level) / 2
     return [round(float(np.percentile(samples, tail)), 6),

@@ -5,7 +5,6 @@ number formatter (``num``) for all of them; nothing here computes a figure.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from . import concepts, shards
 from .controls import p_text
+from .errors import ECGShardError
 
 # Published figures of related designs, shown only where the experiment matches theirs in
 # kind, and always marked as not comparable: other text models (Bio_ClinicalBERT), other data
@@ -216,7 +216,12 @@ def signed_interval(ci):
 
 def report_table(report_dirs):
     """``ecgshard report``: several reports side by side, one row per figure."""
-    reports = [json.loads((Path(d) / "report.json").read_text()) for d in report_dirs]
+    missing = [str(d) for d in report_dirs if not (Path(d) / "report.json").exists()]
+    if missing:
+        raise ECGShardError(f"no report.json in {', '.join(missing)}: give directories "
+                            f"`ecgshard zeroshot --out` wrote")
+    reports = [shards.read_json(Path(d) / "report.json", "run `ecgshard zeroshot` again")
+               for d in report_dirs]
     rows = [("records", lambda r: str(r["provenance"]["n_records"])),
             ("folds", lambda r: fold_ranges(r["provenance"]["folds"])),
             ("text model", lambda r: str(r["provenance"]["text_model"]).split(" (")[0])]
@@ -324,8 +329,7 @@ def markdown_a(cfg, manifest, reports, pooled=None):
     p0 = reports[0]["provenance"]
     f = figures_a(reports)
     trained = f["trained_macro_auroc"]
-    control, above, val = f["control_macro_auroc"], sum(f["above_both_nulls"]), \
-        f["checkpoint_val_macro_auroc"]
+    above, val = sum(f["above_both_nulls"]), f["checkpoint_val_macro_auroc"]
     specific = sum(bool(x) for x in f["class_specific"])
     not_unseen = [c["code"] for r in reports for c in r["classes"] if c["group"] != "unseen"]
     scored = "test" if cfg.score == "test" else "validation"

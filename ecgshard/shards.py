@@ -52,6 +52,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,6 +111,9 @@ def check_version(found, expected, what, path, fix):
 
 def shard_name(index):
     return f"shard-{index:05d}.h5"
+
+
+SHARD_GLOB = "shard-*.h5"               # every shard_name()
 
 
 # ---------------------------------------------------------------- atomic files and hashes
@@ -187,6 +191,17 @@ def atomic_dir(path, marker):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path, fix):
+    """A JSON object from ``path``; a damaged or hand-broken file is an error naming it."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise SchemaError(f"{path} holds a JSON {type(obj).__name__}, not an object; {fix}")
+    return obj
 
 
 def write_json(path, obj):
@@ -286,15 +301,15 @@ def open_shard(path, expected=None):
 
 
 @contextlib.contextmanager
-def reading(path):
-    """Data read from a shard inside the block is checked by HDF5's per-chunk checksums
-    (fletcher32, see ``write_shard``); a failed one becomes an error naming the shard."""
+def reading(path, fix="Rebuild it (`ecgshard build` with the same options rebuilds only "
+                       "damaged shards)"):
+    """Data read from an HDF5 file inside the block is checked by HDF5's per-chunk checksums
+    (fletcher32, see ``write_shard``); a failed read becomes an error naming the file."""
     try:
         yield
     except OSError as exc:
-        raise SchemaError(f"{path}: damaged data ({exc}); the bytes changed after the shard "
-                          f"was written. Rebuild it (`ecgshard build` with the same options "
-                          f"rebuilds only damaged shards)") from None
+        raise SchemaError(f"{path}: damaged data ({exc}); the bytes changed after it was "
+                          f"written. {fix}") from None
 
 
 @dataclass(frozen=True)
@@ -446,7 +461,7 @@ def load_manifest(shard_dir):
         hint = " (an interrupted build: run `ecgshard build` again to resume)" \
             if (Path(shard_dir) / PARTIAL_MANIFEST).exists() else ""
         raise SchemaError(f"{shard_dir} has no {MANIFEST}; not a finished shard directory{hint}")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, "rebuild the shards with `ecgshard build` (it resumes)")
     check_version(manifest.get("schema_version"), SCHEMA_VERSION, "manifest", path,
                   "rebuild the shards")
     missing = [k for k in REQUIRED_MANIFEST_FIELDS if k not in manifest]
@@ -564,7 +579,15 @@ def read_text_matrix(path):
 
     if not Path(path).exists():
         raise SchemaError(f"no text matrix at {path}; create it with `ecgshard embed-text`")
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise SchemaError(f"{path} is not a readable HDF5 text matrix ({exc}); create it with "
+                          f"`ecgshard embed-text`") from None
+    with f, reading(path, "Rerun `ecgshard embed-text --force`"):
+        if "emb" not in f:
+            raise SchemaError(f"{path} is an HDF5 file but no text matrix (no 'emb'); create "
+                              f"it with `ecgshard embed-text`")
         attrs = {k: _maybe_json(v) for k, v in f.attrs.items()}
         check_version(attrs.get("schema_version"), TEXT_SCHEMA_VERSION, "text matrix", path,
                       "rerun `ecgshard embed-text --force`")
@@ -630,7 +653,7 @@ def read_run_info(run_dir):
     if not path.exists():
         raise SchemaError(f"{run_dir} has no {RUN_INFO}: not a run directory (`ecgshard fit` "
                           f"writes one)")
-    data = json.loads(path.read_text())
+    data = read_json(path, "train the run again")
     version = data.pop("schema_version", None)
     if version == 1:                    # one shard set, before fits over several
         for key in ("shards", "shards_fingerprint", "dataset_fingerprint"):
@@ -658,7 +681,15 @@ def load_checkpoint(path, map_location="cpu"):
 
     if not Path(path).exists():
         raise SchemaError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise SchemaError(f"{path} cannot be read as a checkpoint ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}): truncated or damaged. checkpoint-last.pt and "
+                          f"checkpoint-best.pt are written aside and renamed, so the other "
+                          f"one may be whole") from None
+    if not isinstance(state, dict):
+        raise SchemaError(f"{path} is not an ecgshard checkpoint")
     check_version(state.get("schema_version"), CHECKPOINT_SCHEMA_VERSION, "checkpoint", path,
                   "train the run again with this ecgshard")
     return state

@@ -227,3 +227,51 @@ def test_flat_precordial_leads_as_in_real_ningbo_records(tmp_path):
                           flat_leads="keep"))
     assert kept["n_records"] == 2 and kept["n_skipped"] == 0
     assert [n["record_id"] for n in kept["kept_with_notes"]] == ["JS45542"]
+
+
+def test_implausible_units_rates_and_damaged_samples_are_named_skips(tmp_path):
+    """R2: a wrong gain or unit, an impossible rate, and samples that do not sum to the
+    header's checksums are named skips, not shards of garbage."""
+    src = tmp_path / "src"
+    write_ptbxl_tree(src, n=8)
+    d = src / "records100/00000"
+
+    def edit(name, old, new):
+        hea = d / f"{name}.hea"
+        hea.write_text(hea.read_text().replace(old, new))
+
+    edit("00001_lr", "1000.0(0)/mV", "1.0(0)/mV")                  # gain 1 instead of 1000
+    edit("00002_lr", "/mV", "/V")                                  # millivolts labelled volts
+    edit("00003_lr", "00003_lr 12 100 ", "00003_lr 12 0.5 ")         # 0.5 Hz
+    blob = bytearray((d / "00004_lr.dat").read_bytes())
+    blob[200] ^= 0x10                                              # one sample changed
+    (d / "00004_lr.dat").write_bytes(bytes(blob))
+    manifest = build.run(_cfg(src, tmp_path / "out", shard_size=5))
+    by_id = {s["record_id"]: s for s in manifest["skipped"]}
+    assert {k: v["reason"] for k, v in by_id.items()} == {
+        "1": "implausible_amplitude", "2": "implausible_amplitude", "3": "bad_sampling_rate",
+        "4": "checksum_mismatch"}
+    assert "Check the units and the gain" in by_id["1"]["detail"]
+    assert "header" in by_id["4"]["detail"] and manifest["n_records"] == 4
+
+
+def test_a_rebuild_and_duplicate_files_leave_nothing_behind(tmp_path, caplog):
+    """Low group: two ids naming one file are kept once (not in two folds); a rebuild with
+    fewer records removes the shard files its manifest no longer lists; --limit > 0."""
+    from ecgshard.errors import ECGShardError
+
+    src = tmp_path / "src"
+    rows = write_ptbxl_tree(src, n=20)
+    rows.append(dict(rows[0], ecg_id=21, strat_fold=10))             # 1's file again
+    synth.write_ptbxl_tables(src, rows)
+    first = build.run(_cfg(src, tmp_path / "out", shard_size=4))
+    assert {s["record_id"]: s["reason"] for s in first["skipped"]} == {
+        "21": "duplicate_record_file"}
+    assert len(list((tmp_path / "out").glob("shard-*.h5"))) == 5
+    with caplog.at_level("INFO"):
+        again = build.run(_cfg(src, tmp_path / "out", shard_size=4, limit=6))
+    assert sorted(p.name for p in (tmp_path / "out").glob("shard-*.h5")) == \
+        [s["file"] for s in again["shards"]] and len(again["shards"]) == 2
+    assert "removed 3 shard files" in caplog.text
+    with pytest.raises(ECGShardError, match="--limit must be > 0"):
+        _cfg(src, tmp_path / "x", limit=-75)

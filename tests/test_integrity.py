@@ -1,5 +1,6 @@
 """Nothing stale, nothing mixed, nothing silently lost: the cases of docs/integrity.md."""
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -502,3 +503,70 @@ def test_a_full_disk_under_torch_and_plots_is_one_clear_error(tmp_path, monkeypa
             (out / "report.json").write_text("{}")
             raise OSError("cannot write mode RGBA as PNG")          # PIL's words
     assert not list(tmp_path.iterdir())
+
+
+def test_ordinary_mistakes_are_one_line_not_a_traceback(demo_data, demo_run, tmp_path,
+                                                        monkeypatch):
+    """Low group: each is exit 2 with one line naming the thing, never a traceback."""
+    import shutil
+
+    import torch
+
+    def fails(*args, match):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output and re.search(match, result.output), \
+            result.output
+
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    (tmp_path / "notes.txt").write_text("not hdf5")
+    fails("zeroshot", "--run", run, "--shards", demo_data / "s-ptbxl", "--text",
+          demo_data / "text.h5",
+          "--out", tmp_path / "z", "--folds", "x", match="folds are numbers")
+    if not torch.cuda.is_available():
+        fails("embed", "--run", run, "--shards", demo_data / "s-ptbxl", "--out", tmp_path / "e.h5",
+              "--device", "cuda", match="0 CUDA devices visible")
+    fails("text-sim", tmp_path / "notes.txt", match="not a readable HDF5 text matrix")
+    fails("report", tmp_path, match="no report.json in")
+    fails("relations", "AFIBB", match="did you mean AFIB")
+    fails("relations", "", match="not in the relation table")
+    fails("embed-text", "--vocab", demo_data / "s-ptbxl", "--model", "minilm-offline",
+          "--class-texts", tmp_path / "absent.json", "--out", tmp_path / "t.h5",
+          match="cannot read the class texts .*absent.json")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails("predict", "--run", run, empty, "--classes", "x", match="no record files")
+    ck = run / "checkpoint-best.pt"
+    ck.write_bytes(ck.read_bytes()[:1000])
+    fails("predict", "--run", run, tmp_path / "notes.txt", "--classes", "x",
+          match="checkpoint-best.pt cannot be read as a checkpoint")
+    (run / "run.json").write_text("{ broken")
+    fails("predict", "--run", run, tmp_path / "notes.txt", "--classes", "x",
+          match="run.json is not valid JSON")
+    shards_copy = tmp_path / "s"
+    shutil.copytree(demo_data / "s-ptbxl", shards_copy)
+    (shards_copy / "manifest.json").write_text("[]")
+    fails("inspect", shards_copy, match="manifest.json holds a JSON list")
+
+    def read_only(*args, **kw):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / "report.json"))
+
+    monkeypatch.setattr(shards, "atomic_dir", read_only)
+    fails("zeroshot", "--run", demo_run, "--shards", demo_data / "s-ptbxl", "--text",
+          demo_data / "text.h5", "--out", tmp_path / "ro", "--no-control", "--bootstrap", "0",
+          "--permutations", "0", "--device", "cpu", match=r"ro/report.json: Permission denied")
+
+
+def test_a_resumed_run_logs_each_epoch_once(demo_data, demo_text, tmp_path):
+    """Low group: killed after an epoch's log line but before its checkpoint, the run trains
+    that epoch again; its line is not doubled, and half a line is dropped."""
+    common = dict(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), holdout=("LVOLT",),
+                  epochs=2, batch_size=64, device="cpu", min_positives=3, max_steps=1)
+    out = tmp_path / "run"
+    fit.run(fit.FitConfig(out=str(out), **common))
+    log = out / "log.jsonl"
+    line = log.read_text().splitlines()[0]
+    log.write_text(line + "\n" + line.replace('"epoch": 1', '"epoch": 2') + "\n{\"epo")
+    fit.run(fit.FitConfig(out=str(out), resume=True, **{**common, "max_steps": None}))
+    assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2]

@@ -95,3 +95,13 @@ def test_permutation_null_sits_at_chance_and_places_a_real_signal(scored):
     pos = metrics.null_position(observed, null)
     assert pos["p"] == pytest.approx(1 / 301, abs=1e-6) and pos["percentile"] == 100.0
     assert metrics.null_position(0.5, null)["p"] > 0.2
+
+
+def test_an_interval_of_a_few_usable_replicates_is_not_given():
+    """Low group: two finite replicates of a thousand (resamples that happened to hold a
+    positive) could exclude the point they bracket; no interval is the honest answer."""
+    few = np.full(1000, np.nan)
+    few[:2] = [0.91, 0.93]
+    assert metrics.percentile_ci(few) is None
+    half = np.where(np.arange(1000) % 2, np.nan, np.linspace(0.6, 0.8, 1000))
+    assert metrics.percentile_ci(half) == pytest.approx([0.605, 0.795], abs=2e-3)

@@ -53,3 +53,26 @@ def test_build_round_trips_statements_folds_and_leads(tmp_path):
             np.testing.assert_allclose(signal[0, shards.LEADS.index(lead)].astype(np.float32),
                                        raw.p_signal[:, raw.sig_name.index(lead)], atol=2e-3)
     assert seen == manifest["n_records"] == len(rows) - len(skipped)
+
+
+def test_a_study_with_two_statement_rows_is_a_named_skip_and_an_empty_table_an_error(tmp_path):
+    """Low group: which of two rows is the study's cannot be told, so neither labels it; an
+    empty machine_measurements.csv is one clear error."""
+    import pandas as pd
+    import pytest
+
+    from ecgshard.errors import ECGShardError
+
+    rows = synth.write_mimic_iv_ecg(tmp_path / "raw", n_records=12, seed=3)
+    table = tmp_path / "raw" / "machine_measurements.csv"
+    reports = pd.read_csv(table)
+    twice = reports[reports["study_id"] == rows[0]["study_id"]].assign(report_0="Atrial flutter")
+    pd.concat([reports, twice]).to_csv(table, index=False)
+    cfg = BuildConfig(source_dir=str(tmp_path / "raw"), out_dir=str(tmp_path / "s"),
+                      format="mimic-iv-ecg", fs=500, band=None, min_count=1, workers=1)
+    manifest = build.run(cfg)
+    skipped = {s["record_id"]: s["reason"] for s in manifest["skipped"]}
+    assert skipped[str(rows[0]["study_id"])] == "duplicate_study_row"
+    table.write_text("")
+    with pytest.raises(ECGShardError, match="machine_measurements.csv cannot be read as a CSV"):
+        build.run(cfg)

@@ -110,7 +110,11 @@ def read_csv(path, what):
 
     if not Path(path).exists():
         raise ECGShardError(f"{path} does not exist: {what}")
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as exc:      # pandas' EmptyDataError and parser
+        raise ECGShardError(f"{path} cannot be read as a CSV ({exc}): {what}; download it "
+                            f"again") from None
 
 
 def id_text(value):

@@ -74,8 +74,11 @@ class MIMICIVECG(Database):
             if missing:
                 raise ECGShardError(f"{source / name} lacks the columns {missing}")
         fields = [c for c in REPORT_FIELDS if c in reports.columns]
-        statements = {id_text(row["study_id"]): report_statements(row[f] for f in fields)
-                      for _, row in reports.iterrows()}
+        statements, twice = {}, set()
+        for _, row in reports.iterrows():
+            study = id_text(row["study_id"])
+            twice.update([study] if study in statements else [])
+            statements[study] = report_statements(row[f] for f in fields)
         items, skipped, listed = [], [], set()
         for _, row in records.iterrows():
             study, subject = id_text(row["study_id"]), id_text(row["subject_id"])
@@ -87,6 +90,10 @@ class MIMICIVECG(Database):
             if study not in statements:
                 skipped.append(skip(it, "no_machine_measurements",
                                     f"study {study} has no row in machine_measurements.csv"))
+            elif study in twice:
+                # which row's statements are the study's cannot be told: label neither
+                skipped.append(skip(it, "duplicate_study_row", f"study {study} has several "
+                                    f"rows in machine_measurements.csv"))
             elif not statements[study]:
                 skipped.append(skip(it, "no_labels", f"study {study}: every report field empty"))
             elif not hea.exists():
