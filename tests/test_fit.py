@@ -114,7 +114,7 @@ def test_clear_errors(demo_data, demo_text, tmp_path):
                                             r"present: \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10\]"):
         fit.run(fit.FitConfig(out=str(tmp_path / "a"), train_folds=(11,), **common))
     with pytest.raises(ECGShardError, match=r"empty training set: .* 0 of \d+ candidate classes "
-                                            r"have >= 100000 positives there \(most: NORM \d+"):
+                                            r"have >= 100000 positives there \(most: SR \d+"):
         fit.run(fit.FitConfig(out=str(tmp_path / "a"), min_positives=100000, **common))
     with pytest.raises(ECGShardError, match=r"validation folds \[11\] .*--val-folds"):
         fit.run(fit.FitConfig(out=str(tmp_path / "a"), val_folds=(11,), **common))
