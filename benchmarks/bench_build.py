@@ -42,7 +42,7 @@ def profile(paths, spec):
     """Per stage, microseconds a record and share: header, decode (with the WFDB checksums),
     checks (non-finite, flat, amplitude), filter, HDF5 (with fletcher32); and, apart, what the
     two plausibility checks alone cost."""
-    from ecgshard import build, readers, shards
+    from ecgshard import readers, shards, signal
     from ecgshard.filters import fit_length, preprocess
 
     t = dict.fromkeys(("header", "decode", "checks", "filter", "hdf5"), 0.0)
@@ -57,7 +57,7 @@ def profile(paths, spec):
         sig = readers.to_canonical_leads(sig, leads)
         ptp = np.ptp(sig, axis=1)
         ok = np.isfinite(sig).all() and ptp.min() > 1e-3
-        build._check_amplitude(ptp, str(p))
+        signal.check_amplitude(ptp, str(p))
         t3 = time.perf_counter()
         x, _ = fit_length(preprocess(sig, fs, spec), 1000)
         t4 = time.perf_counter()
@@ -72,7 +72,7 @@ def profile(paths, spec):
                                                      leads=list(leads), checksums=[None] * 12),
                                  p)
         t6 = time.perf_counter()
-        build._check_amplitude(ptp, str(p))
+        signal.check_amplitude(ptp, str(p))
         alone["WFDB checksums"] += t6 - t5
         alone["amplitude range"] += time.perf_counter() - t6
         del hdr, ok
@@ -145,7 +145,7 @@ def main():
     print("\nwhere one record's time goes (ecgshard, 1 process, first "
           f"{n_base} records):")
     for stage, (us, frac) in profile(paths[:n_base], build.BuildConfig(
-            source_dir="", out_dir="").filter_spec).items():
+            source_dir="", out_dir="").signal_path.filter_spec).items():
         print(f"  {stage:<16}{us:8.0f} us  {100 * frac:5.1f}% of the stages above")
 
 

@@ -54,7 +54,7 @@ def reference_signal(hea, spec, n_samples, seconds):
 
 def signal_difference(hea, sig, cfg):
     """Worst absolute difference relative to the record's amplitude (at least 1 mV)."""
-    ref = reference_signal(hea, cfg.filter_spec, cfg.n_samples, cfg.seconds)
+    ref = reference_signal(hea, cfg.signal_path.filter_spec, cfg.n_samples, cfg.seconds)
     return np.abs(sig - ref).max() / max(1.0, np.abs(ref).max())
 
 

@@ -12,6 +12,7 @@ __all__ = ["ECGShardError", "BadRecordError", "SchemaError", "ZeroShotClassifier
 
 
 def __getattr__(name):
+    # deferred on purpose: the classifier imports torch, which `import ecgshard` should not
     if name == "ZeroShotClassifier":
         from .classifier import ZeroShotClassifier
 

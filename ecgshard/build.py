@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, databases, readers
+from . import __version__, databases
 from . import shards
 from .databases.base import skip
 from .config import BuildConfig
 from .errors import BadRecordError, ECGShardError
-from .filters import fit_length, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +151,14 @@ def build_shard(index, items, task_fp, cfg, code_index):
     record: each one becomes a skip entry with its reason."""
     import hashlib
 
-    spec = cfg.filter_spec
+    path = cfg.signal_path
     n_classes = len(code_index)
     cols = {k: [] for k in shards.SHARD_KEYS}
     skipped, notes = [], []
     source_digest = hashlib.sha256()
     for it in items:
         try:
-            sig, length, digest = load_record(it, cfg, spec, notes)
+            sig, length, digest = load_record(it, cfg, path, notes)
         except BadRecordError as exc:
             skipped.append(skip(it, exc.reason, exc.detail))
             continue
@@ -198,72 +197,13 @@ def build_shard(index, items, task_fp, cfg, code_index):
     return res
 
 
-def load_record(it, cfg, spec, notes):
+def load_record(it, cfg, path, notes):
     """One record through the signal path: ``(float16 (12, T), valid length, source sha256)``.
     Records kept despite a problem (``--flat-leads keep``) are appended to ``notes``."""
     sig, fs, leads, digest = databases.get(cfg.format).read(it)
-    x, length, kept = process_signal(sig, fs, leads, cfg, it.path, spec)
+    x, length, kept = path.process(sig, fs, leads, it.path, cfg.flat_leads, cfg.min_seconds)
     notes.extend(skip(it, reason, detail) for reason, detail in kept)
     return x, length, digest
-
-
-SAMPLING_RATE_HZ = (50.0, 10000.0)
-# The widest lead's peak-to-peak, in mV. Real records span 0.9-20 mV (500 PTB-XL records at
-# both rates, 80 Challenge records from five sources; z-scored PTB-XL up to 24), and format 16
-# at PTB-XL's gain cannot exceed 65.5: a gain of 1 instead of 1000, microvolts or ADC counts
-# land in the hundreds or thousands, volts below 0.02.
-AMPLITUDE_RANGE_MV = (0.05, 100.0)
-
-
-def _check_amplitude(ptp, where):
-    """``ptp``: each lead's peak-to-peak (computed once for the flat-lead check too)."""
-    widest = float(ptp.max())
-    if not AMPLITUDE_RANGE_MV[0] <= widest <= AMPLITUDE_RANGE_MV[1]:
-        raise BadRecordError(
-            "implausible_amplitude",
-            f"{where}: the widest lead spans {widest:.4g} mV peak to peak; a 12-lead ECG in "
-            f"millivolts spans {AMPLITUDE_RANGE_MV[0]:g} to {AMPLITUDE_RANGE_MV[1]:g}. Check "
-            f"the units and the gain (a .npy/.npz record must be in mV)")
-
-
-def process_signal(sig, fs, leads, cfg, where="", spec=None):
-    """A raw record — ``(L, T)`` millivolts at ``fs`` Hz, its lead names — through the signal
-    path of ``cfg`` (a BuildConfig): 12 leads in canonical order, checks, resampling, filters,
-    normalisation, length. Returns ``(float16 (12, n_samples), valid length, notes)``, notes
-    being ``(reason, detail)`` of what was kept despite a problem; raises ``BadRecordError``.
-    ``build`` and ``predict`` both go through here, so a record scored from its raw files equals
-    the same record read from a shard."""
-    if not (np.isscalar(fs) and SAMPLING_RATE_HZ[0] <= fs <= SAMPLING_RATE_HZ[1]):
-        raise BadRecordError("bad_sampling_rate", f"{where}: fs={fs!r}; a 12-lead ECG is "
-                             f"sampled at {SAMPLING_RATE_HZ[0]:g} to {SAMPLING_RATE_HZ[1]:g} Hz")
-    lead_notes, flat_notes = [], []
-    sig = readers.to_canonical_leads(sig, leads, where, lead_notes)
-    if not np.isfinite(sig).all():
-        bad = [shards.LEADS[i] for i in np.flatnonzero(~np.isfinite(sig).all(axis=1))]
-        raise BadRecordError("nan_values", f"{where}: non-finite samples in {bad}")
-    seconds = sig.shape[1] / fs
-    if seconds < cfg.min_seconds:
-        raise BadRecordError("too_short", f"{where}: {seconds:.2f} s < {cfg.min_seconds} s")
-    ptp = np.ptp(sig, axis=1)
-    flat = np.flatnonzero(ptp < 1e-3)
-    if len(flat) < len(ptp):             # all flat is no unit error: the flat rule says it
-        _check_amplitude(ptp, where)
-    if len(flat):
-        detail = f"{where}: no signal in {[shards.LEADS[i] for i in flat]}"
-        if cfg.flat_leads == "skip":
-            raise BadRecordError("flat_lead", detail)
-        flat_notes.append(("flat_lead_kept", detail))
-    if seconds > cfg.seconds * 1.5:
-        # Long records (PTB's 2-minute ones): cut the central window first, with a margin for
-        # the filters, so that resampling and filtering work on what is kept.
-        keep = int(round((cfg.seconds + 4.0) * fs))
-        start = (sig.shape[1] - keep) // 2
-        sig = sig[:, start:start + keep]
-    x = preprocess(sig, fs, spec or cfg.filter_spec)
-    x, length = fit_length(x, cfg.n_samples)
-    if not np.isfinite(x).all() or np.abs(x).max() > 6e4:
-        raise BadRecordError("out_of_range", f"{where}: values beyond float16 after filtering")
-    return x.astype(np.float16), length, flat_notes + lead_notes
 
 
 def _drop_duplicate_ids(items, skipped):
@@ -310,7 +250,7 @@ def _params(cfg):
     p.pop("out_dir")
     p.pop("workers")
     p["band"] = list(cfg.band) if cfg.band else None
-    p["filter"] = asdict(cfg.filter_spec)
+    p["filter"] = asdict(cfg.signal_path.filter_spec)
     p["filter"]["design"] = "Butterworth SOS, zero-phase (forward-backward), numba kernel"
     p["resampling"] = "scipy.signal.resample_poly (polyphase, Kaiser anti-aliasing)"
     p["length_rule"] = ("central window of `seconds`; shorter records zero-padded at the end, "

@@ -13,50 +13,37 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from . import concepts, shards, text
-from .config import BuildConfig
+from .device import resolve_device
+from .run import Run
+from .signal import SignalPath
 from .errors import BadRecordError, ECGShardError
 
 log = logging.getLogger(__name__)
 
 
 class ZeroShotClassifier:
-    def __init__(self, model, info, text_attrs, loss, device="cpu", flat_leads="skip",
-                 class_texts=None):
-        self.model, self.info, self.loss, self.device = model.eval(), info, loss, device
-        self.text_attrs = text_attrs
-        self.signal_cfg = BuildConfig.from_signal_path(info.signal_path, flat_leads=flat_leads)
+    def __init__(self, run, device="cpu", flat_leads="skip"):
+        """``run``: a loaded ``Run``; its text side is checked here (``Run.text_matrix``)."""
+        run.refuse_learned_classes()
+        matrix = run.text_matrix()
+        self.run, self.info, self.device = run, run.info, device
+        self.model = run.model(device).eval()
+        self.text_attrs = matrix.attrs
+        self.signal_path = SignalPath.from_dict(run.info.signal_path)
+        self.flat_leads = flat_leads
+        self._class_texts = run.class_texts(matrix)
         self._text_encoder = None
         self._text_cache = {}
-        self._class_texts = class_texts
 
     @classmethod
-    def from_run(cls, run, device="auto", checkpoint="best", flat_leads="skip"):
+    def from_run(cls, run_dir, device="auto", checkpoint="best", flat_leads="skip"):
         """Load ``RUN/checkpoint-{checkpoint}.pt`` with its run record and text side (the run's
         own copies, checked against the hashes it recorded)."""
-        from .device import resolve_device
-        from .models import ZeroShotModel
-
-        run = Path(run)
-        info = shards.read_run_info(run)
-        ck = shards.load_checkpoint(run / f"checkpoint-{checkpoint}.pt", map_location="cpu")
-        if ck.get("learned_class_emb") is not None:
-            raise ECGShardError(f"{run} is a supervised reference run (learned class vectors): "
-                                f"it cannot score classes by their text")
-        matrix, where = run_text_matrix(run, info)
-        attrs = matrix.attrs
-        if "load" not in attrs:
-            raise ECGShardError(f"{where} predates the record of how it was embedded; "
-                                f"rerun `ecgshard embed-text` with the same options (its "
-                                f"embeddings do not change)")
-        device = resolve_device(device)
-        model = ZeroShotModel.from_checkpoint(ck).to(device)
-        return cls(model, info, attrs, ck["loss_name"], device, flat_leads,
-                   run_class_texts(run, info, attrs))
+        return cls(Run.load(run_dir, checkpoint), resolve_device(device), flat_leads)
 
     # ------------------------------------------------------------ ECG side
 
@@ -64,8 +51,6 @@ class ZeroShotClassifier:
         """One raw record ``(L, T)`` (or ``(T, L)``) in millivolts, leads named by ``leads``,
         through the run's signal path: ``(float16 (12, T), valid length)``; raises
         ``BadRecordError``."""
-        from .build import process_signal
-
         leads = _names(leads, "leads")
         x = np.asarray(signal, dtype=np.float32)
         if x.ndim == 2 and x.shape[0] != len(leads) and x.shape[1] == len(leads):
@@ -74,7 +59,7 @@ class ZeroShotClassifier:
             raise BadRecordError("missing_lead", f"{where or 'record'}: signal of shape "
                                  f"{x.shape}, {len(leads)} lead names; expected "
                                  f"({len(leads)}, samples)")
-        x, length, _ = process_signal(x, fs, leads, self.signal_cfg, where)
+        x, length, _ = self.signal_path.process(x, fs, leads, where, self.flat_leads)
         return x, length
 
     def encode_ecg(self, signals, fs, leads=shards.LEADS, keep_leads=None, batch_size=256):
@@ -142,7 +127,7 @@ class ZeroShotClassifier:
     def probabilities(self, cosines):
         """Calibrated probabilities where the run's loss makes them (the sigmoid loss: scale
         and bias were trained for exactly this), else None."""
-        if self.loss != "bce":
+        if not self.run.loss.calibrated:
             return None
         import torch
 
@@ -188,45 +173,3 @@ def _names(values, what):
     if bad:
         raise ECGShardError(f"{what} must be non-empty strings, got {bad[:5]}")
     return values
-
-
-def run_text_matrix(run, info):
-    """The text matrix a run was trained against — its own copy, else (runs from before the
-    copy) the recorded path — refused unless its content hash is the run's."""
-    own = Path(run) / shards.RUN_TEXT
-    where = own if own.exists() else Path(info.text)
-    try:
-        matrix = shards.read_text_matrix(where)
-    except ECGShardError as exc:
-        raise ECGShardError(f"the run's text matrix is needed to embed new class texts the way "
-                            f"it was trained ({exc})") from None
-    if matrix.sha256 != info.text_sha256:
-        raise ECGShardError(
-            f"{where} is not the text matrix {run} was trained against (content sha256 "
-            f"{matrix.sha256[:12]} there, {info.text_sha256[:12]} in {shards.RUN_INFO}): it was "
-            f"rewritten since. Restore it, or train a run against the new matrix")
-    return matrix, where
-
-
-def run_class_texts(run, info, attrs):
-    """The class texts a run's matrix was embedded with: its own copy, else the file the
-    matrix names (the package's when none), refused when its bytes differ from those the
-    matrix or the run recorded."""
-    own = Path(run) / shards.RUN_CLASS_TEXTS
-    source = own if own.exists() else attrs["load"].get("class_texts")
-    if source is not None and not Path(source).exists():
-        raise ECGShardError(f"the class texts {run}'s text matrix was embedded with, {source}, "
-                            f"are not there (a relative path is read from the directory "
-                            f"embed-text ran in); give the run a copy at {own}")
-    raw = text.class_texts_bytes(source)
-    digest = hashlib.sha256(raw).hexdigest()
-    expected = [(what, h) for what, h in ((shards.RUN_INFO, info.class_texts_sha256),
-                                         ("the text matrix", attrs["load"].get(
-                                             "class_texts_sha256"))) if h]
-    for what, h in expected:
-        if h != digest:
-            raise ECGShardError(
-                f"the class texts {source or 'of this ecgshard package'} differ from those "
-                f"{run} was trained with (sha256 {digest[:12]} now, {h[:12]} in {what}): new "
-                f"class texts would be written differently from the trained rows")
-    return text.load_class_texts(raw=raw)

@@ -1,7 +1,9 @@
 """Command line: parse options, build a config, call the stage's ``run``. No logic here.
 
 Every default and every choice list comes from the stage configs (``ecgshard.config``) and the
-registries they name; this file only says how each field is spelled and explained.
+registries they name; this file only says how each field is spelled and explained. Each
+command imports its stage inside its function, on purpose: a stage pulls in torch, numba or
+scikit-learn, which `--help` and every other command should not pay for.
 """
 from __future__ import annotations
 
@@ -229,7 +231,10 @@ def _fit_options(command):
             _opt(F, "train_folds"), _opt(F, "val_folds"), _opt(F, "test_folds"),
             _opt(F, "min_positives", help="A training class needs this many positives in the "
                  "training folds."),
-            _opt(F, "lr"), _opt(F, "weight_decay"),
+            _opt(F, "lr"), _opt(F, "weight_decay", help="AdamW decay of the weights of ndim >= 2 "
+                 "(none on norms, biases, the logit scale and bias)."),
+            _opt(F, "grad_clip", help="Clip the global gradient norm to this (0: off); the "
+                 "log records each epoch's mean norm and clipped share."),
             _opt(F, "warmup", help="Share of the steps with a linear warm-up."),
             _opt(F, "augment", "--augment/--no-augment"),
             _opt(F, "lead_dropout", help="Augmentation: chance that each lead is zeroed."),

@@ -72,7 +72,7 @@ class BuildConfig:
     format: str = "ptbxl"
     fs: int = 100
     seconds: float = 10.0
-    min_seconds: float = 5.0            # shorter records are skipped ("too_short")
+    min_seconds: float = 5.0            # shorter records are skipped ("too_short"; signal.py)
     band: tuple = (0.5, 40.0)
     notch: float | None = None
     normalize: str = "mv"
@@ -100,19 +100,13 @@ class BuildConfig:
               (not self.band or 0 < self.band[0] < self.band[1],
                f"--band LOW HIGH must rise from above 0 Hz, got {self.band}"))
 
-    @classmethod
-    def from_signal_path(cls, path, **kw):
-        """The settings that reproduce a shard set's signal path (``shards.signal_path``)."""
-        return cls(source_dir="", out_dir="", fs=path["fs"],
-                   seconds=path["n_samples"] / path["fs"], band=tuple(path["band"] or ()),
-                   notch=path["notch"], normalize=path["normalize"], **kw)
-
     @property
-    def filter_spec(self):
-        from .filters import FilterSpec
+    def signal_path(self):
+        from .signal import SignalPath          # deferred on purpose: numba and scipy
 
-        return FilterSpec(fs=self.fs, band=tuple(self.band) if self.band else None,
-                          notch=self.notch, normalize=self.normalize)
+        return SignalPath(fs=self.fs, n_samples=self.n_samples,
+                          band=tuple(self.band) if self.band else None, notch=self.notch,
+                          normalize=self.normalize)
 
     @property
     def n_samples(self):
@@ -153,7 +147,8 @@ class FitConfig:
     epochs: int = 30
     batch_size: int = 128
     lr: float = 3e-3
-    weight_decay: float = 1e-2
+    weight_decay: float = 1e-2               # on weights of ndim >= 2 only (models.py)
+    grad_clip: float = 1.0                   # max global gradient norm; 0: no clipping
     warmup: float = 0.05                     # fraction of steps with a linear warm-up
     device: str = "auto"
     amp: bool = True                         # bf16 autocast on CUDA; no-op on CPU
@@ -199,6 +194,7 @@ class FitConfig:
             (0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
             (0 <= self.lead_dropout < 1, "--lead-dropout is a probability, in [0, 1)"),
             (self.width > 0, "--width must be > 0"),
+            (self.grad_clip >= 0, "--grad-clip is a gradient norm >= 0 (0: off)"),
             (self.min_positives > 0, "--min-positives must be > 0"))
 
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import contextlib
 
+from .errors import ECGShardError
+
 
 def resolve_device(device="auto"):
     """``auto``: CUDA when present, else CPU; anything else as given, if this machine has it."""
     import torch
 
-    from .errors import ECGShardError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -31,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build, fit, labels, metrics, report, text, zeroshot
+from . import build, concepts, fit, metrics, report, text, zeroshot
 from . import controls as specificity
 from . import shards
 from .config import ExperimentConfig, ZeroShotConfig, default
+from .data import Selection, count_selection
+from .run import checkpoint_path
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def _fit(cfg, shard_dir, text_file, runs, name, holdout):
                                 f"differ); remove it or choose another --work")
         if done.get("epochs_done") == fc.epochs:
             return out
-    summary = fit.run(replace(fc, out=str(out), resume=(out / "checkpoint-last.pt").exists()))
+    summary = fit.run(replace(fc, out=str(out), resume=checkpoint_path(out, "last").exists()))
     shards.write_json(summary_file, dict(summary, key=key))
     return out
 
@@ -119,8 +121,6 @@ def holdout_splits(cfg, shard_dir, manifest):
     the records it excludes are at most ``max_excluded`` of the training folds. The test fold
     is never read here.
     """
-    from .data import Selection, count_selection
-
     classes = manifest["classes"]
     codes = tuple(shards.class_codes(manifest))
     folds = cfg.fit
@@ -136,12 +136,12 @@ def holdout_splits(cfg, shard_dir, manifest):
     eligible = [c for c, n, t in zip(codes, val_pos, train_pos)
                 if n >= cfg.min_val_positives and t / max(1, n_train) <= cfg.max_excluded]
     splits, closures = [], []
-    default = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in codes]
+    default = concepts.default_holdout(codes)
     if default:
         # The package's default is always reported (it is what `fit --holdout default` does);
         # the table states the share of training records each split excluded.
         splits.append(default)
-        closures.append(labels.resolve_holdout(default, classes, expand=True))
+        closures.append(concepts.resolve_holdout(default, classes, expand=True))
     rng = np.random.default_rng(cfg.fit.seed)
     tries = 0
     while len(splits) < cfg.splits and tries < 200 and eligible:
@@ -149,7 +149,7 @@ def holdout_splits(cfg, shard_dir, manifest):
         pick = sorted(str(c) for c in rng.choice(eligible, size=min(cfg.holdout_size,
                                                                     len(eligible)),
                                                  replace=False))
-        full = labels.resolve_holdout(list(pick), classes, expand=True)
+        full = concepts.resolve_holdout(list(pick), classes, expand=True)
         if full not in closures and excluded_share(full) <= cfg.max_excluded:
             splits.append(pick)
             closures.append(full)

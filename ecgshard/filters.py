@@ -15,6 +15,8 @@ import numpy as np
 from numba import njit
 from scipy import signal as sps
 
+from .errors import BadRecordError
+
 
 @njit(cache=True, nogil=True)
 def _sosfilt_inplace(sos, x, zi_scaled):
@@ -137,7 +139,6 @@ def preprocess(sig, fs_in, spec):
     if designed is not None:
         sos, zi, padlen = designed
         if x.shape[1] < 32:
-            from .errors import BadRecordError
             raise BadRecordError("too_short", f"{x.shape[1]} samples after resampling")
         x = sosfiltfilt_numba(sos, zi, np.ascontiguousarray(x), min(padlen, x.shape[1] - 1))
     if spec.normalize == "zscore":

@@ -13,17 +13,23 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from . import concepts
-from . import labels
-from . import shards
+from . import concepts, distributed, shards
 from .config import FitConfig
-from .device import autocast
+from .data import (Preloaded, Selection, StreamLoader, augment, count_selection, fits_in_memory,
+                   load_selection, selection_bytes)
+from .device import autocast, resolve_device
+from .losses import build_loss
+from .metrics import macro, per_class
+from .models import EncoderConfig, ZeroShotModel
 from .errors import ECGShardError
+from .run import checkpoint_path
+from .signal import SignalPath
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +41,28 @@ def resolve_holdout(cfg, classes):
     as negatives, and the closure must pass through it."""
     codes = list(cfg.holdout)
     if codes == ["default"]:
-        present = {c["code"] for c in classes}
-        codes = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in present]
+        codes = concepts.default_holdout(c["code"] for c in classes)
     if not codes:
         return {}
-    return labels.close_holdout(codes, classes, expand=cfg.holdout_expand)
+    return concepts.close_holdout(codes, classes, expand=cfg.holdout_expand)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run trains on, checked before any training starts (``plan``)."""
+    manifest: dict                      # the first shard set's; every set shares its path
+    sets: list                          # per shard set: path, fingerprints, sources, counts
+    text: object                        # the shards.TextMatrix
+    holdout: list                       # closed, sorted
+    riders: list                        # held out for a shared name, not kept unseen
+    watch: list                         # codes the held-out check counts in batches
+    train_sel: list                     # one data.Selection per shard set
+    val_sel: list
+    train_codes: list
+    n_train: int
+    n_val: int
+    excluded: dict                      # records dropped for held-out labels: train, val
+    dropped_rare: list                  # below --min-positives
 
 
 def plan(cfg):
@@ -94,12 +117,12 @@ def plan(cfg):
              "records": {"train": t[0], "val": v[0]},
              "records_excluded_for_heldout_labels": {"train": t[1], "val": v[1]}}
             for d, m, t, v in zip(cfg.shards, manifests, by_set, val_by_set)]
-    return {"manifest": manifests[0], "sets": sets, "text": text,
-            "holdout": holdout, "riders": riders, "watch": list(watch), "train_sel": train_sel,
-            "val_sel": val_sel,
-            "train_codes": list(train_codes), "n_train": n_train, "n_val": n_val,
-            "excluded": {"train": n_excluded, "val": n_val_excluded},
-            "dropped_rare": [c for c, n in zip(candidates, positives) if n < cfg.min_positives]}
+    return Plan(manifest=manifests[0], sets=sets, text=text, holdout=holdout, riders=riders,
+                watch=list(watch), train_sel=train_sel, val_sel=val_sel,
+                train_codes=list(train_codes), n_train=n_train, n_val=n_val,
+                excluded={"train": n_excluded, "val": n_val_excluded},
+                dropped_rare=[c for c, n in zip(candidates, positives)
+                              if n < cfg.min_positives])
 
 
 def heldout_watch(holdout, riders, vocabulary):
@@ -130,8 +153,6 @@ def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
     code among them), and is negative throughout a set that has none: two codes of one concept
     in one set (the Challenge's 59118001 and 713427006) label the same records, never each
     other's negatives."""
-    from .data import Selection
-
     graph = concepts.load()
     sels = []
     for d, m in zip(shard_dirs, manifests):
@@ -146,8 +167,6 @@ def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
 
 def _count(sels):
     """[(kept, excluded)] per selection, and positives per class summed over them."""
-    from .data import count_selection
-
     by_set, positives = [], np.zeros(len(sels[0].class_codes), np.int64)
     for sel in sels:
         kept, excluded, pos = count_selection(sel)
@@ -187,9 +206,9 @@ def _check_folds(cfg, manifests):
 
 def _check_same_signal_path(shard_dirs, manifests):
     """Shard sets trained together must share one signal path; the message names both sides."""
-    first = shards.signal_path(manifests[0])
+    first = SignalPath.of(manifests[0])
     for d, m in zip(shard_dirs[1:], manifests[1:]):
-        diffs = shards.signal_path_differences(first, shards.signal_path(m))
+        diffs = first.differences(SignalPath.of(m))
         if diffs:
             raise ECGShardError(f"{d} was built with another signal path than {shard_dirs[0]} "
                                 f"({shard_dirs[0]} vs {d}: {'; '.join(diffs)}); rebuild one "
@@ -229,8 +248,6 @@ def run(cfg: FitConfig):
     every rank runs this; rank 0 alone locks and writes the run directory."""
     import contextlib
 
-    from . import distributed
-    from .device import resolve_device
 
     world, device = distributed.init(resolve_device(cfg.device))
     out = Path(cfg.out)
@@ -242,51 +259,46 @@ def run(cfg: FitConfig):
 
 
 def _train(cfg, out, world, device):
-    import torch
-
-    from . import distributed
-    from .data import Preloaded, StreamLoader, fits_in_memory, load_selection, selection_bytes
-
-    if (out / "checkpoint-last.pt").exists() and not cfg.resume:
+    if checkpoint_path(out, "last").exists() and not cfg.resume:
         raise ECGShardError(f"{out} already holds a run; pass --resume to continue it or choose "
                             f"another --out")
     if cfg.batch_size % world.size:
         raise ECGShardError(f"--batch-size {cfg.batch_size} is the global batch: it must split "
                             f"evenly over {world.size} processes")
     p = plan(cfg)
-    if p["n_train"] < cfg.batch_size:
+    if p.n_train < cfg.batch_size:
         # Full batches only (a 3-record tail would skew BatchNorm and the contrastive loss), so
         # a training set smaller than one batch becomes one batch rather than no step at all.
         log.warning("only %d training records, fewer than --batch-size %d: one batch of %d per "
-                    "epoch", p["n_train"], cfg.batch_size, p["n_train"])
-        cfg = replace(cfg, batch_size=p["n_train"] // world.size * world.size)
+                    "epoch", p.n_train, cfg.batch_size, p.n_train)
+        cfg = replace(cfg, batch_size=p.n_train // world.size * world.size)
     torch.manual_seed(cfg.seed)
     t = Trainer(cfg, p, device, world)
     local_batch = cfg.batch_size // world.size
     use_preload = cfg.data == "preload" or (cfg.data == "auto" and fits_in_memory(
-        selection_bytes(p["n_train"], p["manifest"]["n_samples"]), device))
-    train = Preloaded(p["train_sel"], local_batch, device, cfg.seed, world, cfg.shard_weights) \
-        if use_preload else StreamLoader(p["train_sel"], local_batch, device, cfg.seed,
+        selection_bytes(p.n_train, p.manifest["n_samples"]), device))
+    train = Preloaded(p.train_sel, local_batch, device, cfg.seed, world, cfg.shard_weights) \
+        if use_preload else StreamLoader(p.train_sel, local_batch, device, cfg.seed,
                                          cfg.workers, world, cfg.shard_weights)
-    val_parts = [load_selection(sel) for sel in p["val_sel"]]
+    val_parts = [load_selection(sel) for sel in p.val_sel]
     val = {k: np.concatenate([part[k] for part in val_parts]) for k in val_parts[0]}
     val_set = np.repeat(np.arange(len(val_parts)), [len(part["labels"]) for part in val_parts])
     state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0, "records_seen": 0,
              "batches": 0}
-    if cfg.resume and (out / "checkpoint-last.pt").exists():
-        ck = shards.load_checkpoint(out / "checkpoint-last.pt", map_location=device)
-        if ck["text_sha256"] != p["text"].sha256 or ck["train_codes"] != p["train_codes"]:
+    if cfg.resume and checkpoint_path(out, "last").exists():
+        ck = shards.load_checkpoint(checkpoint_path(out, "last"), map_location=device)
+        if ck["text_sha256"] != p.text.sha256 or ck["train_codes"] != p.train_codes:
             raise ECGShardError(f"{out} was trained against another text matrix or class list; "
                                 f"resume it with the same --text and holdout, or use a new --out")
         _check_same_config(out, ck["config"], cfg, ck["state"]["epoch"])
         before = shards.read_run_info(out)
-        now = [s["fingerprint"] for s in p["sets"]]
+        now = [s["fingerprint"] for s in p.sets]
         if before.shards_fingerprint != now:
-            diffs = shards.signal_path_differences(before.signal_path,
-                                                   shards.signal_path(p["manifest"]))
-            if before.records["train"] != p["n_train"]:
+            diffs = SignalPath.from_dict(before.signal_path).differences(
+                SignalPath.of(p.manifest))
+            if before.records["train"] != p.n_train:
                 diffs.append(f"training records: {before.records['train']} vs "
-                             f"{p['n_train']}")
+                             f"{p.n_train}")
             raise ECGShardError(
                 f"{out} was trained on other shards than {', '.join(cfg.shards)} (fingerprints "
                 f"{', '.join(f[:12] for f in before.shards_fingerprint)} vs "
@@ -301,18 +313,18 @@ def _train(cfg, out, world, device):
         _write_run_files(out, cfg, p, t.encoder_cfg, use_preload)
 
     log.info("training %s/%s on %s x %d: %d records, %d classes, held out %s (%d train records "
-             "excluded)", cfg.arch, cfg.loss, device, world.size, p["n_train"],
-             len(p["train_codes"]), p["holdout"], p["excluded"]["train"])
+             "excluded)", cfg.arch, cfg.loss, device, world.size, p.n_train,
+             len(p.train_codes), p.holdout, p.excluded["train"])
     for epoch in range(state["epoch"], cfg.epochs):
         record = t.train_epoch(train, epoch, state)
         val_auroc, val_emb = evaluate(t.model.encoder, val, device, cfg.amp,
                                       t.model.class_emb().detach(), world)
         record["val_macro_auroc"] = val_auroc
-        if len(p["sets"]) > 1:
+        if len(p.sets) > 1:
             record["val_macro_auroc_by_set"] = _macro_by_set(
                 val_emb, val["labels"], val_set, t.model.class_emb().detach(), cfg.shards)
         state["epoch"] = epoch + 1
-        is_best = val_auroc > state["best_auroc"] or not (out / "checkpoint-best.pt").exists()
+        is_best = val_auroc > state["best_auroc"] or not checkpoint_path(out, "best").exists()
         if is_best:
             state["best_auroc"] = val_auroc if val_auroc == val_auroc else -1.0
         log.info("epoch %d: loss %.4f, val macro AUROC %.4f (train classes, folds %s), "
@@ -323,18 +335,18 @@ def _train(cfg, out, world, device):
                 f.write(json.dumps(record) + "\n")
             ck = t.checkpoint(state, val_auroc, {"emb": val_emb, "labels": val["labels"]})
             if is_best:
-                shards.save_checkpoint(out / "checkpoint-best.pt", ck)
-            shards.save_checkpoint(out / "checkpoint-last.pt", ck)
+                shards.save_checkpoint(checkpoint_path(out, "best"), ck)
+            shards.save_checkpoint(checkpoint_path(out, "last"), ck)
             _write_heldout_check(out, state, p, cfg.include_heldout_records)
         distributed.barrier(world)
         if cfg.max_steps and state["step"] >= cfg.max_steps:
             break
     if state["step"] == 0:
-        raise ECGShardError(f"no training step was taken ({p['n_train']} training records, "
+        raise ECGShardError(f"no training step was taken ({p.n_train} training records, "
                             f"batch size {cfg.batch_size}); nothing in {out} is a trained model")
     summary = {"run": str(out), "best_val_macro_auroc": state["best_auroc"],
-               "val_folds": list(cfg.val_folds), "train_classes": p["train_codes"],
-               "holdout": p["holdout"], "text_model": p["text"].attrs.get("model_id"),
+               "val_folds": list(cfg.val_folds), "train_classes": p.train_codes,
+               "holdout": p.holdout, "text_model": p.text.attrs.get("model_id"),
                "epochs_done": state["epoch"], "steps": state["step"],
                "data_path": "preload" if use_preload else "stream", "processes": world.size}
     if world.main:
@@ -344,19 +356,11 @@ def _train(cfg, out, world, device):
 
 class Trainer:
     """Model, loss, optimiser and schedule of one run, and one epoch of training."""
-
     def __init__(self, cfg, p, device, world):
-        import torch
-
-        from . import distributed
-        from .losses import build_loss
-        from .models import EncoderConfig, ZeroShotModel
-
         self.cfg, self.p, self.device, self.world = cfg, p, device, world
-        self.text_rows = p["text"].emb[p["text"].rows(p["train_codes"])]   # (C, D) numpy
-        self.encoder_cfg = EncoderConfig(arch=cfg.arch, n_samples=p["manifest"]["n_samples"],
-                                         text_dim=int(self.text_rows.shape[1]),
-                                         fs=p["manifest"]["fs"], width=cfg.width)
+        self.text_rows = p.text.emb[p.text.rows(p.train_codes)]   # (C, D) numpy
+        self.encoder_cfg = EncoderConfig(arch=cfg.arch, n_samples=p.manifest["n_samples"],
+                                         text_dim=int(self.text_rows.shape[1]), width=cfg.width)
         self.model = distributed.sync_batch_norm(
             ZeroShotModel(self.encoder_cfg, torch.from_numpy(self.text_rows),
                           learn_class_emb=cfg.learn_class_embeddings), world).to(device)
@@ -370,7 +374,7 @@ class Trainer:
         self.model.logit_bias.requires_grad_(self.loss_fn.uses_bias)
         self.opt = torch.optim.AdamW(self.model.param_groups(cfg.weight_decay), lr=cfg.lr)
         # Global steps: the same on every rank, and the same schedule for any world size.
-        self.steps_per_epoch = max(1, p["n_train"] // cfg.batch_size)
+        self.steps_per_epoch = max(1, p.n_train // cfg.batch_size)
         total = cfg.epochs * self.steps_per_epoch
         warm = max(1, int(cfg.warmup * total))
 
@@ -391,17 +395,14 @@ class Trainer:
     def train_epoch(self, train, epoch, state):
         """One epoch of ``steps_per_epoch`` global batches; updates ``state``, returns the
         epoch's log."""
-        import torch
         from tqdm.auto import tqdm
 
-        from . import distributed
-        from .data import augment
 
         cfg, world = self.cfg, self.world
         self.model.train()
         gen = torch.Generator(device=self.device).manual_seed(
             cfg.seed * 7919 + epoch + 104729 * world.rank)
-        t0, waited, n_seen, heldout, losses = time.perf_counter(), 0.0, 0, 0, []
+        t0, waited, n_seen, heldout, losses, norms = time.perf_counter(), 0.0, 0, 0, [], []
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=None if world.main else True, leave=False)
         batches = iter(train.epoch(epoch, self.steps_per_epoch))
@@ -421,6 +422,9 @@ class Trainer:
                                 distributed.gather(batch["labels"], world), scale, bias)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip:
+                norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                  cfg.grad_clip)))
             self.opt.step()
             self.sched.step()
             state["step"] += 1
@@ -437,6 +441,9 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         return {"epoch": epoch + 1, "step": state["step"],
                 "loss": float(np.mean(losses)) if losses else float("nan"),
+                "grad_norm": float(np.mean(norms)) if norms else None,
+                "clipped_share": float(np.mean(np.asarray(norms) > cfg.grad_clip))
+                if norms else None,
                 "samples_per_s": n_seen / elapsed if elapsed else 0.0,
                 "data_wait_fraction": waited / elapsed if elapsed else 0.0,
                 "lr": self.sched.get_last_lr()[0], "seconds": elapsed,
@@ -447,15 +454,15 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "state": state,
                 "model_config": asdict(self.encoder_cfg), "loss_name": self.cfg.loss,
-                "train_codes": p["train_codes"], "holdout": p["holdout"],
-                "text_sha256": p["text"].sha256,
+                "train_codes": p.train_codes, "holdout": p.holdout,
+                "text_sha256": p.text.sha256,
                 "text_emb_train": self.text_rows,
                 "learned_class_emb": None if learned is None else learned.detach().cpu().numpy(),
-                "text_model": p["text"].attrs.get("model_id"), "config": asdict(self.cfg),
+                "text_model": p.text.attrs.get("model_id"), "config": asdict(self.cfg),
                 "val_macro_auroc": val_auroc, "validation": validation}
 
     def restore(self, ck):
-        stored = asdict(type(self.encoder_cfg)(**ck["model_config"]))     # fields added since: defaults
+        stored = asdict(type(self.encoder_cfg).from_dict(ck["model_config"]))
         differs = [f"{k}: {stored[k]!r} vs {v!r}" for k, v in asdict(self.encoder_cfg).items()
                    if stored[k] != v]
         if differs:
@@ -524,22 +531,22 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
     shards.write_json(out / "config.json", {"config": asdict(cfg), "model": asdict(encoder_cfg),
                                             "data_path": "preload" if use_preload else "stream"})
     shards.write_run_info(out, shards.RunInfo(
-        train_codes=p["train_codes"], holdout=p["holdout"],
-        holdout_requested=list(cfg.holdout), dropped_rare_classes=p["dropped_rare"],
-        records={"train": p["n_train"], "val": p["n_val"]},
-        records_excluded_for_heldout_labels=p["excluded"],
-        shard_sets=p["sets"], shard_weights=list(cfg.shard_weights),
+        train_codes=p.train_codes, holdout=p.holdout,
+        holdout_requested=list(cfg.holdout), dropped_rare_classes=p.dropped_rare,
+        records={"train": p.n_train, "val": p.n_val},
+        records_excluded_for_heldout_labels=p.excluded,
+        shard_sets=p.sets, shard_weights=list(cfg.shard_weights),
         strict_zero_shot=not cfg.include_heldout_records,
         folds={"train": list(cfg.train_folds), "val": list(cfg.val_folds),
                "test": list(cfg.test_folds)},
-        shards=[s["shards"] for s in p["sets"]],
-        shards_fingerprint=[s["fingerprint"] for s in p["sets"]],
-        dataset_fingerprint=[s["dataset_fingerprint"] for s in p["sets"]],
-        shard_sources=sorted({src for s in p["sets"] for src in s["sources"]}),
-        signal_path=shards.signal_path(p["manifest"]),
-        text=str(Path(cfg.text).resolve()), text_sha256=p["text"].sha256,
-        text_model=p["text"].attrs.get("model_id"),
-        class_texts_sha256=_copy_text_side(out, cfg.text, p["text"])))
+        shards=[s["shards"] for s in p.sets],
+        shards_fingerprint=[s["fingerprint"] for s in p.sets],
+        dataset_fingerprint=[s["dataset_fingerprint"] for s in p.sets],
+        shard_sources=sorted({src for s in p.sets for src in s["sources"]}),
+        signal_path=SignalPath.of(p.manifest).to_dict(),
+        text=str(Path(cfg.text).resolve()), text_sha256=p.text.sha256,
+        text_model=p.text.attrs.get("model_id"),
+        class_texts_sha256=_copy_text_side(out, cfg.text, p.text)))
 
 
 def _copy_text_side(out, text_path, matrix):
@@ -548,15 +555,13 @@ def _copy_text_side(out, text_path, matrix):
     differently from the trained rows, so it is refused."""
     import shutil
 
-    from .text import class_texts_bytes
-
     with shards.atomic_path(out / shards.RUN_TEXT) as tmp:
         shutil.copyfile(text_path, tmp)
         if shards.read_text_matrix(tmp).sha256 != matrix.sha256:
             raise ECGShardError(f"{text_path} was rewritten while the run started; start again")
     load = matrix.attrs.get("load") or {}
     source = load.get("class_texts")
-    table = class_texts_bytes(source)
+    table = concepts.class_texts_bytes(source)
     digest = hashlib.sha256(table).hexdigest()
     embedded = load.get("class_texts_sha256")
     if embedded and embedded != digest:
@@ -573,7 +578,7 @@ def _copy_text_side(out, text_path, matrix):
 def _write_heldout_check(out, state, p, allowed):
     ok = state["heldout_seen"] == 0 or allowed
     shards.write_json(out / "heldout_check.json", {
-        "holdout": p["holdout"], "held_out_alongside": p["riders"], "watched_codes": p["watch"],
+        "holdout": p.holdout, "held_out_alongside": p.riders, "watched_codes": p.watch,
         "watch_rule": "every code not unseen, by the relation table's pairwise status, against "
                       "the held-out classes kept unseen; computed apart from the closure",
         "batches": state["batches"], "records_seen": state["records_seen"],
@@ -585,8 +590,6 @@ def _write_heldout_check(out, state, p, allowed):
 
 def _macro_by_set(emb, labels, of_set, class_emb, names):
     """Validation macro AUROC of each shard set (its classes with positives there)."""
-    from .metrics import macro, per_class
-
     scores = emb @ class_emb.float().cpu().numpy().T
     return {name: macro(per_class(scores[of_set == i], labels[of_set == i])[0])
             for i, name in enumerate(names) if (of_set == i).any()}
@@ -596,9 +599,6 @@ def evaluate(encoder, val, device, amp, class_emb, world=None):
     """Validation macro AUROC over the training classes (cosine similarity as the score), and
     the validation embeddings (N, D) it came from. Under torchrun each rank embeds every
     world-size-th record and the embeddings are gathered, not recomputed."""
-    from . import distributed
-    from .metrics import macro, per_class
-
     world = world or distributed.World()
     mine = np.arange(len(val["labels"]))[world.rank::world.size]
     part = encoder.encode(val["signal"][mine], val["length"][mine], device=device, amp=amp)

@@ -102,58 +102,6 @@ def snomed_vocabulary(table, counts):
     return classes
 
 
-# ---------------------------------------------------------------- holdouts
-
-def resolve_holdout(holdout, classes, expand=False):
-    """The sorted full holdout of ``close_holdout``."""
-    return sorted(close_holdout(holdout, classes, expand))
-
-
-def close_holdout(holdout, classes, expand=False):
-    """Close a holdout under the class relations of ``concepts`` (transitively), over every
-    class of ``classes`` whatever its count (a rare relative's records would otherwise be
-    trained on, and the closure would stop at it).
-
-    Returns ``{code: reason}`` of the full holdout (``ConceptGraph.closure``). Without
-    ``expand``, a holdout that would leave a related class among them is refused with a
-    message naming the whole closure and why each member belongs; with ``expand`` the closure
-    is held out (and logged).
-    """
-    from . import concepts
-
-    known = {c["code"] for c in classes}
-    unknown = [c for c in holdout if c not in known]
-    if unknown:
-        raise ECGShardError(f"holdout codes not in the vocabulary: {unknown} (codes are matched "
-                            f"exactly, e.g. 'CLBBB' or '164909002')")
-    reasons = concepts.load().closure(list(holdout), known)
-    added = {c: why for c, why in reasons.items() if why is not None}
-    if added and not expand:
-        raise ECGShardError(
-            "held-out classes have synonyms, parents, children or near-siblings left among the "
-            "training classes, so they would not be unseen. The closed holdout is "
-            f"{sorted(reasons)}; added: " + "; ".join(f"{c} ({why})" for c, why in
-                                                       sorted(added.items())) +
-            ". Hold out the whole closure (add them, or pass --holdout-expand); "
-            "`ecgshard relations CODE` shows why.")
-    if added:
-        log.warning("holdout closed with related classes: %s",
-                    ", ".join(f"{c} ({why})" for c, why in sorted(added.items())))
-    return reasons
-
-
-# A default PTB-XL holdout spanning rhythm (SBRAD), form (LVOLT, the premature-complex family)
-# and diagnostic statements (the fascicular blocks, IVCD): classes read off a measurement
-# (rate, voltage, QRS width, axis, prematurity). Its counts are judged on training and
-# validation folds only, never on a test fold: in folds 1-8 of the real dev tree SBRAD 36,
-# LVOLT 21, PVC 71, PAC 28, SVARR 15, LAFB/LPFB 147, IVCD 63 records (the family's rare
-# members ride along because the closure needs them). It is closed under ``concepts`` (tested), so
-# ``fit --holdout default`` runs without --holdout-expand; LAFB/LPFB is the subclass-level
-# name of the fascicular blocks in trees labelled by diagnostic subclass.
-DEFAULT_PTBXL_HOLDOUT = ("SBRAD", "LVOLT", "PVC", "PRC(S)", "PAC", "SVARR", "BIGU", "TRIGU",
-                         "LAFB", "LPFB", "LAFB/LPFB", "IVCD")
-
-
 # ---------------------------------------------------------------- plain vocabulary files
 
 def load_vocab_file(path):

@@ -19,6 +19,7 @@ class SigmoidLoss(nn.Module):
     pair is an independent binary decision, which is what multi-label ECGs are.
     """
     uses_scale, uses_bias = True, True
+    calibrated = True           # sigmoid(scale * cosine + bias) is a trained probability
 
     def forward(self, ecg_emb, class_emb, labels, logit_scale, logit_bias):
         logits = logit_scale * ecg_emb @ class_emb.T + logit_bias        # (B, C)
@@ -37,6 +38,7 @@ class MultiLabelCLIPLoss(nn.Module):
     softmax is blind to it.
     """
     uses_scale, uses_bias = True, False
+    calibrated = False          # softmax over classes: a score, not a per-class probability
 
     def forward(self, ecg_emb, class_emb, labels, logit_scale, logit_bias=None):
         logits = logit_scale * ecg_emb @ class_emb.T                     # (B, C)
@@ -95,6 +97,7 @@ class TripletLoss(nn.Module):
     expectation without the sampling noise, and deterministic). Cosines, so no scale or bias.
     """
     uses_scale, uses_bias = False, False
+    calibrated = False
 
     def __init__(self, margin=0.2):
         super().__init__()

@@ -14,15 +14,15 @@ checkpoint holds: the encoder, the class vectors, and the logit scale and bias.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("resnet1d", "seed-cnn")
-
+from .device import autocast
 
 class SeedCNN(nn.Module):
     def __init__(self, n_samples, widths=(32, 64, 128, 256), kernel=3, feature_dim=256):
@@ -93,6 +93,20 @@ class ResNet1d(nn.Module):
 
 
 @dataclass(frozen=True)
+class Arch:
+    """An encoder backbone by name: how it is built from an ``EncoderConfig`` and channel
+    widths, and its widths at ``width`` 1 (the config's multiplier scales them)."""
+    build: Callable
+    widths: tuple
+
+
+ARCHS = {
+    "resnet1d": Arch(lambda cfg, widths: ResNet1d(widths), (64, 128, 192, 256)),
+    "seed-cnn": Arch(lambda cfg, widths: SeedCNN(cfg.n_samples, widths), (32, 64, 128, 256)),
+}
+
+
+@dataclass(frozen=True)
 class EncoderConfig:
     """What an encoder is built from; stored in every checkpoint and compared on resume."""
     arch: str = "resnet1d"
@@ -100,25 +114,28 @@ class EncoderConfig:
     text_dim: int = 384
     proj_hidden: int = 512
     input_scale: float = 1.0      # 1/mV: millivolt and z-scored shards both arrive near unit
-    fs: float = 100.0
     width: float = 1.0            # channel-width multiplier of the backbone
 
     def __post_init__(self):
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r}; choose from {ARCHS}")
+            raise ValueError(f"unknown architecture {self.arch!r}; choose from {sorted(ARCHS)}")
+
+    @classmethod
+    def from_dict(cls, stored):
+        """A checkpoint's config: fields added since take their defaults, fields dropped since
+        (``fs``: the rate lives in the run's signal path) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in known})
 
 
 class ECGEncoder(nn.Module):
     """Backbone + projection head; outputs unit vectors comparable with text embeddings."""
-
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
-        def scaled(widths):
-            return tuple(max(8, round(w * config.width)) for w in widths)
-
-        self.backbone = SeedCNN(config.n_samples, scaled((32, 64, 128, 256))) \
-            if config.arch == "seed-cnn" else ResNet1d(scaled((64, 128, 192, 256)))
+        arch = ARCHS[config.arch]
+        self.backbone = arch.build(config, tuple(max(8, round(w * config.width))
+                                                 for w in arch.widths))
         self.head = nn.Sequential(nn.Linear(self.backbone.out_dim, config.proj_hidden),
                                   nn.ReLU(inplace=True),
                                   nn.Linear(config.proj_hidden, config.text_dim))
@@ -130,8 +147,6 @@ class ECGEncoder(nn.Module):
     def encode(self, signal, length=None, batch_size=512, device="cpu", amp=True):
         """Embeddings (N, D) float32 numpy of a (N, 12, T) numpy array whose records hold
         ``length`` (N,) valid samples (all T when None), in batches, without gradients."""
-        from .device import autocast
-
         self.eval()
         out = []
         with torch.inference_mode():
@@ -150,7 +165,6 @@ class ZeroShotModel(nn.Module):
     """The trained model: the encoder, the class vectors it is compared with (the frozen text
     embeddings, or learned ones for the supervised reference) and the logit scale and bias the
     losses use. Losses hold no parameters; the trainer optimises ``param_groups``."""
-
     def __init__(self, config: EncoderConfig, class_emb, learn_class_emb=False,
                  init_scale=10.0, init_bias=-5.0, max_scale=100.0):
         super().__init__()
@@ -181,17 +195,18 @@ class ZeroShotModel(nn.Module):
         return self.encoder(x, length), self.class_emb(), self.scale(), self.logit_bias
 
     def param_groups(self, weight_decay):
-        """Weight decay for the encoder (and learned class vectors), none for the scale and
-        bias: decay would pull the temperature towards zero, a prior on the loss's
-        calibration, not a regulariser (open_clip does the same)."""
-        no_decay = [self.logit_scale, self.logit_bias]
-        decay = [p for p in self.parameters() if all(p is not q for q in no_decay)]
+        """Weight decay on the weights of ndim >= 2 (convolutions, linear layers, learned class
+        vectors) only, as open_clip does: decaying batch-norm scales and biases shrinks
+        activations rather than model capacity, and decaying the logit scale and bias would
+        pull the temperature and the calibration towards zero."""
+        decay = [p for p in self.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.ndim < 2]
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
     @classmethod
     def from_checkpoint(cls, ck):
-        model = cls(EncoderConfig(**ck["model_config"]), ck["text_emb_train"],
+        model = cls(EncoderConfig.from_dict(ck["model_config"]), ck["text_emb_train"],
                     learn_class_emb=ck.get("learned_class_emb") is not None)
         model.load_state_dict(ck["model"])
         return model

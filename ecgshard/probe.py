@@ -19,21 +19,23 @@ from . import metrics, shards
 from .config import ProbeConfig
 from .embed import RunRecords
 from .errors import ECGShardError
+from .run import Run
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: ProbeConfig):
     """Fit and score the probes; returns the report (also ``OUT/probe.json`` with ``--out``)."""
-    info = shards.read_run_info(cfg.run)
+    run = Run.load(cfg.run, cfg.checkpoint)
+    info = run.info
     train_folds = tuple(cfg.train_folds or info.folds["train"])
     test_folds = tuple(cfg.test_folds or info.folds["test"])
     if set(train_folds) & set(test_folds):
         raise ECGShardError(f"train folds {list(train_folds)} and test folds "
                             f"{list(test_folds)} overlap: the probe would be scored on records "
                             f"it was fitted on")
-    records = RunRecords(cfg.run, cfg.shards, train_folds + test_folds, cfg.checkpoint,
-                         checks=cfg)
+    records = RunRecords(run, cfg.shards, train_folds + test_folds,
+                         allow_signal_mismatch=cfg.allow_signal_mismatch)
     _check_encoder_never_saw(info, records.manifest, test_folds)
     baseline_seed = cfg.seed + 1
     encoders = {"trained": records.embed(cfg.device),
@@ -47,7 +49,7 @@ def run(cfg: ProbeConfig):
                                 f"{cfg.shards} (folds present: "
                                 f"{sorted(int(f) for f in records.manifest['folds'])})")
     labels = np.asarray(data["labels"], dtype=np.uint8)
-    patients = np.asarray([f"{s}/{p}" for s, p in zip(data["source"], data["patient_id"])])
+    patients = shards.patient_keys(data["source"], data["patient_id"])
     rows = []
     for fraction in cfg.fractions:
         picked = draw_patients(patients, train, fraction, cfg.seed)

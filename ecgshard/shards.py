@@ -474,18 +474,6 @@ def load_manifest(shard_dir):
     return manifest
 
 
-# What a model trained on one shard set expects of every signal it is given.
-SIGNAL_PATH_FIELDS = ("fs", "n_samples", "band", "notch", "normalize")
-
-
-def signal_path(manifest):
-    """The signal path of a shard set: rate, samples, band-pass, notch and normalisation."""
-    params = manifest["params"]
-    return {"fs": manifest["fs"], "n_samples": manifest["n_samples"],
-            "band": list(params["band"]) if params.get("band") else None,
-            "notch": params.get("notch"), "normalize": params.get("normalize")}
-
-
 def lead_names(leads):
     """``leads`` as names of ``LEADS`` (any case: ``avr`` is aVR); anything else is refused,
     since an unknown name would silently zero every lead."""
@@ -510,10 +498,10 @@ def keep_leads(signal, leads):
     return signal
 
 
-def signal_path_differences(expected, actual):
-    """``["fs: 100 vs 500", ...]`` (expected vs actual) for the fields that differ."""
-    return [f"{k}: {expected.get(k)!r} vs {actual.get(k)!r}" for k in SIGNAL_PATH_FIELDS
-            if expected.get(k) != actual.get(k)]
+def patient_keys(sources, patient_ids):
+    """One key per record naming its patient across sources (ids repeat between databases):
+    what bootstraps resample and probes draw by."""
+    return np.asarray([f"{s}/{p}" for s, p in zip(sources, patient_ids)])
 
 
 def class_codes(manifest):
@@ -611,6 +599,27 @@ def _maybe_json(value):
     return value
 
 
+# ---------------------------------------------------------------- embeddings (embed)
+
+def write_embeddings(path, emb, data, codes, provenance):
+    """One HDF5 file: ``emb`` (N, D) float32 and, per record, its id, patient, source, fold and
+    labels (N, C) over ``codes``; the provenance as a JSON attribute."""
+    import h5py
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("emb", data=np.asarray(emb, dtype=np.float32))
+            for key in (RECORD_ID, PATIENT_ID, SOURCE):
+                f.create_dataset(key, data=np.asarray(data[key]).astype(object),
+                                 dtype=h5py.string_dtype())
+            f.create_dataset(FOLD, data=np.asarray(data["fold"], dtype=np.int16))
+            f.create_dataset(LABELS, data=np.asarray(data["labels"], dtype=np.uint8))
+            f.create_dataset("codes", data=np.asarray(list(codes), dtype=object),
+                             dtype=h5py.string_dtype())
+            f.attrs["provenance"] = json.dumps(provenance)
+
+
 # ---------------------------------------------------------------- run record
 
 RUN_INFO = "run.json"
@@ -637,7 +646,7 @@ class RunInfo:
     shard_sets: list                    # records, exclusions and sources of each set
     shard_weights: list                 # each set's share of an epoch; [] = by size
     shard_sources: list
-    signal_path: dict                   # see signal_path(): what evaluated shards must match
+    signal_path: dict                   # signal.SignalPath.to_dict(): what scored shards match
     text: str                           # the matrix as given to fit; RUN_TEXT is its copy
     text_sha256: str
     text_model: str | None

@@ -9,10 +9,8 @@ attention mask. ``minilm-offline`` names the all-MiniLM-L6-v2 weights shipped by
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +58,8 @@ def run(cfg: TextConfig):
     """Embed the vocabulary; returns the path written (or found up to date)."""
     model, pooling = resolve_model(cfg.model, cfg.pooling)
     classes = collect_vocabulary(cfg.vocab)
-    table_bytes = class_texts_bytes(cfg.class_texts)
-    texts = class_texts(classes, cfg.texts, cfg.templates, load_class_texts(raw=table_bytes))
+    table_bytes = concepts.class_texts_bytes(cfg.class_texts)
+    texts = class_texts(classes, cfg.texts, cfg.templates, concepts.load_class_texts(raw=table_bytes))
     # What it takes to embed a new class text the same way later (predict, the Python API);
     # fit copies the class texts into the run, checked against this hash.
     load = {"model": model, "pooling": pooling,
@@ -124,70 +122,6 @@ def collect_vocabulary(sources):
                 continue
             merged.setdefault(c["code"], c)
     return list(merged.values())
-
-
-@dataclass
-class ClassTexts:
-    """Synonyms and finding lists per code (``ecgshard/data/class_texts.json``)."""
-    entries: dict                       # code -> {"synonyms": [...], "findings": [...]}
-    by_name: dict                       # normalised synonym -> code
-
-    def code(self, text):
-        """The code ``text`` is, or names (by a synonym), or None."""
-        if text in self.entries:
-            return text
-        return self.by_name.get(concepts.normalised_name(text))
-
-    def entry(self, code, name):
-        """A class's entry: by its code, else by its name among the synonyms (vocabularies
-        whose codes the file does not list, such as SPH's AHA codes, name their classes)."""
-        found = self.entries.get(code)
-        key = concepts.normalised_name(name)
-        if found is None and key in self.by_name:
-            found = self.entries[self.by_name[key]]
-        return found
-
-
-
-
-def class_texts_bytes(path=None):
-    """The bytes of a class texts file, or of the package's when ``path`` is None."""
-    if path is None:
-        return resources.files("ecgshard").joinpath("data/class_texts.json").read_bytes()
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ECGShardError(f"cannot read the class texts {path}: {exc.strerror or exc}") \
-            from None
-
-
-def load_class_texts(path=None, raw=None):
-    """The package's class texts, or a user's JSON file in the same form (``{"classes": {code:
-    {"synonyms": [...], "findings": [...]}}}``) or as ``{code: description}``; ``raw``: the
-    file's bytes, already read."""
-    try:
-        raw = json.loads(class_texts_bytes(path) if raw is None else raw)
-    except ValueError as exc:
-        raise ECGShardError(f"{path or 'the class texts'} is not JSON ({exc})") from None
-    table = raw.get("classes", raw) if isinstance(raw, dict) else None
-    if not isinstance(table, dict):
-        raise ECGShardError(f"{path}: class texts must be a JSON object keyed by code")
-    entries = {code: e if isinstance(e, dict) else {"synonyms": [], "findings": [str(e)]}
-               for code, e in table.items()}
-    # A code without an entry of its own shares its concept's (SNOMED <- SCP); the table
-    # alone says which (the names are what this function makes).
-    graph = concepts.ConceptGraph(concepts.read_table())
-    for edge in graph.edges:
-        if edge.relation == "same":
-            for member in graph.members(edge.code):
-                if member in entries:
-                    entries.setdefault(edge.code, entries[member])
-    # Names find entries too: every synonym, and the package's SNOMED names.
-    by_name = {concepts.normalised_name(row["name"]): code
-               for code, row in labels.snomed_table().items() if code in entries}
-    by_name.update({concepts.normalised_name(syn): code for code, e in entries.items()
-                    for syn in e.get("synonyms", [])})
-    return ClassTexts(entries, by_name)
 
 
 def class_texts(classes, mode, templates, table):

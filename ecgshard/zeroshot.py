@@ -21,17 +21,21 @@ classes, text model and threshold rule.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from . import concepts
+from . import concepts, signal
 from . import controls as specificity
 from . import metrics
 from . import shards
+from . import report as present
+from .data import Selection, load_selection
+from .device import resolve_device
 from .config import ZeroShotConfig, fixed_threshold
 from .errors import ECGShardError
+from .run import Run
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +49,25 @@ def run(cfg: ZeroShotConfig):
 
 
 def _run(cfg):
-    from .device import resolve_device
-    from .models import ZeroShotModel
 
     device = resolve_device(cfg.device)
-    trained = _load_run(cfg)
+    trained = Run.load(cfg.run, cfg.checkpoint)
     text = shards.read_text_matrix(cfg.text)
-    _check_text_space(text, trained.ck)
+    _check_text_space(text, trained)
     manifest = shards.load_manifest(cfg.shards)
-    check_signal_path(trained.info, manifest, cfg)
+    signal.require_same(trained.info, manifest, cfg.shards, cfg.allow_signal_mismatch)
     same_set, folds = _evaluated_folds(cfg, trained, manifest)
     targets, no_text = _target_classes(cfg.classes, manifest, text, trained.holdout, same_set)
     data, excluded = _load_records(cfg, trained, manifest, folds, targets, same_set)
     if cfg.leads:
         shards.keep_leads(data["signal"], cfg.leads)
 
-    encoder = ZeroShotModel.from_checkpoint(trained.ck).encoder.to(device)
+    encoder = trained.encoder(device)
     text_rows = text.emb[text.rows(targets)]
     emb = encoder.encode(data["signal"], data["length"], device=device)
     scores = emb @ text_rows.T                                   # (N, C) cosines
     threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows)
-    controls = _control_scores(trained.ck, data, text_rows, device, cfg) if cfg.control else None
+    controls = _control_scores(trained, data, text_rows, device, cfg) if cfg.control else None
     against = _specificity_inputs(emb, text, shards.class_codes(manifest), data)
 
     report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
@@ -85,30 +87,6 @@ def _run(cfg):
                   references=_references(cfg, trained, text, emb, data, groups, same_set))
     _write(cfg, report, emb, scores, data, targets, replicates)
     return report
-
-
-@dataclass(frozen=True)
-class _Trained:
-    """The run being evaluated: its checkpoint and its run record."""
-    dir: Path
-    checkpoint: Path
-    ck: dict
-    info: shards.RunInfo
-
-    @property
-    def train_codes(self):
-        return list(self.ck["train_codes"])
-
-    @property
-    def holdout(self):
-        return list(self.ck["holdout"])
-
-
-def _load_run(cfg):
-    run_dir = Path(cfg.run)
-    path = run_dir / f"checkpoint-{cfg.checkpoint}.pt"
-    return _Trained(run_dir, path, shards.load_checkpoint(path, map_location="cpu"),
-                    shards.read_run_info(run_dir))
 
 
 def _evaluated_folds(cfg, trained, manifest):
@@ -134,8 +112,6 @@ def _load_records(cfg, trained, manifest, folds, targets, same_set):
     figure reuses these records' embeddings instead of reading and embedding them again). A run
     trained on several shard sets has training classes of other code systems too; only this
     set's own are referenced."""
-    from .data import Selection, load_selection
-
     vocab = shards.class_codes(manifest)
     own = set(vocab)
     extra = [c for c in trained.train_codes if c in own] if same_set else []
@@ -162,15 +138,14 @@ def _load_records(cfg, trained, manifest, folds, targets, same_set):
     data["train_codes"] = extra
     data["labels"] = data["labels"][:, :len(targets)]
     # A patient's records are resampled together; records without a patient stand alone.
-    data["patient"] = np.asarray([f"{s}/{p}" for s, p in zip(data["source"],
-                                                              data["patient_id"])])
+    data["patient"] = shards.patient_keys(data["source"], data["patient_id"])
     return data, excluded
 
 
 def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, excluded):
     """What every number of the report rests on."""
     return {
-        "run": str(trained.dir.resolve()), "checkpoint": str(trained.checkpoint.resolve()),
+        "run": str(trained.dir.resolve()), "checkpoint": str(trained.path.resolve()),
         "checkpoint_val_macro_auroc": trained.ck.get("val_macro_auroc"),
         "shards": str(Path(cfg.shards).resolve()), "shards_fingerprint": manifest["fingerprint"],
         "same_shard_set_as_training": same_set, "folds": list(folds),
@@ -194,8 +169,7 @@ def _references(cfg, trained, text, emb, data, groups, same_set):
     refs = {}
     if same_set and trained.holdout:
         # the rows the run trained against, whether or not the given matrix holds them
-        trained_rows = np.asarray(trained.ck["text_emb_train"])
-        scores = emb @ trained_rows[[trained.train_codes.index(c)
+        scores = emb @ trained.text_rows[[trained.train_codes.index(c)
                                      for c in data["train_codes"]]].T
         auroc, ap = metrics.per_class(scores, data["train_labels"])
         refs["trained_classes_same_folds"] = {"macro_auroc": _num(metrics.macro(auroc)),
@@ -220,7 +194,6 @@ def _write(cfg, report, emb, scores, data, targets, replicates):
 
 
 def _write_set(out, cfg, report, emb, scores, data, targets, replicates):
-    from . import report as present
 
     shards.write_json(out / REPORT, report)
     if replicates is not None:
@@ -234,24 +207,8 @@ def _write_set(out, cfg, report, emb, scores, data, targets, replicates):
     present.write_per_class_csv(out / "per_class.csv", report["classes"])
     present.write_plots(out, scores, data["labels"], targets, report["classes"])
     if cfg.save_embeddings:
-        from .embed import write_embeddings
-
-        write_embeddings(out / "embeddings.h5", emb, data, targets, report["provenance"])
-
-
-def check_signal_path(info, manifest, cfg):
-    """The evaluated shards must have been made like the run's training shards."""
-    diffs = shards.signal_path_differences(info.signal_path, shards.signal_path(manifest))
-    if diffs and not cfg.allow_signal_mismatch:
-        raise ECGShardError(
-            f"the evaluated shards {cfg.shards} were built with another signal path than the "
-            f"run's training shards {', '.join(info.shards)} (training vs evaluated: "
-            f"{'; '.join(diffs)}). "
-            f"Rebuild them with the run's settings, or pass --allow-signal-mismatch if the "
-            f"difference is deliberate.")
-    if diffs:
-        log.warning("signal path differs from training (%s); allowed by "
-                    "--allow-signal-mismatch", "; ".join(diffs))
+        shards.write_embeddings(out / "embeddings.h5", emb, data, targets,
+                                report["provenance"])
 
 
 REPLICATES = "replicates.npz"
@@ -269,27 +226,20 @@ def _specificity_inputs(emb, text, vocab, data):
             "source": data["source"], "graph": graph}
 
 
-def _control_scores(ck, data, text_rows, device, cfg):
+def _control_scores(trained, data, text_rows, device, cfg):
     """Scores of ``control_seeds`` untrained encoders: (seeds, N, C)."""
-    import torch
-
-    from .models import ECGEncoder, EncoderConfig
-
     out = []
     for k in range(cfg.control_seeds):
-        torch.manual_seed(cfg.seed * 1000 + 1 + k)
-        control = ECGEncoder(EncoderConfig(**ck["model_config"])).to(device)
+        control = trained.untrained(cfg.seed * 1000 + 1 + k, device)
         out.append(control.encode(data["signal"], data["length"], device=device) @ text_rows.T)
     return np.stack(out) if out else None
 
 
-def _check_text_space(text, ck):
+def _check_text_space(text, trained):
     """The text matrix must come from the model the run was trained against."""
-    if ck.get("learned_class_emb") is not None:
-        raise ECGShardError("this run learned its class embeddings (--learn-class-embeddings, a "
-                            "supervised reference); its classes are not tied to text, so it "
-                            "cannot score classes zero-shot")
-    dim = ck["model_config"]["text_dim"]
+    trained.refuse_learned_classes()
+    ck = trained.ck
+    dim = trained.text_rows.shape[1]
     if text.emb.shape[1] != dim:
         raise ECGShardError(f"text matrix has {text.emb.shape[1]}-dimensional embeddings, the "
                             f"run's encoder outputs {dim}: they come from different text models")
@@ -297,11 +247,10 @@ def _check_text_space(text, ck):
         raise ECGShardError(f"text matrix model {text.attrs.get('model_id')!r} differs from the "
                             f"run's {ck.get('text_model')!r}: embeddings of different models do "
                             f"not share a space. Re-run embed-text with the run's model.")
-    train = ck.get("text_emb_train")
-    present = [c for c in ck["train_codes"] if c in set(text.codes)]
-    if train is not None and present:
+    present = [c for c in trained.train_codes if c in set(text.codes)]
+    if present:
         rows = text.emb[text.rows(present)]
-        ref = np.asarray(train)[[ck["train_codes"].index(c) for c in present]]
+        ref = trained.text_rows[[trained.train_codes.index(c) for c in present]]
         if not np.allclose(rows, ref, atol=1e-4):
             raise ECGShardError("the text matrix embeds the training classes differently from "
                                 "the one the run used (other pooling, template or texts)")
@@ -353,7 +302,7 @@ def _threshold(cfg, trained, scores, labels, text_rows):
     # (the checkpoint's own embeddings of them, kept by fit); the evaluated labels never see
     # them being chosen.
     v_emb, v_labels = trained.ck["validation"]["emb"], trained.ck["validation"]["labels"]
-    v_scores = v_emb @ np.asarray(trained.ck["text_emb_train"]).T
+    v_scores = v_emb @ trained.text_rows.T
     folds = trained.info.folds["val"]
     if cfg.threshold == "val-seen":
         value = metrics.pooled_youden_threshold(v_scores, v_labels)

@@ -6,7 +6,7 @@ from importlib import resources
 import pytest
 from click.testing import CliRunner
 
-from ecgshard import concepts, labels
+from ecgshard import concepts
 from ecgshard.cli import main
 from ecgshard.errors import ECGShardError
 
@@ -80,34 +80,34 @@ def test_holdout_closure_is_transitive_and_named_whole():
     classes = [{"code": c} for c in SCP71]
     # NDT -> NT_ (near) -> TAB_ (parent) -> INVT, LOWT (children): all of it, not one step;
     # EL's findings name flat T waves (LOWT)
-    assert labels.resolve_holdout(["NDT"], classes, expand=True) == \
+    assert concepts.resolve_holdout(["NDT"], classes, expand=True) == \
         ["EL", "INVT", "LOWT", "NDT", "NT_", "TAB_"]
     with pytest.raises(ECGShardError) as err:
-        labels.resolve_holdout(["NDT"], classes)
+        concepts.resolve_holdout(["NDT"], classes)
     message = str(err.value)
     assert "['EL', 'INVT', 'LOWT', 'NDT', 'NT_', 'TAB_']" in message and "TAB_ (parent of NT_)" in message
-    mi = set(labels.resolve_holdout(["LMI"], classes, expand=True))
+    mi = set(concepts.resolve_holdout(["LMI"], classes, expand=True))
     assert {"ILMI", "ALMI", "IPLMI", "PMI", "IPMI", "IMI", "AMI"} <= mi
     # ischaemia is ST depression and T inversion; subendocardial injury is ST depression and
     # near the infarctions of its leads: in the 71 statements the closure takes them all
-    ischaemia = set(labels.resolve_holdout(["ISC_"], classes, expand=True))
+    ischaemia = set(concepts.resolve_holdout(["ISC_"], classes, expand=True))
     assert {"ISC_", "ISCAL", "ISCAS", "ISCLA", "ISCAN", "ISCIN", "ISCIL", "STD_", "INVT",
             "INJAL", "AMI", "IMI", "QWAVE"} <= ischaemia
     assert not {"SR", "NORM", "CRBBB", "LVH", "AFIB"} & ischaemia
-    assert labels.resolve_holdout(["1AVB"], classes, expand=True) == ["1AVB", "LPR"]
-    assert labels.resolve_holdout(["CRBBB"], classes, expand=True) == ["CRBBB", "IRBBB"]
-    assert {"LVH", "SEHYP"} <= set(labels.resolve_holdout(["SEHYP"], classes, expand=True))
+    assert concepts.resolve_holdout(["1AVB"], classes, expand=True) == ["1AVB", "LPR"]
+    assert concepts.resolve_holdout(["CRBBB"], classes, expand=True) == ["CRBBB", "IRBBB"]
+    assert {"LVH", "SEHYP"} <= set(concepts.resolve_holdout(["SEHYP"], classes, expand=True))
     # a held-out code of one system closes over its synonyms in another
     snomed = [{"code": "164909002"}, {"code": "733534002"}, {"code": "426783006"}]
-    assert labels.resolve_holdout(["164909002"], snomed, expand=True) == ["164909002",
+    assert concepts.resolve_holdout(["164909002"], snomed, expand=True) == ["164909002",
                                                                           "733534002"]
 
 
 @pytest.mark.parametrize("vocabulary", [SCP71, SUBCLASS_TREE])
 def test_default_holdout_is_closed(vocabulary):
     classes = [{"code": c} for c in vocabulary]
-    default = [c for c in labels.DEFAULT_PTBXL_HOLDOUT if c in vocabulary]
-    assert labels.resolve_holdout(default, classes) == sorted(default)   # no expansion needed
+    default = concepts.default_holdout(vocabulary)
+    assert concepts.resolve_holdout(default, classes) == sorted(default)   # no expansion needed
 
 
 def test_relations_command_explains_a_status(demo_run):
@@ -152,12 +152,12 @@ def test_a_combined_statement_is_related_to_each_finding_it_names():
 def test_a_holdout_closes_over_statements_without_cascading_through_combined_ones():
     vocab = ["SBRAD", "1AVB", "sinus bradycardia", "sinus bradycardia with 1st degree a-v block",
              "1st degree a-v block", "atrial fibrillation"]
-    closed = labels.resolve_holdout(["SBRAD"], [{"code": c} for c in vocab], expand=True)
+    closed = concepts.resolve_holdout(["SBRAD"], [{"code": c} for c in vocab], expand=True)
     # the synonym statement and the combined one go; the combined one's other finding stays
     assert closed == sorted(["SBRAD", "sinus bradycardia",
                              "sinus bradycardia with 1st degree a-v block"])
     with pytest.raises(ECGShardError, match="shared name of SBRAD"):
-        labels.resolve_holdout(["SBRAD"], [{"code": c} for c in vocab])
+        concepts.resolve_holdout(["SBRAD"], [{"code": c} for c in vocab])
 
 
 def _findings():
@@ -223,7 +223,7 @@ def test_the_heldout_check_agrees_with_every_closure(vocabulary):
     classes = [{"code": c} for c in vocabulary]
     graph = concepts.load()
     for code in vocabulary:
-        reasons = labels.close_holdout([code], classes, expand=True)
+        reasons = concepts.close_holdout([code], classes, expand=True)
         riders = concepts.riders(reasons)
         assert list(fit.heldout_watch(sorted(reasons), riders, vocabulary)) == sorted(reasons), \
             code
@@ -232,7 +232,7 @@ def test_the_heldout_check_agrees_with_every_closure(vocabulary):
         for kept in set(reasons) - riders:
             assert graph.status(kept, trainable).group == "unseen", (code, kept)
     if "STTC" in vocabulary:
-        reasons = labels.close_holdout(["ISCI"], classes, expand=True)
+        reasons = concepts.close_holdout(["ISCI"], classes, expand=True)
         assert "STTC" in concepts.riders(reasons) and "LNGQT" not in reasons
 
 
@@ -241,7 +241,7 @@ def test_a_combined_statement_rides_along_without_its_other_findings_being_watch
 
     vocab = ["sinus bradycardia", "sinus bradycardia with 1st degree av block",
              "1st degree av block", "sinus rhythm"]
-    reasons = labels.close_holdout(["sinus bradycardia"], [{"code": c} for c in vocab],
+    reasons = concepts.close_holdout(["sinus bradycardia"], [{"code": c} for c in vocab],
                                    expand=True)
     assert sorted(reasons) == ["sinus bradycardia", "sinus bradycardia with 1st degree av block"]
     assert concepts.riders(reasons) == {"sinus bradycardia with 1st degree av block"}
@@ -253,6 +253,6 @@ def test_closing_a_closed_holdout_follows_its_riders():
     """Why a run is asked for the drawn codes, not their closure: asked for again, a class
     taken along for a shared name is kept unseen, and its own relatives follow."""
     classes = [{"code": c} for c in SUBCLASS_TREE]
-    once = labels.close_holdout(["ISCI"], classes, expand=True)
+    once = concepts.close_holdout(["ISCI"], classes, expand=True)
     assert "STTC" in concepts.riders(once) and "LNGQT" not in once
-    assert "LNGQT" in labels.resolve_holdout(sorted(once), classes, expand=True)
+    assert "LNGQT" in concepts.resolve_holdout(sorted(once), classes, expand=True)

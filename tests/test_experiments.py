@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from ecgshard import data, experiments, labels, shards
+from ecgshard import concepts, data, experiments, shards
 from ecgshard.config import FitConfig, TextConfig, ZeroShotConfig
 from ecgshard.errors import ECGShardError
 
@@ -79,6 +79,15 @@ def test_runs_are_reused_only_for_identical_settings(demo_data, tmp_path):
         experiments.run_a(_cfg(demo_data, tmp_path, splits=1, loss=loss))
 
 
+def _spy_everywhere(monkeypatch, name, spy):
+    """Replace ``data.NAME`` and every module's imported copy of it."""
+    from ecgshard import embed, fit, zeroshot
+
+    for module in (data, embed, experiments, fit, zeroshot):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, spy)
+
+
 def test_holdout_choice_never_reads_the_test_fold_and_keeps_most_training_records(
         demo_data, tmp_path, monkeypatch):
     read = []
@@ -88,7 +97,7 @@ def test_holdout_choice_never_reads_the_test_fold_and_keeps_most_training_record
         read.append(tuple(sel.folds))
         return original(sel)
 
-    monkeypatch.setattr(data, "count_selection", spy)
+    _spy_everywhere(monkeypatch, "count_selection", spy)
     shard_dir = demo_data / "s-ptbxl"
     manifest = shards.load_manifest(shard_dir)
     cfg = _cfg(demo_data, tmp_path, splits=6, holdout_size=2, max_excluded=0.2)
@@ -101,7 +110,7 @@ def test_holdout_choice_never_reads_the_test_fold_and_keeps_most_training_record
         # the drawn codes, as fit is asked for them: fit closes them once (closing a closed
         # list again would follow a class taken along for a shared name as if asked for)
         assert len(split) == cfg.holdout_size
-        closed = labels.resolve_holdout(split, manifest["classes"], expand=True)
+        closed = concepts.resolve_holdout(split, manifest["classes"], expand=True)
         assert "SR" not in closed and "NORM" not in closed  # far over the cap
         _, dropped, _ = original(data.Selection(str(shard_dir), train_folds, (),
                                                 tuple(closed)))
@@ -118,7 +127,7 @@ def test_scoring_on_validation_never_reads_the_test_fold(demo_data, tmp_path, mo
         read.append(tuple(sel.folds))
         return original(sel, *a, **kw)
 
-    monkeypatch.setattr(data, "load_selection", spy)
+    _spy_everywhere(monkeypatch, "load_selection", spy)
     out = experiments.run_a(_cfg(demo_data, tmp_path, splits=1, score="val"))
     scored = json.loads((tmp_path / "work" / "experiment-a-tiny-test.json").read_text())
     report = json.loads((Path(out["reports"][0]) / "report.json")

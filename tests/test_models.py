@@ -3,10 +3,10 @@ import torch
 
 import numpy as np
 
-from ecgshard.models import ECGEncoder, EncoderConfig, SeedCNN, ZeroShotModel
+from ecgshard.models import ARCHS, ECGEncoder, EncoderConfig, SeedCNN, ZeroShotModel
 
 
-@pytest.mark.parametrize("arch", ["seed-cnn", "resnet1d"])
+@pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("n_samples", [1000, 1250])
 def test_encoders_give_unit_vectors_in_text_space(arch, n_samples):
     model = ECGEncoder(EncoderConfig(arch=arch, n_samples=n_samples, text_dim=48)).eval()
@@ -61,8 +61,13 @@ def test_the_model_owns_scale_bias_and_class_vectors():
     assert torch.equal(frozen.class_emb(), text) and frozen.scale().item() == pytest.approx(10)
     assert "text_class_emb" not in frozen.state_dict()          # the text matrix is the source
     decay, no_decay = frozen.param_groups(0.1)
-    assert no_decay["params"] == [frozen.logit_scale, frozen.logit_bias]
-    assert len(decay["params"]) == len(list(frozen.encoder.parameters()))
+    # decay on conv and linear weights only; never on norms, biases, the scale or the bias
+    norms = [p for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm1d)
+             for p in m.parameters()]
+    assert norms and all(any(p is q for q in no_decay["params"]) for p in norms)
+    assert any(p is frozen.logit_scale for p in no_decay["params"])
+    assert all(p.ndim >= 2 for p in decay["params"]) and no_decay["weight_decay"] == 0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(frozen.parameters()))
     learned = ZeroShotModel(EncoderConfig(text_dim=8), text, learn_class_emb=True)
     assert any(p is learned.learned_class_emb for p in learned.param_groups(0.1)[0]["params"])
     with pytest.raises(ValueError, match="unknown architecture"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ecgshard import labels, shards, text
+from ecgshard import concepts, labels, shards, text
 from ecgshard.cli import main
 from ecgshard.errors import ECGShardError
 
@@ -120,7 +120,7 @@ def test_text_modes(tiny_bert, vocab_file, tmp_path):
         m = shards.read_text_matrix(out)
         return dict(zip(m.codes, m.texts))
 
-    findings = text.load_class_texts().entry("SBRAD", "")["findings"]
+    findings = concepts.load_class_texts().entry("SBRAD", "")["findings"]
     assert texts("name")["SBRAD"] == "sinus bradycardia"
     assert texts("description")["SBRAD"] == ", ".join(findings)
     assert texts("both")["SBRAD"] == "sinus bradycardia: " + ", ".join(findings)
@@ -133,7 +133,7 @@ def test_text_modes(tiny_bert, vocab_file, tmp_path):
 def test_class_texts_cover_every_shipped_vocabulary():
     from ecgshard.databases.code15 import CLASSES
 
-    table = text.load_class_texts()
+    table = concepts.load_class_texts()
     ptbxl = PTBXL_STATEMENTS.split() + ["_AVB", "LAFB/LPFB", "ISCA", "ISCI", "STTC", "MI", "CD",
                                         "HYP"]
     snomed = [(code, row["name"]) for code, row in labels.snomed_table().items()]

@@ -59,15 +59,15 @@ def test_holding_out_a_concept_holds_it_out_in_every_code_system(demo_data, unio
 def test_a_class_takes_its_labels_from_each_sets_code_of_the_same_concept(demo_data, demo_text):
     p = fit.plan(fit.FitConfig(shards=_sets(demo_data), text=str(demo_text), out="x",
                                min_positives=3))
-    codes = p["train_codes"]
-    for sel, own in zip(p["train_sel"], ("SR", "426783006")):
+    codes = p.train_codes
+    for sel, own in zip(p.train_sel, ("SR", "426783006")):
         loaded = data.load_selection(sel)
         sr, snomed_sr = (loaded["labels"][:, codes.index(c)] for c in ("SR", "426783006"))
         # the set's own code and its synonym from the other code system label alike
         np.testing.assert_array_equal(sr, snomed_sr)
         assert sr.sum() > 0
     # a Challenge-only concept (no PTB-XL code of it) is negative throughout PTB-XL
-    ptbxl = data.load_selection(p["train_sel"][0])
+    ptbxl = data.load_selection(p.train_sel[0])
     assert ptbxl["labels"][:, codes.index("164865005")].sum() == 0
 
 
@@ -164,13 +164,13 @@ def test_a_statement_vocabulary_joins_a_code_vocabulary_by_concept(demo_data, de
     text.run(text.TextConfig(vocab=sets, out=str(both), model="minilm-offline", device="cpu"))
     p = fit.plan(fit.FitConfig(shards=sets, text=str(both), out="x", min_positives=2,
                                holdout=("SBRAD",), holdout_expand=True))
-    assert {"SBRAD", "sinus bradycardia"} <= set(p["holdout"])
-    carrying = _carrying(str(mimic), list(range(1, 9)), p["holdout"])
+    assert {"SBRAD", "sinus bradycardia"} <= set(p.holdout)
+    carrying = _carrying(str(mimic), list(range(1, 9)), p.holdout)
     assert carrying > 0
-    assert p["sets"][1]["records_excluded_for_heldout_labels"]["train"] == carrying
-    codes = p["train_codes"]
+    assert p.sets[1]["records_excluded_for_heldout_labels"]["train"] == carrying
+    codes = p.train_codes
     assert {"SR", "sinus rhythm"} <= set(codes)
-    loaded = data.load_selection(p["train_sel"][1])
+    loaded = data.load_selection(p.train_sel[1])
     np.testing.assert_array_equal(loaded["labels"][:, codes.index("SR")],
                                   loaded["labels"][:, codes.index("sinus rhythm")])
 
@@ -181,12 +181,12 @@ def test_two_codes_of_one_concept_in_one_set_label_the_same_records(demo_data, d
     other's."""
     shard_dir = str(demo_data / "s-cinc")
     p = fit.plan(fit.FitConfig(shards=shard_dir, text=str(demo_text), out="x", min_positives=2))
-    codes = p["train_codes"]
+    codes = p.train_codes
     assert {"59118001", "713427006"} <= set(codes)
-    loaded = data.load_selection(p["train_sel"][0])
+    loaded = data.load_selection(p.train_sel[0])
     rbbb = loaded["labels"][:, [codes.index("59118001"), codes.index("713427006")]]
     np.testing.assert_array_equal(rbbb[:, 0], rbbb[:, 1])
-    raw = data.load_selection(data.Selection(shard_dir, tuple(p["train_sel"][0].folds),
+    raw = data.load_selection(data.Selection(shard_dir, tuple(p.train_sel[0].folds),
                                              ("59118001", "713427006")))
     np.testing.assert_array_equal(rbbb[:, 0], raw["labels"].max(axis=1))
     assert (raw["labels"][:, 0] != raw["labels"][:, 1]).any()    # the raw codes differ

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecgshard import BadRecordError, embed, predict, probe, shards, zeroshot
+from ecgshard import BadRecordError, concepts, embed, predict, probe, shards, zeroshot
 from ecgshard.config import EmbedConfig, PredictConfig, ProbeConfig, ZeroShotConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ def test_a_run_scores_with_its_own_class_texts_from_any_directory(demo_data, mon
 
     from ecgshard import ECGShardError, ZeroShotClassifier, fit, text
 
-    table = json.loads(text.class_texts_bytes())
+    table = json.loads(concepts.class_texts_bytes())
     table["classes"]["CLBBB"]["findings"] = ["wide notched R waves in I and V6"]
     monkeypatch.chdir(tmp_path)
     Path("ct.json").write_text(json.dumps(table))
@@ -301,3 +301,24 @@ def test_probe_refuses_folds_that_would_leak(demo_data, demo_run, tmp_path):
         probe.run(ProbeConfig(train_folds=(1, 2), test_folds=(8,), **common))
     with pytest.raises(ECGShardError, match=r"no records in the probe's test folds \[11\]"):
         probe.run(ProbeConfig(test_folds=(11,), **common))
+
+
+def test_a_calibrated_loss_gives_probabilities_from_its_scale_and_bias(demo_run, tmp_path):
+    """The sigmoid loss trained scale and bias for probabilities; the loss class says so, not
+    its name."""
+    import shutil
+
+    import torch
+
+    from ecgshard import ZeroShotClassifier
+
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    ck = shards.load_checkpoint(run / "checkpoint-best.pt")
+    shards.save_checkpoint(run / "checkpoint-best.pt", dict(ck, loss_name="bce"))
+    clf = ZeroShotClassifier.from_run(run, device="cpu")
+    cos = np.array([[-0.5, 0.0, 0.7]])
+    scale, bias = clf.model.scale().item(), clf.model.logit_bias.item()
+    np.testing.assert_allclose(clf.probabilities(cos),
+                               torch.sigmoid(torch.tensor(scale * cos + bias)).numpy(), atol=1e-6)
+    assert clf.run.loss.calibrated

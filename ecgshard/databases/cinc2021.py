@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import labels, readers
 from .. import shards
 from ..errors import BadRecordError, ECGShardError
+from .. import synth
 from .base import Database, Item, find, float_or, read_header_text, skip
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ class CinC2021(Database):
         return True
 
     def write_synthetic(self, out_dir, n, seed):
-        from .. import synth
-
         return synth.write_cinc2021(out_dir, n_per_source=n, seed=seed)
 
     def plan(self, cfg):

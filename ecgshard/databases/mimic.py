@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import readers
 from .. import shards
 from ..errors import ECGShardError
+from .. import synth
 from .base import Database, Item, find, id_text, orphan, read_csv, skip
 
 REPORT_FIELDS = tuple(f"report_{i}" for i in range(18))
@@ -59,8 +60,6 @@ class MIMICIVECG(Database):
                 f"rarer ones are listed in rare_classes")
 
     def write_synthetic(self, out_dir, n, seed):
-        from .. import synth
-
         return synth.write_mimic_iv_ecg(out_dir, n_records=n, seed=seed)
 
     def plan(self, cfg):

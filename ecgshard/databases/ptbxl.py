@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import labels
 from .. import shards
 from ..errors import BadRecordError, ECGShardError
+from .. import synth
 from .base import Database, Item, find, float_or, id_text, int_or, orphan, skip
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,6 @@ class PTBXL(Database):
         return True
 
     def write_synthetic(self, out_dir, n, seed):
-        from .. import synth
-
         return synth.write_ptbxl(out_dir, n_records=n, seed=seed)
 
     def plan(self, cfg):
