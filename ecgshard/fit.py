@@ -283,8 +283,6 @@ def _train(cfg, out, world, device):
     val_parts = [load_selection(sel) for sel in p.val_sel]
     val = {k: np.concatenate([part[k] for part in val_parts]) for k in val_parts[0]}
     val_set = np.repeat(np.arange(len(val_parts)), [len(part["labels"]) for part in val_parts])
-    state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0, "records_seen": 0,
-             "batches": 0}
     if cfg.resume and checkpoint_path(out, "last").exists():
         ck = shards.load_checkpoint(checkpoint_path(out, "last"), map_location=device)
         if ck["text_sha256"] != p.text.sha256 or ck["train_codes"] != p.train_codes:
@@ -305,9 +303,9 @@ def _train(cfg, out, world, device):
                 f"{', '.join(f[:12] for f in now)}; run vs now: "
                 f"{'; '.join(diffs) or 'same signal path and counts, other shard bytes'}). "
                 f"Resume with the shards it was trained on, or use a new --out")
-        state = t.restore(ck)
-        _trim_log(out / "log.jsonl", state["epoch"])
-        log.info("resuming %s at epoch %d", out, state["epoch"])
+        t.restore(ck)
+        _trim_log(out / "log.jsonl", t.state["epoch"])
+        log.info("resuming %s at epoch %d", out, t.state["epoch"])
     elif world.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_run_files(out, cfg, p, t.encoder_cfg, use_preload)
@@ -315,39 +313,39 @@ def _train(cfg, out, world, device):
     log.info("training %s/%s on %s x %d: %d records, %d classes, held out %s (%d train records "
              "excluded)", cfg.arch, cfg.loss, device, world.size, p.n_train,
              len(p.train_codes), p.holdout, p.excluded["train"])
-    for epoch in range(state["epoch"], cfg.epochs):
-        record = t.train_epoch(train, epoch, state)
+    for epoch in range(t.state["epoch"], cfg.epochs):
+        record = t.train_epoch(train, epoch)
         val_auroc, val_emb = evaluate(t.model.encoder, val, device, cfg.amp,
                                       t.model.class_emb().detach(), world)
         record["val_macro_auroc"] = val_auroc
         if len(p.sets) > 1:
             record["val_macro_auroc_by_set"] = _macro_by_set(
                 val_emb, val["labels"], val_set, t.model.class_emb().detach(), cfg.shards)
-        state["epoch"] = epoch + 1
-        is_best = val_auroc > state["best_auroc"] or not checkpoint_path(out, "best").exists()
+        t.state["epoch"] = epoch + 1
+        is_best = val_auroc > t.state["best_auroc"] or not checkpoint_path(out, "best").exists()
         if is_best:
-            state["best_auroc"] = val_auroc if val_auroc == val_auroc else -1.0
+            t.state["best_auroc"] = val_auroc if val_auroc == val_auroc else -1.0
         log.info("epoch %d: loss %.4f, val macro AUROC %.4f (train classes, folds %s), "
                  "%.0f samples/s, data wait %.0f%%", epoch + 1, record["loss"], val_auroc,
                  cfg.val_folds, record["samples_per_s"], 100 * record["data_wait_fraction"])
         if world.main:
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            ck = t.checkpoint(state, val_auroc, {"emb": val_emb, "labels": val["labels"]})
+            ck = t.checkpoint(val_auroc, {"emb": val_emb, "labels": val["labels"]})
             if is_best:
                 shards.save_checkpoint(checkpoint_path(out, "best"), ck)
             shards.save_checkpoint(checkpoint_path(out, "last"), ck)
-            _write_heldout_check(out, state, p, cfg.include_heldout_records)
+            _write_heldout_check(out, t.state, p, cfg.include_heldout_records)
         distributed.barrier(world)
-        if cfg.max_steps and state["step"] >= cfg.max_steps:
+        if cfg.max_steps and t.state["step"] >= cfg.max_steps:
             break
-    if state["step"] == 0:
+    if t.state["step"] == 0:
         raise ECGShardError(f"no training step was taken ({p.n_train} training records, "
                             f"batch size {cfg.batch_size}); nothing in {out} is a trained model")
-    summary = {"run": str(out), "best_val_macro_auroc": state["best_auroc"],
+    summary = {"run": str(out), "best_val_macro_auroc": t.state["best_auroc"],
                "val_folds": list(cfg.val_folds), "train_classes": p.train_codes,
                "holdout": p.holdout, "text_model": p.text.attrs.get("model_id"),
-               "epochs_done": state["epoch"], "steps": state["step"],
+               "epochs_done": t.state["epoch"], "steps": t.state["step"],
                "data_path": "preload" if use_preload else "stream", "processes": world.size}
     if world.main:
         shards.write_json(out / "summary.json", summary)
@@ -355,9 +353,12 @@ def _train(cfg, out, world, device):
 
 
 class Trainer:
-    """Model, loss, optimiser and schedule of one run, and one epoch of training."""
+    """Model, loss, optimiser, schedule and progress (``state``: what a checkpoint resumes)
+    of one run, and one epoch of training."""
     def __init__(self, cfg, p, device, world):
         self.cfg, self.p, self.device, self.world = cfg, p, device, world
+        self.state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0,
+                      "records_seen": 0, "batches": 0}
         self.text_rows = p.text.emb[p.text.rows(p.train_codes)]   # (C, D) numpy
         self.encoder_cfg = EncoderConfig(arch=cfg.arch, n_samples=p.manifest["n_samples"],
                                          text_dim=int(self.text_rows.shape[1]), width=cfg.width)
@@ -392,13 +393,13 @@ class Trainer:
                 self.model, device_ids=[device] if torch.device(device).type == "cuda" else None)
         self.forward = torch.compile(forward) if cfg.compile else forward
 
-    def train_epoch(self, train, epoch, state):
-        """One epoch of ``steps_per_epoch`` global batches; updates ``state``, returns the
+    def train_epoch(self, train, epoch):
+        """One epoch of ``steps_per_epoch`` global batches; updates ``self.state``, returns the
         epoch's log."""
         from tqdm.auto import tqdm
 
 
-        cfg, world = self.cfg, self.world
+        cfg, world, state = self.cfg, self.world, self.state
         self.model.train()
         gen = torch.Generator(device=self.device).manual_seed(
             cfg.seed * 7919 + epoch + 104729 * world.rank)
@@ -449,10 +450,10 @@ class Trainer:
                 "lr": self.sched.get_last_lr()[0], "seconds": elapsed,
                 "logit_scale": float(self.model.scale().detach()), "processes": world.size}
 
-    def checkpoint(self, state, val_auroc, validation):
+    def checkpoint(self, val_auroc, validation):
         p, learned = self.p, self.model.learned_class_emb
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "state": state,
+                "scheduler": self.sched.state_dict(), "state": dict(self.state),
                 "model_config": asdict(self.encoder_cfg), "loss_name": self.cfg.loss,
                 "train_codes": p.train_codes, "holdout": p.holdout,
                 "text_sha256": p.text.sha256,
@@ -472,7 +473,7 @@ class Trainer:
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
-        return ck["state"]
+        self.state = dict(ck["state"])
 
 
 def _trim_log(path, epochs_done):
