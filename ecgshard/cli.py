@@ -330,6 +330,9 @@ def _zeroshot_options(*macro_flags):
 @_opt(Z, "leads", help="Score with only these leads present, e.g. I or I,II,III,aVR,aVL,aVF "
       "(the others zeroed); all 12 by default.")
 @_opt(Z, "seed")
+@_opt(Z, "scoring", help="cosine (as trained), centered (the text rows' shared direction "
+      "removed) or record-z (each record's scores standardised across the vocabulary's texts); "
+      "the controls are scored the same way.")
 def zeroshot(run_dir, folds, min_macro_positives, leads, **options):
     """Score classes zero-shot (held-out classes, or another dataset) and write a report."""
     from . import report as present

@@ -218,8 +218,10 @@ class ZeroShotConfig:
     allow_signal_mismatch: bool = False
     leads: tuple = ()                   # score with only these present (others zeroed); all
     seed: int = 0
+    scoring: str = "cosine"             # cosine | centered | record-z (zeroshot.Scorer)
 
-    CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last")}
+    CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last"),
+                               "scoring": ("cosine", "centered", "record-z")}
     THRESHOLDS: ClassVar[tuple] = ("val-seen", "val-z", "youden", "fixed:X")
 
     def __post_init__(self):

@@ -64,11 +64,15 @@ def _run(cfg):
 
     encoder = trained.encoder(device)
     text_rows = text.emb[text.rows(targets)]
+    score = Scorer(cfg.scoring, trained.text_rows,
+                   text.emb[text.rows([c for c in shards.class_codes(manifest)
+                                       if c in set(text.codes)])])
     emb = encoder.encode(data["signal"], data["length"], device=device)
-    scores = emb @ text_rows.T                                   # (N, C) cosines
-    threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows)
-    controls = _control_scores(trained, data, text_rows, device, cfg) if cfg.control else None
-    against = _specificity_inputs(emb, text, shards.class_codes(manifest), data)
+    scores = score(emb, text_rows)                               # (N, C)
+    threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows, score)
+    controls = _control_scores(trained, data, text_rows, device, cfg, score) \
+        if cfg.control else None
+    against = _specificity_inputs(emb, text, shards.class_codes(manifest), data, score)
 
     report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
                                         rule, excluded)}
@@ -84,7 +88,8 @@ def _run(cfg):
                   not_evaluable=[c["code"] for c in classes if c["auroc"] is None],
                   per_source=_per_source(scores, data["labels"], data["source"], classes,
                                          cfg.min_positives),
-                  references=_references(cfg, trained, text, emb, data, groups, same_set))
+                  references=_references(cfg, trained, text, emb, data, groups, same_set,
+                                         score))
     _write(cfg, report, emb, scores, data, targets, replicates)
     return report
 
@@ -155,7 +160,7 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
         "train_classes": trained.train_codes, "holdout": trained.holdout,
         "holdout_requested": trained.info.holdout_requested,
         "strict_zero_shot": trained.info.strict_zero_shot,
-        "threshold_rule": rule, "bootstrap": cfg.bootstrap, "bootstrap_unit": "patient",
+        "scoring": cfg.scoring, "threshold_rule": rule, "bootstrap": cfg.bootstrap, "bootstrap_unit": "patient",
         "min_positives_for_macro": cfg.min_positives,
         "control_seeds": cfg.control_seeds if cfg.control else 0,
         "permutations": cfg.permutations, "config": asdict(cfg),
@@ -163,14 +168,14 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
         "excluded_sources_same_as_training": excluded}
 
 
-def _references(cfg, trained, text, emb, data, groups, same_set):
+def _references(cfg, trained, text, emb, data, groups, same_set, score):
     """Figures beside the zero-shot ones: the trained classes on the same records (what the
     encoder does where it learned) and the random-encoder summary."""
     refs = {}
     if same_set and trained.holdout:
         # the rows the run trained against, whether or not the given matrix holds them
-        scores = emb @ trained.text_rows[[trained.train_codes.index(c)
-                                     for c in data["train_codes"]]].T
+        scores = score(emb, trained.text_rows[[trained.train_codes.index(c)
+                                               for c in data["train_codes"]]])
         auroc, ap = metrics.per_class(scores, data["train_labels"])
         refs["trained_classes_same_folds"] = {"macro_auroc": _num(metrics.macro(auroc)),
                                               "macro_ap": _num(metrics.macro(ap)),
@@ -214,24 +219,57 @@ def _write_set(out, cfg, report, emb, scores, data, targets, replicates):
 REPLICATES = "replicates.npz"
 
 
-def _specificity_inputs(emb, text, vocab, data):
+class Scorer:
+    """How an embedding scores against class texts, the same for the own texts, the wrong
+    texts, the untrained controls, the trained classes and the validation thresholds:
+
+    - ``cosine``: ``emb @ row``, as trained;
+    - ``centered``: cosine to each text row minus the mean of the run's training-class rows,
+      renormalised: the direction every class text shares ("something is abnormal") is taken
+      out of the text side (from the run alone, no evaluated labels);
+    - ``record-z``: each record's cosines standardised across every text of the set's
+      vocabulary, so a record near every abnormal text does not score high on all of them.
+    """
+
+    def __init__(self, mode, train_rows, candidate_rows):
+        self.mode = mode
+        self.center = np.asarray(train_rows, dtype=np.float32).mean(0)
+        self.candidates = np.asarray(candidate_rows, dtype=np.float32)
+
+    def rows(self, rows):
+        if self.mode != "centered":
+            return rows
+        shifted = rows - self.center
+        return shifted / np.linalg.norm(shifted, axis=1, keepdims=True).clip(min=1e-12)
+
+    def __call__(self, emb, rows):
+        cos = emb @ self.rows(np.asarray(rows, dtype=np.float32)).T
+        if self.mode != "record-z":
+            return cos
+        every = emb @ self.candidates.T
+        return (cos - every.mean(1, keepdims=True)) / every.std(1, keepdims=True).clip(min=1e-6)
+
+
+def _specificity_inputs(emb, text, vocab, data, score):
     """What the class-specificity controls score with: every wrong-text candidate's cosines,
     and the class-agnostic abnormality score (minus the cosine to the normal text)."""
     graph = concepts.load()
     pool = specificity.wrong_text_pool([c for c in vocab if c in set(text.codes)], graph)
     normal_code = specificity.normal_text_code(text.codes, graph, prefer=vocab)
     baseline = None if normal_code is None else -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
-    return {"pool": pool, "pool_scores": emb @ text.emb[text.rows(pool)].T if pool else None,
+    # the wrong texts are scored as the own text is; the abnormality baseline stays a cosine
+    return {"pool": pool, "pool_scores": score(emb, text.emb[text.rows(pool)]) if pool else None,
             "normal_code": normal_code, "baseline": baseline, "normal": data["normal"],
             "source": data["source"], "graph": graph}
 
 
-def _control_scores(trained, data, text_rows, device, cfg):
+def _control_scores(trained, data, text_rows, device, cfg, score):
     """Scores of ``control_seeds`` untrained encoders: (seeds, N, C)."""
     out = []
     for k in range(cfg.control_seeds):
         control = trained.untrained(cfg.seed * 1000 + 1 + k, device)
-        out.append(control.encode(data["signal"], data["length"], device=device) @ text_rows.T)
+        out.append(score(control.encode(data["signal"], data["length"], device=device),
+                         text_rows))
     return np.stack(out) if out else None
 
 
@@ -290,7 +328,7 @@ def _target_classes(spec, manifest, text, holdout, same_set):
     return targets, no_text
 
 
-def _threshold(cfg, trained, scores, labels, text_rows):
+def _threshold(cfg, trained, scores, labels, text_rows, score):
     """The decision threshold(s) and a sentence saying where they come from."""
     if cfg.threshold == "youden":
         return metrics.youden_threshold(scores, labels), \
@@ -302,7 +340,7 @@ def _threshold(cfg, trained, scores, labels, text_rows):
     # (the checkpoint's own embeddings of them, kept by fit); the evaluated labels never see
     # them being chosen.
     v_emb, v_labels = trained.ck["validation"]["emb"], trained.ck["validation"]["labels"]
-    v_scores = v_emb @ trained.text_rows.T
+    v_scores = score(v_emb, trained.text_rows)
     folds = trained.info.folds["val"]
     if cfg.threshold == "val-seen":
         value = metrics.pooled_youden_threshold(v_scores, v_labels)
@@ -313,7 +351,7 @@ def _threshold(cfg, trained, scores, labels, text_rows):
     # on the training classes there.
     z_train = (v_scores - v_scores.mean(0)) / v_scores.std(0).clip(min=1e-6)
     z = metrics.pooled_youden_threshold(z_train, v_labels)
-    target_val = v_emb @ text_rows.T
+    target_val = score(v_emb, text_rows)
     value = target_val.mean(0) + z * target_val.std(0).clip(min=1e-6)
     return value, (f"per-class cosine thresholds mean + {z:.3f} sd of each class's scores on the "
                    f"validation folds {folds} (z chosen by mean Youden over the training classes "

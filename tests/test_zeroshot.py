@@ -368,3 +368,39 @@ def test_a_report_directory_is_locked_and_replaced_as_a_whole(demo_data, demo_ru
     with pytest.raises(ECGShardError, match="holds files but no report.json"):
         _zs(demo_data, demo_run, demo_text, other, **quick)
     assert (other / "mine.txt").read_text() == "keep me"
+
+
+def test_scorers_remove_the_shared_direction_and_the_record_offset():
+    """A world where every class text shares one direction and every abnormal record leans
+    on it: by cosine a wrong abnormal text scores class A about as well as A's own text;
+    centred on the training rows, A's own text separates A's records and the wrong one does
+    not; record-z centres each record's scores over the candidate texts, keeping its order."""
+    import numpy as np
+
+    from ecgshard.zeroshot import Scorer
+
+    rng = np.random.default_rng(0)
+    d = 32
+    shared, own_a, own_b = np.eye(d)[0], np.eye(d)[1], np.eye(d)[2]
+    train = np.stack([shared * 0.9 + np.eye(d)[k] * 0.4 for k in range(3, 9)])
+    text_a = shared * 0.9 + own_a * 0.4
+    text_b = shared * 0.9 + own_b * 0.4
+    rows = np.stack([text_a, text_b]) / np.linalg.norm([text_a, text_b], axis=1)[:, None]
+    n = 400
+    is_a = rng.random(n) < 0.5
+    abnormal = is_a | (rng.random(n) < 0.5)
+    emb = rng.normal(0, 0.3, (n, d)) + np.outer(abnormal, shared) * 2.0 + np.outer(is_a, own_a) * 0.5
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+
+    def auroc(score):
+        from sklearn.metrics import roc_auc_score
+
+        return roc_auc_score(is_a, score)
+
+    cosine = Scorer("cosine", train, rows)(emb, rows)
+    centered = Scorer("centered", train, rows)(emb, rows)
+    assert auroc(cosine[:, 1]) > 0.7                      # the wrong text rides the shared axis
+    assert auroc(centered[:, 0]) > 0.8 and abs(auroc(centered[:, 1]) - 0.5) < 0.1
+    z = Scorer("record-z", train, rows)
+    np.testing.assert_allclose(z(emb, rows).mean(1), 0, atol=1e-5)   # rows are the candidates
+    assert np.all(np.argsort(z(emb, rows), 1) == np.argsort(cosine, 1))  # a record's order kept
