@@ -30,7 +30,7 @@ class ZeroShotClassifier:
         """``run``: a loaded ``Run``; its text side is checked here (``Run.text_matrix``)."""
         run.refuse_learned_classes()
         matrix = run.text_matrix()
-        self.run, self.info, self.device = run, run.info, device
+        self.run, self.device = run, device
         self.model = run.model(device).eval()
         self.text_attrs = matrix.attrs
         self.signal_path = SignalPath.from_dict(run.info.signal_path)
@@ -92,15 +92,12 @@ class ZeroShotClassifier:
         if todo:
             groups = text.class_texts([{"code": t, "name": t} for t in todo],
                                       self.text_attrs["text_mode"],
-                                      self.text_attrs["templates"], self._table())
+                                      self.text_attrs["templates"], self._class_texts)
             for t, row in zip(todo, text.embed_classes(self._encoder(), groups)):
                 self._text_cache[self._key(t)] = row
         if not texts:
             return np.zeros((0, self.model.encoder.config.text_dim), np.float32)
         return np.stack([self._text_cache[self._key(t)] for t in texts])
-
-    def _table(self):
-        return self._class_texts
 
     def _key(self, t):
         return hashlib.sha256(t.encode()).hexdigest()
@@ -142,14 +139,14 @@ class ZeroShotClassifier:
         known."""
         classes = _names(classes, "classes")
         graph = concepts.load()
-        table = self._table()           # the run's own class texts may name more
+        table = self._class_texts       # the run's own class texts may name more
         out = []
         for c in classes:
             code = table.code(c) or c
             if not graph.known(code):
                 out.append("not in the relation table")
                 continue
-            st = graph.status(code, self.info.train_codes)
+            st = graph.status(code, self.run.train_codes)
             out.append(st.group if st.via in (None, code) else f"{st.group} via {st.via}")
         return out
 

@@ -517,7 +517,7 @@ def _check_same_config(out, stored, cfg, at_epoch):
         log.warning("extending %s from %d to %d epochs at epoch %d: the learning-rate schedule "
                     "stretches from here (recorded in config.json)", out, stored["epochs"],
                     cfg.epochs, at_epoch)
-        recorded = json.loads((out / "config.json").read_text())
+        recorded = shards.read_json(out / "config.json", "resume with a new --out")
         recorded.setdefault("extended", []).append(
             {"at_epoch": at_epoch, "epochs": [stored["epochs"], cfg.epochs]})
         recorded["config"]["epochs"] = cfg.epochs

@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import concepts, shards
 from .errors import ECGShardError
 from .losses import LOSSES
 from .models import ECGEncoder, EncoderConfig, ZeroShotModel
-
-CHECKPOINTS = ("best", "last")
-
 
 def checkpoint_path(run_dir, which):
     """``RUN/checkpoint-{best,last}.pt``: the best by validation macro AUROC, and the latest."""
@@ -68,20 +66,15 @@ class Run:
                                 f"vectors, --learn-class-embeddings): its classes are not tied "
                                 f"to text, so it cannot score classes by their text")
 
-    def encoder(self, device="cpu"):
-
-        return ZeroShotModel.from_checkpoint(self.ck).encoder.to(device)
-
     def model(self, device="cpu"):
-
         return ZeroShotModel.from_checkpoint(self.ck).to(device)
+
+    def encoder(self, device="cpu"):
+        return self.model(device).encoder
 
     def untrained(self, seed, device="cpu"):
         """An encoder of the run's architecture at its seeded initialisation: the random
         baseline every zero-shot figure is placed against."""
-        import torch
-
-
         torch.manual_seed(seed)
         return ECGEncoder(EncoderConfig.from_dict(self.ck["model_config"])).to(device)
 

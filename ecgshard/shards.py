@@ -260,18 +260,17 @@ def write_shard(path, arrays, attrs, compression=None):
                 data = np.asarray(arrays[key], dtype=dtype)
                 if len(data) != n:
                     raise SchemaError(f"{key} has {len(data)} rows, expected {n}")
-                chunks = None
-                if key == SIGNAL and n:
-                    chunks = (min(CHUNK_RECORDS, n),) + data.shape[1:]
-                f.create_dataset(key, data=data, chunks=chunks or (n > 0 or None),
-                                 fletcher32=n > 0,
+                # the signal in CHUNK_RECORDS-record chunks, the rest as HDF5 chooses; an
+                # empty dataset cannot be chunked, so it carries no checksum
+                chunks = (min(CHUNK_RECORDS, n),) + data.shape[1:] if key == SIGNAL else True
+                f.create_dataset(key, data=data, chunks=chunks if n else None, fletcher32=n > 0,
                                  compression=compression if key == SIGNAL else None)
             for key in STRING_KEYS:
                 # fixed-length UTF-8: variable-length strings take no filter, so no checksum
                 encoded = [str(s).encode() for s in arrays[key]]
                 width = max(map(len, encoded), default=1) or 1
                 f.create_dataset(key, data=np.asarray(encoded, dtype=f"S{width}"),
-                                 fletcher32=n > 0, chunks=n > 0 or None)
+                                 chunks=True if n else None, fletcher32=n > 0)
         digest = sha256_file(tmp)
     return digest
 

@@ -49,7 +49,6 @@ def run(cfg: ZeroShotConfig):
 
 
 def _run(cfg):
-
     device = resolve_device(cfg.device)
     trained = Run.load(cfg.run, cfg.checkpoint)
     text = shards.read_text_matrix(cfg.text)
@@ -64,15 +63,15 @@ def _run(cfg):
 
     encoder = trained.encoder(device)
     text_rows = text.emb[text.rows(targets)]
-    score = Scorer(cfg.scoring, trained.text_rows,
-                   text.emb[text.rows([c for c in shards.class_codes(manifest)
-                                       if c in set(text.codes)])])
+    in_text = set(text.codes)
+    vocab = [c for c in shards.class_codes(manifest) if c in in_text]   # the texts to score with
+    score = Scorer(cfg.scoring, trained.text_rows, text.emb[text.rows(vocab)])
     emb = encoder.encode(data["signal"], data["length"], device=device)
     scores = score(emb, text_rows)                               # (N, C)
     threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows, score)
     controls = _control_scores(trained, data, text_rows, device, cfg, score) \
         if cfg.control else None
-    against = _specificity_inputs(emb, text, shards.class_codes(manifest), data, score)
+    against = _specificity_inputs(emb, text, vocab, data, score)
 
     report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
                                         rule, excluded)}
@@ -160,7 +159,8 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
         "train_classes": trained.train_codes, "holdout": trained.holdout,
         "holdout_requested": trained.info.holdout_requested,
         "strict_zero_shot": trained.info.strict_zero_shot,
-        "scoring": cfg.scoring, "threshold_rule": rule, "bootstrap": cfg.bootstrap, "bootstrap_unit": "patient",
+        "scoring": cfg.scoring, "threshold_rule": rule, "bootstrap": cfg.bootstrap,
+        "bootstrap_unit": "patient",
         "min_positives_for_macro": cfg.min_positives,
         "control_seeds": cfg.control_seeds if cfg.control else 0,
         "permutations": cfg.permutations, "config": asdict(cfg),
@@ -199,7 +199,6 @@ def _write(cfg, report, emb, scores, data, targets, replicates):
 
 
 def _write_set(out, cfg, report, emb, scores, data, targets, replicates):
-
     shards.write_json(out / REPORT, report)
     if replicates is not None:
         # per-class bootstrap replicates: pooling several reports (Experiment A's splits)
@@ -254,7 +253,7 @@ def _specificity_inputs(emb, text, vocab, data, score):
     """What the class-specificity controls score with: every wrong-text candidate's cosines,
     and the class-agnostic abnormality score (minus the cosine to the normal text)."""
     graph = concepts.load()
-    pool = specificity.wrong_text_pool([c for c in vocab if c in set(text.codes)], graph)
+    pool = specificity.wrong_text_pool(vocab, graph)
     normal_code = specificity.normal_text_code(text.codes, graph, prefer=vocab)
     baseline = None if normal_code is None else -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
     # the wrong texts are scored as the own text is; the abnormality baseline stays a cosine
