@@ -6,7 +6,8 @@ The tree is PTB-XL-shaped (records100/, format 16, the two CSVs); without --tree
 of --records records is generated (once; reused when present). The baseline is what a user
 writes first: `wfdb.rdsamp` + `scipy.signal.resample_poly` + `scipy.signal.filtfilt` per record,
 into a numpy array (no HDF5 writing at all, which favours it). It runs on the first
---baseline-records records; both are reported in records/s. Where the time of one record goes
+--baseline-records records; both are reported in records/s. The build runs with and without
+measurements (``--no-measure``) for their cost as a ratio. Where the time of one record goes
 (header, decode, checks, filter, HDF5) is profiled on the same records.
 """
 from __future__ import annotations
@@ -127,21 +128,29 @@ def main():
 
     rows = [("baseline: wfdb.rdsamp + scipy resample_poly/filtfilt, 1 process", n_base,
              base_rate)]
+    measured = {}
     for workers in sorted({1, args.workers}):
-        out = work / f"shards-w{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        m = build.run(build.BuildConfig(source_dir=str(tree), out_dir=str(out), workers=workers,
-                                        ptbxl_rate=args.rate, shard_size=args.shard_size))
-        rate = m["n_records"] / (time.perf_counter() - t0)
-        rows.append((f"ecgshard build, {workers} worker(s), HDF5 shards + manifest",
-                     m["n_records"], rate))
-        shutil.rmtree(out, ignore_errors=True)
+        for measure in (False, True):
+            out = work / f"shards-w{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            m = build.run(build.BuildConfig(source_dir=str(tree), out_dir=str(out),
+                                            workers=workers, ptbxl_rate=args.rate,
+                                            shard_size=args.shard_size, measure=measure))
+            rate = m["n_records"] / (time.perf_counter() - t0)
+            measured[workers, measure] = rate
+            rows.append((f"ecgshard build, {workers} worker(s), "
+                         f"{'with' if measure else 'without'} measurements",
+                         m["n_records"], rate))
+            shutil.rmtree(out, ignore_errors=True)
 
     print(f"\nbuild throughput, {len(paths)} records ({tree}), {os.cpu_count()} cores")
     print(f"{'':<72}{'records':>9}{'rec/s':>10}{'x baseline':>12}")
     for name, n, rate in rows:
         print(f"{name:<72}{n:>9}{rate:>10.0f}{rate / base_rate:>12.1f}")
+    for workers in sorted({1, args.workers}):
+        print(f"measurements cost, {workers} worker(s): build rate with / without = "
+              f"{measured[workers, True] / measured[workers, False]:.2f}")
     print("\nwhere one record's time goes (ecgshard, 1 process, first "
           f"{n_base} records):")
     for stage, (us, frac) in profile(paths[:n_base], build.BuildConfig(

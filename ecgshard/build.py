@@ -9,6 +9,7 @@ so an interrupted build resumes where it stopped.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, databases
+from . import __version__, databases, measure
 from . import shards
 from .databases.base import skip
 from .config import BuildConfig
 from .errors import BadRecordError, ECGShardError
+from .signal import SignalPath
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,8 @@ def _execute(todo, cfg, code_index, workers):
         return
     import multiprocessing as mp
 
+    if cfg.measure:     # imported once here, not once per worker (2 s each; performance.md)
+        importlib.import_module("neurokit2")
     # fork: children inherit the compiled numba kernels and the plan without pickling it twice.
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
                              mp_context=mp.get_context("fork"),
@@ -156,9 +160,10 @@ def build_shard(index, items, task_fp, cfg, code_index):
     cols = {k: [] for k in shards.SHARD_KEYS}
     skipped, notes = [], []
     source_digest = hashlib.sha256()
+    measured, unmeasured = [], []
     for it in items:
         try:
-            sig, length, digest = load_record(it, cfg, path, notes)
+            sig, length, digest, values = load_record(it, cfg, path, notes, unmeasured)
         except BadRecordError as exc:
             skipped.append(skip(it, exc.reason, exc.detail))
             continue
@@ -167,6 +172,7 @@ def build_shard(index, items, task_fp, cfg, code_index):
             skipped.append(skip(it, "unexpected_error", f"{type(exc).__name__}: {exc}"))
             continue
         source_digest.update(digest.encode())
+        measured.append(values)
         label = np.zeros(n_classes, np.uint8)
         likelihood = np.zeros(n_classes, np.uint8)
         mentioned = np.zeros(n_classes, np.uint8)
@@ -185,25 +191,39 @@ def build_shard(index, items, task_fp, cfg, code_index):
            "source_sha256": source_digest.hexdigest(),
            "folds": dict(Counter(str(f) for f in cols[shards.FOLD])),
            "sources": dict(Counter(cols[shards.SOURCE])),
-           "class_counts": [0] * n_classes, "file": None, "sha256": None}
+           "class_counts": [0] * n_classes, "file": None, "sha256": None,
+           "not_measurable": measure.count_reasons(unmeasured) if cfg.measure else None}
     if cols[shards.RECORD_ID]:
         stacked = (shards.SIGNAL, shards.LABELS, shards.LIKELIHOOD, shards.MENTIONED)
         arrays = {k: np.stack(v) if k in stacked else v for k, v in cols.items()}
         res["class_counts"] = arrays[shards.LABELS].sum(axis=0, dtype=np.int64).tolist()
         res["file"] = shards.shard_name(index)
-        res["sha256"] = shards.write_shard(Path(cfg.out_dir) / res["file"], arrays,
-                                      {"fs": cfg.fs, "codes": list(code_index)},
-                                      compression=cfg.compression)
+        attrs = {"fs": cfg.fs, "codes": list(code_index)}
+        if cfg.measure:
+            arrays[shards.MEASUREMENTS] = np.stack(measured)
+            attrs.update(measurement_names=list(measure.NAMES),
+                         measurements_version=measure.VERSION)
+        res["sha256"] = shards.write_shard(Path(cfg.out_dir) / res["file"], arrays, attrs,
+                                           compression=cfg.compression)
     return res
 
 
-def load_record(it, cfg, path, notes):
-    """One record through the signal path: ``(float16 (12, T), valid length, source sha256)``.
-    Records kept despite a problem (``--flat-leads keep``) are appended to ``notes``."""
+def load_record(it, cfg, path, notes, unmeasured):
+    """One record through the signal path: ``(float16 (12, T), valid length, source sha256,
+    measurements or None)``, measured from the record as read, before any filter or
+    normalisation. Records kept despite a problem (``--flat-leads keep``) are appended to
+    ``notes``; what could not be measured, and why, to ``unmeasured``."""
     sig, fs, leads, digest = databases.get(cfg.format).read(it)
     x, length, kept = path.process(sig, fs, leads, it.path, cfg.flat_leads, cfg.min_seconds)
     notes.extend(skip(it, reason, detail) for reason, detail in kept)
-    return x, length, digest
+    values = None
+    if cfg.measure:
+        values, reasons = measure.measure_record(sig, fs, leads, path.seconds, it.path)
+        for name, value in it.measured.items():     # the source's own, where it ships them
+            values[measure.INDEX[name]] = value
+            reasons.pop(name, None)
+        unmeasured.append(reasons)
+    return x, length, digest, values
 
 
 def _drop_duplicate_ids(items, skipped):
@@ -317,13 +337,37 @@ def _manifest(cfg, plan, results, params):
         "skip_counts": dict(Counter(s["reason"] for s in skipped)),
         "skipped": skipped,
         "kept_with_notes": [n for res in results for n in res.get("notes", [])],
+        "measurements": _measurements_entry(results, _measured_from(cfg))
+        if cfg.measure else None,
         "folds": {str(k): folds[k] for k in sorted(folds)},
         "sources": dict(sum((Counter(r["sources"]) for r in results), Counter())),
         "shards": [{k: r[k] for k in ("index", "file", "sha256", "n_records", "folds",
                                       "source_sha256", "task_fingerprint", "n_planned", "sources",
-                                      "class_counts", "skipped", "notes")} for r in written],
+                                      "class_counts", "skipped", "notes", "not_measurable")}
+                   for r in written],
         "fingerprint": shards.fingerprint([params, [r["sha256"] for r in written]]),
     }
+
+
+def _measured_from(cfg):
+    own = ("ecgshard.measure on the record as read (mV at its own rate, the central window), "
+           "before the signal path")
+    shipped = databases.get(cfg.format).shipped_measurements
+    return f"{own}; the source's own measurements where it ships them: {shipped}" \
+        if shipped else own
+
+
+def _measurements_entry(results, source):
+    """The manifest's account of the shards' measurements: version, names, units, from what
+    signal, and per measurement how many records could not be measured, by reason."""
+    counts = {}
+    for res in results:
+        for name, by in (res.get("not_measurable") or {}).items():
+            for reason, n in by.items():
+                counts.setdefault(name, {}).setdefault(reason, 0)
+                counts[name][reason] += n
+    return {"version": measure.VERSION, "names": list(measure.NAMES), "units": measure.UNITS,
+            "source": source, "not_measurable": counts}
 
 
 def summary_lines(manifest):
@@ -357,6 +401,82 @@ def inspect(shard_dir, verify=False):
             shards.verify_shard(path, expected.sha256, full=True)
             shards.open_shard(path, expected).close()
         lines.append(f"verified: all {len(manifest['shards'])} shards match their checksums")
+    return lines + measurement_lines(shard_dir, manifest)
+
+
+def measure_shards(shard_dir, workers=0):
+    """``ecgshard measure``: add measurements to shards built without them (``--no-measure``,
+    or an ecgshard before measurements), measured from the stored signal, whose rate, band and
+    normalisation the manifest records as their source (z-scored shards carry no voltage).
+    Each shard is rewritten atomically and the manifest follows; shards already measured at
+    this version are left as they are."""
+    out = Path(shard_dir)
+    with shards.exclusive_lock(out, "measure"):
+        manifest = shards.load_manifest(out)
+        current = (manifest.get("measurements") or {}).get("version") == measure.VERSION
+        if current:
+            return manifest
+        path = SignalPath.of(manifest)
+        entries = shards.shard_entries(out, manifest)
+        workers = workers or os.cpu_count() or 1
+        todo = [(str(out / e["file"]), entries[str(out / e["file"])]) for e in manifest["shards"]]
+        from tqdm.auto import tqdm
+
+        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+            done = dict(tqdm(pool.map(_measure_shard, todo), total=len(todo), unit="shard",
+                             desc="measure", disable=None))
+        for entry in manifest["shards"]:
+            entry["sha256"], entry["not_measurable"] = done[str(out / entry["file"])]
+        source = (f"the shard signal ({path.fs:g} Hz, band {path.band or 'off'}, "
+                  f"{path.normalize}), by `ecgshard measure`")
+        if path.normalize != "mv":
+            source += "; z-scored per lead, so voltages are in z-units, not mV"
+        manifest["measurements"] = _measurements_entry(manifest["shards"], source)
+        manifest["fingerprint"] = shards.fingerprint([manifest["params"],
+                                                      [e["sha256"] for e in manifest["shards"]]])
+        shards.write_json(out / shards.MANIFEST, manifest)
+        return manifest
+
+
+def _measure_shard(job):
+    path, expected = job
+    with shards.open_shard(path, expected) as f, shards.reading(path):
+        arrays = {k: f[k][...] for k in shards.SHARD_DTYPES}
+        arrays.update({k: shards.read_strings(f[k]) for k in shards.STRING_KEYS})
+        attrs = {k: shards.attr_value(v) for k, v in f.attrs.items() if k != "schema_version"}
+        compression = f[shards.SIGNAL].compression
+    results = [measure.measure(sig[:, :n].astype(np.float64), expected.fs)
+               for sig, n in zip(arrays[shards.SIGNAL], arrays[shards.LENGTH])]
+    arrays[shards.MEASUREMENTS] = np.stack([values for values, _ in results])
+    attrs.update(measurement_names=list(measure.NAMES), measurements_version=measure.VERSION)
+    digest = shards.write_shard(path, arrays, attrs, compression=compression)
+    return path, (digest, measure.count_reasons(reasons for _, reasons in results))
+
+
+def measurement_lines(shard_dir, manifest):
+    """``inspect``: each measurement's median and interquartile range over the records, and
+    how many could not be measured (by reason)."""
+    info = manifest.get("measurements")
+    if not info:
+        return ["  measurements: none (add them with `ecgshard measure`)"]
+    columns = []
+    for path, expected in shards.shard_entries(shard_dir, manifest).items():
+        with shards.open_shard(path, expected) as f, shards.reading(path):
+            columns.append(shards.read_measurements(f, info["names"], path))
+    lines = [f"  measurements (version {info['version']}, from {info['source']}):"]
+    for name in info["names"]:
+        v = np.concatenate([c[name] for c in columns]) if columns else np.zeros(0)
+        measured = v[np.isfinite(v)]
+        missing = info["not_measurable"].get(name, {})
+        why = f"; not measurable {sum(missing.values())} (" + ", ".join(
+            f"{r} {n}" for r, n in sorted(missing.items(), key=lambda kv: -kv[1])) + ")" \
+            if missing else ""
+        if len(measured):
+            q = np.percentile(measured, [25, 50, 75])
+            lines.append(f"    {name:>20}  {q[1]:8.3g} ({q[0]:.3g} to {q[2]:.3g}) "
+                         f"{info['units'][name]}{why}")
+        else:
+            lines.append(f"    {name:>20}  none measured{why}")
     return lines
 
 

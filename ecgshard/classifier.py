@@ -19,6 +19,7 @@ import numpy as np
 from . import concepts, shards, text
 from .device import resolve_device
 from .run import Run
+from .scoring import Scorer
 from .signal import SignalPath
 from .errors import BadRecordError, ECGShardError
 
@@ -117,9 +118,18 @@ class ZeroShotClassifier:
 
     # ------------------------------------------------------------ scores
 
-    def scores(self, emb, classes):
-        """(N, C) cosine scores of embeddings against class texts."""
+    def cosines(self, emb, classes):
+        """(N, C) cosines of embeddings to class texts (what ``probabilities`` reads)."""
         return emb @ self.encode_text(classes).T
+
+    def scores(self, emb, classes, scoring="auto"):
+        """(N, C) scores of embeddings against class texts by the rule ``zeroshot`` reports
+        with (``scoring.Scorer``; ``auto``: through the run's trained finding statements where
+        it has them, else the cosine)."""
+        rows = self.encode_text(classes)
+        mode = Scorer.resolve(scoring, self.run)
+        return Scorer(mode, self.run.text_rows, self.run.text_rows, self.run.finding_rows)(
+            emb, rows)
 
     def probabilities(self, cosines):
         """Calibrated probabilities where the run's loss makes them (the sigmoid loss: scale
@@ -151,7 +161,8 @@ class ZeroShotClassifier:
         return out
 
     def predict(self, signals, fs, classes, leads=shards.LEADS, keep_leads=None):
-        """A pandas DataFrame of cosine scores: one row per record, one column per class."""
+        """A pandas DataFrame of scores (``scores``): one row per record, one column per
+        class."""
         import pandas as pd
 
         classes = _names(classes, "classes")

@@ -8,14 +8,15 @@ scikit-learn, which `--help` and every other command should not pay for.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 
 import click
 
 from . import config as C
+from .config import fold_ranges
 from .errors import ECGShardError
-from .report import fold_ranges
 
 
 class _Group(click.Group):
@@ -54,7 +55,7 @@ def _opt(cls, name, *decls, **kw):
     if isinstance(default, tuple) and not kw.get("multiple") and "nargs" not in kw:
         default = fold_ranges(default) if name.endswith("folds") else \
             ",".join(map(str, default))
-    if C.allowed(cls, name) is not None:
+    if name in getattr(cls, "CHOICES", {}):     # the choices are looked up when used
         kw["type"] = _Choice(cls, name)
     kw.setdefault("show_default", default not in (None, "", ()))
     return click.option(*(decls or (f"--{name.replace('_', '-')}",)), default=default, **kw)
@@ -85,6 +86,13 @@ def main(verbose, quiet):
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("numba").setLevel(logging.WARNING)
+    if not verbose:
+        # the text encoders' libraries report every load ("Loading weights 103/103", INFO
+        # lines) even into files: their warnings stay, the rest only with -v
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        for name in ("sentence_transformers", "transformers", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 B = C.BuildConfig
@@ -114,6 +122,8 @@ B = C.BuildConfig
 @_opt(B, "limit", type=int, help="Only the first N records.")
 @_opt(B, "flat_leads", help="A record with a flat (missing) lead: a named skip, or kept and "
       "listed under kept_with_notes.")
+@_opt(B, "measure", "--measure/--no-measure", help="Measure rate, rhythm, intervals, axis and "
+      "voltage of every record from its raw signal (ecgshard.measure; docs/findings.md).")
 def build(source_dir, fmt, out, no_band, band, **options):
     """Read raw records and write HDF5 shards and a manifest."""
     from . import build as stage
@@ -132,6 +142,18 @@ def inspect(shard_dir, verify):
     from . import build as stage
 
     for line in stage.inspect(shard_dir, verify):
+        click.echo(line)
+
+
+@main.command("measure")
+@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@_opt(B, "workers", help="Processes; 0 = one per core.")
+def measure_command(shard_dir, workers):
+    """Add measurements to shards built without them, from their stored signal."""
+    from . import build as stage
+
+    manifest = stage.measure_shards(shard_dir, workers)
+    for line in stage.measurement_lines(shard_dir, manifest):
         click.echo(line)
 
 
@@ -241,6 +263,10 @@ def _fit_options(command):
             _opt(F, "width", help="Encoder channel-width multiplier."),
             _opt(F, "train_kinds", help="Train only classes of these statement kinds "
                  "(comma list of diagnostic, form, rhythm; PTB-XL); all by default."),
+            _opt(F, "findings", "--findings/--no-findings", help="Train the measured-finding "
+                 "statements (rate, rhythm, intervals, axis, voltage; docs/findings.md) as "
+                 "extra targets beside the classes; needs shards with measurements "
+                 "(`ecgshard measure` adds them)."),
             _opt(F, "device"), _opt(F, "seed"))):
         command = decorator(command)
     return command
@@ -305,7 +331,13 @@ def _zeroshot_options(*macro_flags):
                 _opt(Z, "min_positives", *macro_flags, "min_macro_positives",
                      help="Positives a class needs to enter a macro figure (fewer: listed)."),
                 _opt(Z, "threshold", help="val-seen, val-z (per-class scale from validation "
-                     "inputs), youden (optimistic, labelled) or fixed:X."))):
+                     "inputs), youden (optimistic, labelled) or fixed:X."),
+                _opt(Z, "scoring", help="auto (findings for a run trained with measured "
+                     "findings, else cosine), cosine (as trained), centered (the text rows' "
+                     "shared direction removed), record-z (each record's scores standardised "
+                     "across the vocabulary's texts) or findings (each text plus its reading "
+                     "in the run's trained finding statements); the controls are scored the "
+                     "same way."))):
             command = decorator(command)
         return command
     return add
@@ -330,9 +362,6 @@ def _zeroshot_options(*macro_flags):
 @_opt(Z, "leads", help="Score with only these leads present, e.g. I or I,II,III,aVR,aVL,aVF "
       "(the others zeroed); all 12 by default.")
 @_opt(Z, "seed")
-@_opt(Z, "scoring", help="cosine (as trained), centered (the text rows' shared direction "
-      "removed) or record-z (each record's scores standardised across the vocabulary's texts); "
-      "the controls are scored the same way.")
 def zeroshot(run_dir, folds, min_macro_positives, leads, **options):
     """Score classes zero-shot (held-out classes, or another dataset) and write a report."""
     from . import report as present
@@ -495,7 +524,8 @@ E = C.ExperimentConfig
 @_opt(Z, "leads", help="Score with only these leads present (the others zeroed).")
 def experiment(which, ptbxl, cinc, mimic, work, model, pooling, templates, texts, train_folds,
                val_folds, test_folds, train_kinds, device, seed, bootstrap, control_seeds,
-               permutations, min_macro_positives, threshold, command, leads, **options):
+               permutations, min_macro_positives, threshold, scoring, command, leads,
+               **options):
     """Run Experiment A (held-out PTB-XL classes), B (a PTB-XL model on the Challenge 2021
     databases) or C (a MIMIC-IV-ECG model on PTB-XL and the Challenge) end to end."""
     from . import experiments as stage
@@ -512,7 +542,8 @@ def experiment(which, ptbxl, cinc, mimic, work, model, pooling, templates, texts
         zeroshot=C.ZeroShotConfig(run="", shards="", text="", out="", bootstrap=bootstrap,
                                   control_seeds=control_seeds, permutations=permutations,
                                   min_positives=min_macro_positives, threshold=threshold,
-                                  device=device, seed=seed, leads=_codes(leads)),
+                                  scoring=scoring, device=device, seed=seed,
+                                  leads=_codes(leads)),
         command=command or "ecgshard " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         **options)
     result = {"a": stage.run_a, "b": stage.run_b, "c": stage.run_c}[which](cfg)

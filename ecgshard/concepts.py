@@ -357,6 +357,30 @@ def load(path=None):
                         {code: e.get("findings", []) for code, e in texts.entries.items()})
 
 
+# What a class is read off, for results by family (docs/findings.md): the PTB-XL codes of
+# each family; a code of another system joins its concept's family; anything else is
+# morphology (ST-T, infarction, hypertrophy by shape...).
+FAMILIES = {
+    "rhythm and rate": ("SR", "SBRAD", "STACH", "SARRH", "SVARR", "SVTAC", "PSVT", "AFIB", "AFLT",
+                        "PAC", "PVC", "BIGU", "TRIGU", "PRC(S)", "PACE"),
+    "conduction and intervals": ("1AVB", "2AVB", "3AVB", "_AVB", "CLBBB", "CRBBB", "ILBBB",
+                                 "IRBBB", "IVCD", "LAFB", "LPFB", "LAFB/LPFB", "WPW", "LPR",
+                                 "LNGQT"),
+    "voltage": ("LVOLT", "HVOLT", "VCLVH"),
+}
+MORPHOLOGY = "morphology"
+
+
+def family(code, graph=None):
+    """The family of a class code: its own, or that of a PTB-XL code of the same concept."""
+    graph = graph or load()
+    concept = graph.concept(code)
+    for name, codes in FAMILIES.items():
+        if code in codes or any(graph.concept(c) == concept for c in codes):
+            return name
+    return MORPHOLOGY
+
+
 # ---------------------------------------------------------------- class texts
 
 @dataclass

@@ -53,6 +53,18 @@ def check(cfg, *rules):
             raise ECGShardError(message)
 
 
+def fold_ranges(folds):
+    """(1, 2, 3, 5) -> '1-3,5': how folds are written on the command line and in reports."""
+    folds, parts, i = sorted(folds), [], 0
+    while i < len(folds):
+        j = i
+        while j + 1 < len(folds) and folds[j + 1] == folds[j] + 1:
+            j += 1
+        parts.append(str(folds[i]) if i == j else f"{folds[i]}-{folds[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
 def fixed_threshold(rule):
     """X of 'fixed:X' (a finite cosine, in [-1, 1]), or None."""
     head, _, value = rule.partition(":")
@@ -85,6 +97,7 @@ class BuildConfig:
     compression: str | None = None
     limit: int | None = None            # first N records only (quick looks)
     flat_leads: str = "skip"            # skip a record with a flat lead, or keep it (noted)
+    measure: bool = True                # measurements (ecgshard.measure) beside the signal
 
     CHOICES: ClassVar[dict] = {"format": lambda: _registry("databases", "DATABASES"),
                                "normalize": ("mv", "zscore"), "ptbxl_rate": ("auto", "100", "500"),
@@ -168,6 +181,8 @@ class FitConfig:
     max_steps: int | None = None             # stop early (smoke runs, benchmarks)
     compile: bool = False
     learn_class_embeddings: bool = False     # supervised reference: not a zero-shot model
+    findings: bool = True                    # measured findings as extra targets; chosen by
+                                             # measurement: docs/findings.md
 
     CHOICES: ClassVar[dict] = {"arch": lambda: _registry("models", "ARCHS"),
                                "loss": lambda: _registry("losses", "LOSSES"),
@@ -218,10 +233,12 @@ class ZeroShotConfig:
     allow_signal_mismatch: bool = False
     leads: tuple = ()                   # score with only these present (others zeroed); all
     seed: int = 0
-    scoring: str = "cosine"             # cosine | centered | record-z (zeroshot.Scorer)
+    scoring: str = "auto"               # zeroshot.Scorer; chosen by measurement:
+                                        # docs/findings.md
 
     CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last"),
-                               "scoring": ("cosine", "centered", "record-z")}
+                               "scoring": ("auto", "cosine", "centered", "record-z",
+                                           "findings")}
     THRESHOLDS: ClassVar[tuple] = ("val-seen", "val-z", "youden", "fixed:X")
 
     def __post_init__(self):

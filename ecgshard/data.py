@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import shards
+from . import findings, shards
 from .errors import ECGShardError
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,14 @@ class Selection:
     # Per output class, this set's codes whose labels make its column (their OR); a class
     # with none is negative throughout the set. Default: each class its own code, required.
     class_sources: tuple | None = None
+    # measured-finding statements (ecgshard.findings) as further label columns after the
+    # classes, true or false of each record by its measurements
+    findings: tuple = ()
+
+    @property
+    def columns(self):
+        """The label columns' codes: the classes, then the finding statements."""
+        return tuple(self.class_codes) + tuple(self.findings)
 
 
 class _Columns:
@@ -65,13 +73,24 @@ class _Columns:
         self.exclude = np.asarray([index[c] for c in sel.exclude_codes if c in index], np.int64)
         self.watch = np.asarray([index[c] for c in sel.watch_codes if c in index], np.int64)
         self.folds = np.asarray(sel.folds, dtype=np.int64)
+        self.findings = sel.findings
+        if self.findings and not (manifest.get("measurements") or {}).get("names"):
+            raise ECGShardError(f"{sel.shard_dir} holds no measurements, which measured "
+                                f"findings are read from; add them with `ecgshard measure "
+                                f"{sel.shard_dir}`")
 
-    def apply(self, labels, folds, mentioned):
+    def measured(self, f, path, rows=slice(None)):
+        """The measurements the finding columns read, or None without findings."""
+        return shards.read_measurements(f, findings.NEEDS, path, rows) if self.findings \
+            else None
+
+    def apply(self, labels, folds, mentioned, measured=None):
         """Raw shard rows -> (keep mask, output labels, held-out-positive flags).
 
         ``mentioned`` marks every statement a record carries at any likelihood: a record is
         excluded for a held-out statement even where the statement stayed below the build's
-        --min-likelihood and is no label."""
+        --min-likelihood and is no label. ``measured`` (``measured()``) makes the finding
+        columns."""
         keep = np.isin(folds, self.folds)
         if len(self.exclude):
             keep &= ~mentioned[:, self.exclude].any(axis=1)
@@ -79,14 +98,18 @@ class _Columns:
             np.zeros(len(labels), bool)
         out = labels[:, self.out] if self.merge is None else \
             (labels.astype(np.int32) @ self.merge > 0).astype(labels.dtype)
+        if self.findings:
+            out = np.concatenate([out, findings.labels(measured, self.findings)], axis=1)
         return keep, out, heldout
 
     def read_block(self, f, start, stop):
         """The selected rows of one block of an open shard: (signal, labels, heldout, length,
         rows), or None when no row is selected. Shards are in fold order, so most blocks are
         kept whole and then no mask copy is made."""
-        keep, out, heldout = self.apply(f[shards.LABELS][start:stop], f[shards.FOLD][start:stop],
-                                        shards.read_mentioned(f, slice(start, stop)))
+        rows = slice(start, stop)
+        keep, out, heldout = self.apply(f[shards.LABELS][rows], f[shards.FOLD][rows],
+                                        shards.read_mentioned(f, rows),
+                                        self.measured(f, f.filename, rows))
         if not keep.any():
             return None
         rows = slice(None) if keep.all() else keep
@@ -112,12 +135,12 @@ def count_selection(sel):
     manifest = shards.load_manifest(sel.shard_dir)
     cols = _Columns(sel, manifest)
     kept = excluded = 0
-    positives = np.zeros(len(sel.class_codes), np.int64)
+    positives = np.zeros(len(sel.columns), np.int64)
     for path, expected in shards.shard_entries(sel.shard_dir, manifest).items():
         with shards.open_shard(path, expected) as f, shards.reading(path):
             labels, folds = f[shards.LABELS][...], f[shards.FOLD][...]
-            mentioned = shards.read_mentioned(f)
-        keep, out, _ = cols.apply(labels, folds, mentioned)
+            mentioned, measured = shards.read_mentioned(f), cols.measured(f, path)
+        keep, out, _ = cols.apply(labels, folds, mentioned, measured)
         in_folds = np.isin(folds, cols.folds)
         excluded += int((in_folds & ~keep).sum())
         kept += int(keep.sum())
@@ -149,7 +172,7 @@ def load_selection(sel, with_ids=False):
         lengths.append(length)
     t = manifest["n_samples"]
     result = {"signal": np.concatenate(sig) if sig else np.zeros((0, 12, t), np.float16),
-              "labels": np.concatenate(lab) if lab else np.zeros((0, len(sel.class_codes)),
+              "labels": np.concatenate(lab) if lab else np.zeros((0, len(sel.columns)),
                                                                  np.uint8),
               "heldout": np.concatenate(held) if held else np.zeros(0, bool),
               "length": np.concatenate(lengths) if lengths else np.zeros(0, np.int32)}

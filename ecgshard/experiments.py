@@ -307,12 +307,13 @@ def write_section(path, key, body):
 
 
 def _report_suffix(cfg):
-    """Reports scored with fewer leads, another threshold rule or on the validation folds sit
-    beside the default ones, not over them."""
+    """Reports scored with fewer leads, another threshold rule or scoring, or on the validation
+    folds sit beside the default ones, not over them."""
     z = cfg.zeroshot
     return ("-leads-" + "-".join(z.leads) if z.leads else "") + \
         ("" if z.threshold == default(ZeroShotConfig, "threshold")
          else "-threshold-" + z.threshold.replace(":", "")) + \
+        ("" if z.scoring == default(ZeroShotConfig, "scoring") else "-scoring-" + z.scoring) + \
         ("-val" if cfg.score == "val" else "")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import concepts, distributed, shards
+from . import concepts, distributed, findings, shards
 from .config import FitConfig
 from .data import (Preloaded, Selection, StreamLoader, augment, count_selection, fits_in_memory,
                    load_selection, selection_bytes)
@@ -59,6 +59,8 @@ class Plan:
     train_sel: list                     # one data.Selection per shard set
     val_sel: list
     train_codes: list
+    finding_codes: list                 # measured-finding targets (fit --findings), or []
+    finding_positives: dict
     n_train: int
     n_val: int
     excluded: dict                      # records dropped for held-out labels: train, val
@@ -104,12 +106,16 @@ def plan(cfg):
             f"{', '.join(f'{c} {n}' for n, c in best) or 'none'}). Hold out fewer classes, "
             f"lower --min-positives, or name more --train-folds")
     _check_text_covers(cfg, text, train_codes, dict(zip(candidates, positives)))
+    finding_codes, finding_positives = _trainable_findings(cfg, manifests, train_codes, exclude,
+                                                           watch, text)
     missing_text = [c for c in holdout if c not in set(text.codes)]
     if missing_text:
         log.warning("held-out classes without a text embedding cannot be scored later: %s",
                     missing_text)
-    train_sel = _selections(cfg.shards, manifests, cfg.train_folds, train_codes, exclude, watch)
-    val_sel = _selections(cfg.shards, manifests, cfg.val_folds, train_codes, exclude, watch)
+    train_sel = _selections(cfg.shards, manifests, cfg.train_folds, train_codes, exclude, watch,
+                            finding_codes)
+    val_sel = _selections(cfg.shards, manifests, cfg.val_folds, train_codes, exclude, watch,
+                          finding_codes)
     val_by_set, _ = _count(val_sel)
     n_val, n_val_excluded = map(sum, zip(*val_by_set))
     sets = [{"shards": str(Path(d).resolve()), "fingerprint": m["fingerprint"],
@@ -119,10 +125,25 @@ def plan(cfg):
             for d, m, t, v in zip(cfg.shards, manifests, by_set, val_by_set)]
     return Plan(manifest=manifests[0], sets=sets, text=text, holdout=holdout, riders=riders,
                 watch=list(watch), train_sel=train_sel, val_sel=val_sel,
-                train_codes=list(train_codes), n_train=n_train, n_val=n_val,
+                train_codes=list(train_codes), finding_codes=list(finding_codes),
+                finding_positives=finding_positives, n_train=n_train, n_val=n_val,
                 excluded={"train": n_excluded, "val": n_val_excluded},
                 dropped_rare=[c for c, n in zip(candidates, positives)
                               if n < cfg.min_positives])
+
+
+def _trainable_findings(cfg, manifests, train_codes, exclude, watch, text):
+    """With ``--findings``: the finding statements with at least ``--min-positives`` training
+    records (measured on the records that train, held-out ones excluded), and their counts."""
+    if not cfg.findings:
+        return (), {}
+    every = tuple(f.code for f in findings.FINDINGS)
+    _, positives = _count(_selections(cfg.shards, manifests, cfg.train_folds, train_codes,
+                                      exclude, watch, every))
+    counts = dict(zip(every, positives[len(train_codes):].tolist()))
+    kept = tuple(c for c in every if counts[c] >= cfg.min_positives)
+    text.finding_rows(kept)                     # refused here if the matrix lacks them
+    return kept, counts
 
 
 def heldout_watch(holdout, riders, vocabulary):
@@ -146,7 +167,7 @@ def _with_synonyms(holdout, vocabulary):
     return tuple(sorted({c for c in vocabulary if graph.concept(c) in held} | set(holdout)))
 
 
-def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
+def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=(), finding_codes=()):
     """One Selection per shard set; records carrying an ``exclude`` code are dropped, and
     those carrying a ``watch`` code counted per batch (the held-out check). Each class takes,
     in each set, every code of that set naming its concept (by the relation table; its own
@@ -161,13 +182,13 @@ def _selections(shard_dirs, manifests, folds, codes, exclude=(), watch=()):
                         for c in codes)
         own = all(s == (c,) for s, c in zip(sources, codes))
         sels.append(Selection(str(d), tuple(folds), tuple(codes), tuple(exclude), tuple(watch),
-                              None if own else sources))
+                              None if own else sources, tuple(finding_codes)))
     return sels
 
 
 def _count(sels):
     """[(kept, excluded)] per selection, and positives per class summed over them."""
-    by_set, positives = [], np.zeros(len(sels[0].class_codes), np.int64)
+    by_set, positives = [], np.zeros(len(sels[0].columns), np.int64)
     for sel in sels:
         kept, excluded, pos = count_selection(sel)
         by_set.append((kept, excluded))
@@ -282,6 +303,8 @@ def _train(cfg, out, world, device):
                                          cfg.workers, world, cfg.shard_weights)
     val_parts = [load_selection(sel) for sel in p.val_sel]
     val = {k: np.concatenate([part[k] for part in val_parts]) for k in val_parts[0]}
+    # the classes' columns choose checkpoints and thresholds; the findings' are logged
+    val["labels"], val["findings"] = np.split(val["labels"], [len(p.train_codes)], axis=1)
     val_set = np.repeat(np.arange(len(val_parts)), [len(part["labels"]) for part in val_parts])
     if cfg.resume and checkpoint_path(out, "last").exists():
         ck = shards.load_checkpoint(checkpoint_path(out, "last"), map_location=device)
@@ -317,7 +340,10 @@ def _train(cfg, out, world, device):
         record = t.train_epoch(train, epoch)
         val_auroc, val_emb = evaluate(t.model.encoder, val, device, cfg.amp,
                                       t.model.class_emb().detach(), world)
-        record["val_macro_auroc"] = val_auroc
+        record["val_macro_auroc"] = val_auroc       # over the classes: what chooses "best"
+        if p.finding_codes:
+            record["val_findings_macro_auroc"] = _macro_of(
+                val_emb, val["findings"], t.model.class_emb().detach()[len(p.train_codes):])
         if len(p.sets) > 1:
             record["val_macro_auroc_by_set"] = _macro_by_set(
                 val_emb, val["labels"], val_set, t.model.class_emb().detach(), cfg.shards)
@@ -359,7 +385,10 @@ class Trainer:
         self.cfg, self.p, self.device, self.world = cfg, p, device, world
         self.state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0,
                       "records_seen": 0, "batches": 0}
-        self.text_rows = p.text.emb[p.text.rows(p.train_codes)]   # (C, D) numpy
+        # (C + F, D) numpy: the classes' rows, then the measured findings' (if trained)
+        self.text_rows = np.concatenate([p.text.emb[p.text.rows(p.train_codes)],
+                                         p.text.finding_rows(p.finding_codes)]) \
+            if p.finding_codes else p.text.emb[p.text.rows(p.train_codes)]
         self.encoder_cfg = EncoderConfig(arch=cfg.arch, n_samples=p.manifest["n_samples"],
                                          text_dim=int(self.text_rows.shape[1]), width=cfg.width)
         self.model = distributed.sync_batch_norm(
@@ -455,7 +484,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "state": dict(self.state),
                 "model_config": asdict(self.encoder_cfg), "loss_name": self.cfg.loss,
-                "train_codes": p.train_codes, "holdout": p.holdout,
+                "train_codes": p.train_codes, "finding_codes": p.finding_codes,
+                "holdout": p.holdout,
                 "text_sha256": p.text.sha256,
                 "text_emb_train": self.text_rows,
                 "learned_class_emb": None if learned is None else learned.detach().cpu().numpy(),
@@ -547,7 +577,9 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
         signal_path=SignalPath.of(p.manifest).to_dict(),
         text=str(Path(cfg.text).resolve()), text_sha256=p.text.sha256,
         text_model=p.text.attrs.get("model_id"),
-        class_texts_sha256=_copy_text_side(out, cfg.text, p.text)))
+        class_texts_sha256=_copy_text_side(out, cfg.text, p.text),
+        finding_codes=p.finding_codes,
+        finding_positives={c: p.finding_positives[c] for c in p.finding_codes}))
 
 
 def _copy_text_side(out, text_path, matrix):
@@ -591,9 +623,14 @@ def _write_heldout_check(out, state, p, allowed):
 
 def _macro_by_set(emb, labels, of_set, class_emb, names):
     """Validation macro AUROC of each shard set (its classes with positives there)."""
-    scores = emb @ class_emb.float().cpu().numpy().T
-    return {name: macro(per_class(scores[of_set == i], labels[of_set == i])[0])
+    return {name: _macro_of(emb[of_set == i], labels[of_set == i], class_emb)
             for i, name in enumerate(names) if (of_set == i).any()}
+
+
+def _macro_of(emb, labels, rows):
+    """Macro AUROC of cosine scores against the first ``labels.shape[1]`` of ``rows``."""
+    rows = rows[:labels.shape[1]].float().cpu().numpy()
+    return macro(per_class(emb @ rows.T, labels)[0])
 
 
 def evaluate(encoder, val, device, amp, class_emb, world=None):
@@ -608,5 +645,4 @@ def evaluate(encoder, val, device, amp, class_emb, world=None):
         emb[rank::world.size] = rows
     if len(val["labels"]) == 0:
         return float("nan"), emb
-    auroc, _ = per_class(emb @ class_emb.float().cpu().numpy().T, val["labels"])
-    return macro(auroc), emb
+    return _macro_of(emb, val["labels"], class_emb), emb

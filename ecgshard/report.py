@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import concepts, shards
+from .config import fold_ranges
 from .controls import p_text
 from .errors import ECGShardError
 
@@ -41,18 +42,6 @@ def num(x, digits=3, missing="n/a"):
 def interval(ci):
     """' [lo, hi]' of a 95% interval, or nothing where there is none."""
     return f" [{num(ci[0])}, {num(ci[1])}]" if ci else ""
-
-
-def fold_ranges(folds):
-    """(1, 2, 3, 5) -> '1-3,5'."""
-    folds, parts, i = sorted(folds), [], 0
-    while i < len(folds):
-        j = i
-        while j + 1 < len(folds) and folds[j + 1] == folds[j] + 1:
-            j += 1
-        parts.append(str(folds[i]) if i == j else f"{folds[i]}-{folds[j]}")
-        i = j + 1
-    return ",".join(parts)
 
 
 # ---------------------------------------------------------------- files
@@ -355,7 +344,8 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"training and validation; every held-out class is therefore *unseen*"
         f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
         "",
-        f"Leads scored: {_leads_text(p0)}. Threshold (sensitivity, specificity, F1): "
+        f"Leads scored: {_leads_text(p0)}. Scoring: `{cfg.zeroshot.scoring}` "
+        f"(`docs/zeroshot.md`). Threshold (sensitivity, specificity, F1): "
         f"`{cfg.zeroshot.threshold}`, in split 0 {p0['threshold_rule']}.",
         "",
         f"The headline pools every held-out class with at least {cfg.zeroshot.min_positives} "
@@ -406,17 +396,60 @@ def markdown_a(cfg, manifest, reports, pooled=None):
               "class has enough positives for a macro; the own text's rank among the "
               "vocabulary's texts, the best other text, the class-agnostic abnormality score "
               "and the AUROC within abnormal records beside it):", "",
-              "| split | class | name | group | positives | AUROC [95% CI] | AP | "
+              "| split | class | name | family | group | positives | AUROC [95% CI] | AP | "
               "own-text rank | best other text | abnormality score | within abnormal | "
-              "untrained encoders |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "untrained encoders | nearest trained texts (cosine) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(reports):
         for c in r["classes"]:
-            lines.append(f"| {i} | {c['code']} | {c['name']} | {c['group']} | "
-                         f"{_class_cells(c)} {_wrong_cells(c)} "
-                         f"{num(c.get('within_abnormal_auroc'))} | {_ctrl_range(c)} |")
-    lines.append("")
+            lines.append(f"| {i} | {c['code']} | {c['name']} | {c.get('family', '—')} | "
+                         f"{c['group']} | {_class_cells(c)} {_wrong_cells(c)} "
+                         f"{num(c.get('within_abnormal_auroc'))} | {_ctrl_range(c)} | "
+                         f"{_nearest_text(c)} |")
+    lines += ["", "By family (every unseen (split, class) instance in a macro):", "",
+              "| family | instances | mean AUROC | mean wrong-text null | own text p < 0.05 | "
+              "own text in the top 5 | mean within abnormal |", "|---|---|---|---|---|---|---|",
+              *[f"| {name} | {f['instances']} | {num(f['auroc'])} | {num(f['wrong_null'])} | "
+                f"{f['specific']} | {f['top5']} | {num(f['within_abnormal'])} |"
+                for name, f in by_family(reports).items()], ""]
     return "\n".join(lines)
+
+
+def _nearest_text(c):
+    near = c.get("nearest_trained") or []
+    return "; ".join(f"{n['text']} ({n['cosine']:.2f})" for n in near[:3]) or "—"
+
+
+def unseen_instances(reports):
+    """Every unseen class in a macro, per split: what the family and recipe tables pool."""
+    return [dict(c, split=i) for i, r in enumerate(reports) for c in r["classes"]
+            if c["group"] == "unseen" and c["in_macro"]]
+
+
+def by_family(reports):
+    """Per class family (``concepts.FAMILIES``): the unseen instances' mean AUROC, wrong-text
+    null mean and within-abnormal AUROC, and how many beat the null (p < 0.05) and rank their
+    own text in the top 5 of the vocabulary's texts."""
+    out = {}
+    for c in unseen_instances(reports):
+        out.setdefault(c.get("family", "morphology"), []).append(c)
+    def share(cs, holds):
+        return f"{sum(bool(c.get('wrong_text') and holds(c['wrong_text'])) for c in cs)} " \
+               f"of {len(cs)}"
+
+    return {name: {"instances": len(cs),
+                   "auroc": float(np.mean([c["auroc"] for c in cs])),
+                   "wrong_null": _mean_of(c["wrong_text"]["mean"] for c in cs
+                                          if c.get("wrong_text")),
+                   "specific": share(cs, lambda w: w["p"] < 0.05),
+                   "top5": share(cs, lambda w: w["rank"] <= 5),
+                   "within_abnormal": _mean_of(c.get("within_abnormal_auroc") for c in cs)}
+            for name, cs in sorted(out.items())}
+
+
+def _mean_of(values):
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
 
 
 def _mean(values):
@@ -449,9 +482,11 @@ def recipe_text(fc):
         "no augmentation"
     kinds = f"; trained kinds: {', '.join(fc.train_kinds)}" if fc.train_kinds else ""
     width = f" (width x{fc.width:g})" if fc.width != 1 else ""
+    targets = "; **measured findings trained as targets** (`--findings`)" if fc.findings \
+        else "; no measured findings"
     return (f"Encoder `{fc.arch}`{width}, loss `{fc.loss}`, {fc.epochs} epochs, batch "
             f"{fc.batch_size}, lr {fc.lr:g} with {fc.warmup:.0%} warm-up then cosine, {aug}"
-            f"{kinds}")
+            f"{kinds}{targets}")
 
 
 def _by_kind(manifest, report):

@@ -51,7 +51,17 @@ class Run:
     @property
     def text_rows(self):
         """(C, D) the text rows the run trained against, one per ``train_codes``."""
-        return np.asarray(self.ck["text_emb_train"])
+        return np.asarray(self.ck["text_emb_train"])[:len(self.train_codes)]
+
+    @property
+    def finding_codes(self):
+        """The measured-finding statements trained as targets (``fit --findings``), or []."""
+        return list(self.ck.get("finding_codes") or [])
+
+    @property
+    def finding_rows(self):
+        """(F, D) their text rows, one per ``finding_codes``."""
+        return np.asarray(self.ck["text_emb_train"])[len(self.train_codes):]
 
     @property
     def loss(self):

@@ -31,6 +31,16 @@ shard directory
     ==============  ===========  ==================  =========================================
 
     ``signal`` is chunked ``(CHUNK_RECORDS, 12, T)`` so a reader takes whole record blocks.
+
+    Optional, written by ``build`` (default) or ``ecgshard measure``:
+
+    ==============  ===========  ==================  =========================================
+    measurements    (N, K)       float32             ``ecgshard.measure.NAMES`` (attribute
+                                                     ``names``; ``version``), in their units,
+                                                     NaN where not measurable; the manifest's
+                                                     ``measurements`` says from what signal
+                                                     and counts each NaN's reason
+    ==============  ===========  ==================  =========================================
 text matrix (HDF5)
     ``emb`` (C, D) float32 L2-normalised rows, ``codes`` and ``texts`` (C,) str, and attributes
     naming the model, revision, pooling, templates and an input fingerprint.
@@ -93,6 +103,7 @@ SHARD_DTYPES = {
     LENGTH: np.int32,
 }
 STRING_KEYS = (RECORD_ID, PATIENT_ID, SOURCE)
+MEASUREMENTS = "measurements"           # optional; see the table above
 SHARD_KEYS = tuple(SHARD_DTYPES) + STRING_KEYS
 
 MANIFEST = "manifest.json"
@@ -265,6 +276,13 @@ def write_shard(path, arrays, attrs, compression=None):
                 chunks = (min(CHUNK_RECORDS, n),) + data.shape[1:] if key == SIGNAL else True
                 f.create_dataset(key, data=data, chunks=chunks if n else None, fletcher32=n > 0,
                                  compression=compression if key == SIGNAL else None)
+            if MEASUREMENTS in arrays:
+                data = np.asarray(arrays[MEASUREMENTS], dtype=np.float32)
+                if data.shape[0] != n or data.shape[1:] != (len(attrs["measurement_names"]),):
+                    raise SchemaError(f"{MEASUREMENTS} has shape {data.shape}, expected ({n}, "
+                                      f"{len(attrs['measurement_names'])})")
+                f.create_dataset(MEASUREMENTS, data=data, chunks=True if n else None,
+                                 fletcher32=n > 0)
             for key in STRING_KEYS:
                 # fixed-length UTF-8: variable-length strings take no filter, so no checksum
                 encoded = [str(s).encode() for s in arrays[key]]
@@ -333,7 +351,7 @@ def shard_entries(shard_dir, manifest):
 def _check_against_manifest(f, path, expected):
     found = Expected(expected.sha256, f[SIGNAL].shape[0],
                      tuple(sorted({int(x) for x in f[FOLD][...]})),
-                     tuple(_maybe_json(f.attrs.get("codes", "[]"))),
+                     tuple(attr_value(f.attrs.get("codes", "[]"))),
                      float(f.attrs.get("fs", "nan")), f[SIGNAL].shape[2])
     differs = [f"{k}: {getattr(found, k)!r} in the shard, {getattr(expected, k)!r} in the "
                f"manifest" for k in ("n_records", "folds", "codes", "fs", "n_samples")
@@ -441,6 +459,24 @@ def check_shard(f, path=""):
             raise SchemaError(f"{path}: {key} has {f[key].shape[0]} rows, signal has {n}")
 
 
+def read_measurements(f, names, path="", sel=slice(None)):
+    """The shard's measurements as ``{name: (N,) float32}`` for ``names``; a shard without
+    them, or of another measurement version, is refused with the way to add them."""
+    from . import measure
+
+    fix = f"add them with `ecgshard measure {Path(path).parent}`"
+    if MEASUREMENTS not in f:
+        raise SchemaError(f"{path}: no measurements in this shard; {fix}")
+    check_version(f.attrs.get("measurements_version"), measure.VERSION, "measurements", path,
+                  fix)
+    stored = json.loads(f.attrs["measurement_names"])
+    missing = [n for n in names if n not in stored]
+    if missing:
+        raise SchemaError(f"{path}: measurements lack {missing}; {fix}")
+    data = f[MEASUREMENTS][sel]
+    return {n: data[:, stored.index(n)] for n in names}
+
+
 def read_mentioned(f, sel=slice(None)):
     """The statements records carry at any likelihood (see ``MENTIONED``)."""
     return f[MENTIONED][sel]
@@ -520,6 +556,11 @@ class TextMatrix:
     texts: list
     names: list
     attrs: dict
+    # the measured-finding statements (ecgshard.findings), embedded alike; none in a matrix
+    # from before them
+    finding_codes: list = ()
+    finding_texts: list = ()
+    finding_emb: np.ndarray | None = None
 
     @property
     def sha256(self):
@@ -536,25 +577,45 @@ class TextMatrix:
                               f"with a vocabulary that covers them")
         return np.asarray([index[c] for c in codes], dtype=np.int64)
 
+    def finding_rows(self, codes):
+        """(len(codes), D) rows of measured-finding statements; a matrix without them (or
+        without one of ``codes``) is refused with the way to make them."""
+        index = {c: i for i, c in enumerate(self.finding_codes)}
+        missing = [c for c in codes if c not in index]
+        if missing:
+            raise SchemaError(f"the text matrix ({self.attrs.get('model_id')}) has no "
+                              f"measured-finding statements {missing[:5]}; rerun `ecgshard "
+                              f"embed-text` (this ecgshard embeds them beside the classes)")
+        return self.finding_emb[[index[c] for c in codes]]
 
-def text_content_sha256(emb, codes, texts):
+
+def text_content_sha256(emb, codes, texts, findings=None):
     h = hashlib.sha256(np.ascontiguousarray(emb, dtype=np.float32).tobytes())
     h.update(json.dumps([list(codes), list(texts)]).encode())
+    if findings is not None:
+        f_codes, f_texts, f_emb = findings
+        h.update(np.ascontiguousarray(f_emb, dtype=np.float32).tobytes())
+        h.update(json.dumps([list(f_codes), list(f_texts)]).encode())
     return h.hexdigest()
 
 
-def write_text_matrix(path, emb, codes, texts, names, attrs):
+def write_text_matrix(path, emb, codes, texts, names, attrs, findings=None):
+    """``findings``: (codes, statements, (F, D) rows) of the measured-finding vocabulary."""
     import h5py
 
     emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(codes) or len(codes) != len(texts):
         raise SchemaError(f"text matrix shape {emb.shape} does not fit {len(codes)} codes")
     attrs = dict(attrs, schema_version=TEXT_SCHEMA_VERSION,
-                 content_sha256=text_content_sha256(emb, codes, texts))
+                 content_sha256=text_content_sha256(emb, codes, texts, findings))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("emb", data=emb)
-            for key, values in (("codes", codes), ("texts", texts), ("names", names)):
+            strings = [("codes", codes), ("texts", texts), ("names", names)]
+            if findings is not None:
+                f.create_dataset("finding_emb", data=np.asarray(findings[2], np.float32))
+                strings += [("finding_codes", findings[0]), ("finding_texts", findings[1])]
+            for key, values in strings:
                 f.create_dataset(key, data=np.asarray(list(values), dtype=object),
                                  dtype=h5py.string_dtype())
             for key, value in attrs.items():
@@ -575,17 +636,23 @@ def read_text_matrix(path):
         if "emb" not in f:
             raise SchemaError(f"{path} is an HDF5 file but no text matrix (no 'emb'); create "
                               f"it with `ecgshard embed-text`")
-        attrs = {k: _maybe_json(v) for k, v in f.attrs.items()}
+        attrs = {k: attr_value(v) for k, v in f.attrs.items()}
         check_version(attrs.get("schema_version"), TEXT_SCHEMA_VERSION, "text matrix", path,
                       "rerun `ecgshard embed-text --force`")
         emb = f["emb"][...]
         codes, texts, names = (list(read_strings(f[k])) for k in ("codes", "texts", "names"))
-    if text_content_sha256(emb, codes, texts) != attrs["content_sha256"]:
+        findings = (list(read_strings(f["finding_codes"])),
+                    list(read_strings(f["finding_texts"])), f["finding_emb"][...]) \
+            if "finding_emb" in f else None
+    if text_content_sha256(emb, codes, texts, findings) != attrs["content_sha256"]:
         raise SchemaError(f"{path}: content hash does not match; the file is damaged")
-    return TextMatrix(emb=emb, codes=codes, texts=texts, names=names, attrs=attrs)
+    return TextMatrix(emb=emb, codes=codes, texts=texts, names=names, attrs=attrs,
+                      **({} if findings is None else dict(
+                          finding_codes=findings[0], finding_texts=findings[1],
+                          finding_emb=findings[2])))
 
 
-def _maybe_json(value):
+def attr_value(value):
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, str) and value[:1] in "[{":
@@ -650,6 +717,8 @@ class RunInfo:
     text_sha256: str
     text_model: str | None
     class_texts_sha256: str | None = None   # RUN_CLASS_TEXTS (runs before it: None)
+    finding_codes: list = ()            # measured-finding statements trained as targets
+    finding_positives: dict | None = None   # their training positives
 
 
 def write_run_info(run_dir, info):

@@ -342,6 +342,22 @@ MIMIC_STATEMENTS = {
 MIMIC_LEADS = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
+def _cart_measurements(codes, rng):
+    """A machine_measurements.csv row's interval columns (ms from the record start) and axes,
+    drawn as the codes plant rate, PR and QRS (not the record's own draw: its own generator,
+    so the records stay as they were); 29999 where the cart measured nothing."""
+    b = _morphology(codes, rng)
+    p_onset = int(rng.integers(30, 60))
+    qrs_onset = p_onset + int(1000 * b.pr)
+    qrs_end = qrs_onset + int(1000 * b.qrs)
+    row = {"rr_interval": int(1000 * b.rr), "p_onset": p_onset, "p_end": p_onset + 100,
+           "qrs_onset": qrs_onset, "qrs_end": qrs_end, "t_end": qrs_end + 280,
+           "p_axis": 55, "qrs_axis": -50 if "LAFB" in codes else 40, "t_axis": 45}
+    if "AFIB" in codes:
+        row.update(p_onset=29999, p_end=29999, p_axis=29999)
+    return row
+
+
 def write_mimic_iv_ecg(root, n_records=200, seed=3):
     """A MIMIC-IV-ECG-shaped tree of synthetic records with the layout's quirks: leads in the
     carts' order (aVF before aVL), banner statements, statements continued in the next field
@@ -383,7 +399,7 @@ def write_mimic_iv_ecg(root, n_records=200, seed=3):
                             "ecg_time": "2180-07-23 08:44:00",
                             **{f"report_{i}": fields[i] if i < len(fields) else None
                                for i in range(18)},
-                            "rr_interval": int(rng.integers(600, 1100))})
+                            **_cart_measurements(scp, np.random.default_rng([seed, k]))})
         written.append({"subject_id": subject, "study_id": study, "scp": scp, "fields": fields,
                         "flat_lead": k % 37 == 5, "has_report": k != 3})
     root.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import concepts, labels
+from . import concepts, findings, labels
 from . import shards
 from .config import TextConfig
 from .device import resolve_device
@@ -65,9 +65,11 @@ def run(cfg: TextConfig):
     load = {"model": model, "pooling": pooling,
             "class_texts": str(Path(cfg.class_texts).resolve()) if cfg.class_texts else None,
             "class_texts_sha256": hashlib.sha256(table_bytes).hexdigest()}
+    finding_codes, statements = findings.texts()
     inputs = {"model": model, "model_files": _local_model_stamp(model), "pooling": pooling,
               "templates": list(cfg.templates), "texts": cfg.texts, "load": load,
-              "classes": [[c["code"], t] for c, t in zip(classes, texts)]}
+              "classes": [[c["code"], t] for c, t in zip(classes, texts)],
+              "findings": [findings.VERSION, finding_codes, statements]}
     fp = shards.fingerprint(inputs)
     out = Path(cfg.out)
     if out.exists() and not cfg.force:
@@ -79,6 +81,9 @@ def run(cfg: TextConfig):
             log.warning("recomputing %s: %s", out, exc)
     encoder = load_encoder(model, pooling, resolve_device(cfg.device), cfg.batch_size)
     matrix = embed_classes(encoder, texts)
+    # the finding statements under the classes' templates, so both sides read alike
+    finding_rows = embed_classes(encoder, [[t.format(name=s) for t in cfg.templates]
+                                           for s in statements])
     shards.write_text_matrix(out, matrix, [c["code"] for c in classes],
                              [" | ".join(group) for group in texts],
                              [c["name"] for c in classes], {
@@ -87,7 +92,9 @@ def run(cfg: TextConfig):
                                  "templates": list(cfg.templates), "text_mode": cfg.texts,
                                  "load": load, "input_fingerprint": fp,
                                  "text_sha256": [hashlib.sha256(" | ".join(g).encode())
-                                                 .hexdigest() for g in texts]})
+                                                 .hexdigest() for g in texts],
+                                 "findings_version": findings.VERSION},
+                             findings=(finding_codes, statements, finding_rows))
     log.info("wrote %s: %d classes x %d dims (%s, %s pooling)", out, *matrix.shape,
              encoder.model_id, encoder.pooling)
     return out

@@ -36,6 +36,7 @@ from .device import resolve_device
 from .config import ZeroShotConfig, fixed_threshold
 from .errors import ECGShardError
 from .run import Run
+from .scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def _run(cfg):
     text_rows = text.emb[text.rows(targets)]
     in_text = set(text.codes)
     vocab = [c for c in shards.class_codes(manifest) if c in in_text]   # the texts to score with
-    score = Scorer(cfg.scoring, trained.text_rows, text.emb[text.rows(vocab)])
+    score = Scorer(Scorer.resolve(cfg.scoring, trained), trained.text_rows,
+                   text.emb[text.rows(vocab)], trained.finding_rows)
     emb = encoder.encode(data["signal"], data["length"], device=device)
     scores = score(emb, text_rows)                               # (N, C)
     threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows, score)
@@ -83,6 +85,12 @@ def _run(cfg):
                                                                      trained.train_codes),
                                             dict(zip(text.codes, text.names)), threshold, cfg,
                                             data["patient"], controls, against)
+    nearest = nearest_trained(text_rows, trained, dict(zip(text.codes, text.names))
+                              | dict(zip(text.finding_codes, text.finding_texts)))
+    graph = concepts.load()
+    for row, near in zip(classes, nearest):
+        row["family"] = concepts.family(row["code"], graph)
+        row["nearest_trained"] = near
     report.update(classes=classes, groups=groups,
                   not_evaluable=[c["code"] for c in classes if c["auroc"] is None],
                   per_source=_per_source(scores, data["labels"], data["source"], classes,
@@ -91,6 +99,23 @@ def _run(cfg):
                                          score))
     _write(cfg, report, emb, scores, data, targets, replicates)
     return report
+
+
+NEAREST = 5
+
+
+def nearest_trained(rows, trained, names):
+    """Per target text row, the ``NEAREST`` trained texts closest to it in the frozen text
+    space — training classes and trained measured-finding statements (``names``: code ->
+    name or statement, as the text matrix writes them) — with their cosine: what an unseen
+    class is scored through."""
+    codes = list(trained.train_codes) + trained.finding_codes
+    trained_rows = np.concatenate([trained.text_rows, trained.finding_rows]) \
+        if trained.finding_codes else trained.text_rows
+    texts = [names.get(c, c) for c in codes]
+    cos = rows @ trained_rows.T
+    return [[{"code": codes[j], "text": texts[j], "cosine": round(float(row[j]), 4)}
+             for j in np.argsort(-row)[:NEAREST]] for row in cos]
 
 
 def _evaluated_folds(cfg, trained, manifest):
@@ -159,7 +184,7 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
         "train_classes": trained.train_codes, "holdout": trained.holdout,
         "holdout_requested": trained.info.holdout_requested,
         "strict_zero_shot": trained.info.strict_zero_shot,
-        "scoring": cfg.scoring, "threshold_rule": rule, "bootstrap": cfg.bootstrap,
+        "scoring": Scorer.resolve(cfg.scoring, trained), "threshold_rule": rule, "bootstrap": cfg.bootstrap,
         "bootstrap_unit": "patient",
         "min_positives_for_macro": cfg.min_positives,
         "control_seeds": cfg.control_seeds if cfg.control else 0,
@@ -216,37 +241,6 @@ def _write_set(out, cfg, report, emb, scores, data, targets, replicates):
 
 
 REPLICATES = "replicates.npz"
-
-
-class Scorer:
-    """How an embedding scores against class texts, the same for the own texts, the wrong
-    texts, the untrained controls, the trained classes and the validation thresholds:
-
-    - ``cosine``: ``emb @ row``, as trained;
-    - ``centered``: cosine to each text row minus the mean of the run's training-class rows,
-      renormalised: the direction every class text shares ("something is abnormal") is taken
-      out of the text side (from the run alone, no evaluated labels);
-    - ``record-z``: each record's cosines standardised across every text of the set's
-      vocabulary, so a record near every abnormal text does not score high on all of them.
-    """
-
-    def __init__(self, mode, train_rows, candidate_rows):
-        self.mode = mode
-        self.center = np.asarray(train_rows, dtype=np.float32).mean(0)
-        self.candidates = np.asarray(candidate_rows, dtype=np.float32)
-
-    def rows(self, rows):
-        if self.mode != "centered":
-            return rows
-        shifted = rows - self.center
-        return shifted / np.linalg.norm(shifted, axis=1, keepdims=True).clip(min=1e-12)
-
-    def __call__(self, emb, rows):
-        cos = emb @ self.rows(np.asarray(rows, dtype=np.float32)).T
-        if self.mode != "record-z":
-            return cos
-        every = emb @ self.candidates.T
-        return (cos - every.mean(1, keepdims=True)) / every.std(1, keepdims=True).clip(min=1e-6)
 
 
 def _specificity_inputs(emb, text, vocab, data, score):

@@ -82,3 +82,19 @@ def test_an_experiment_is_made_of_the_stage_configs():
     stage_fields = {f.name for cls in (C.FitConfig, C.TextConfig, C.ZeroShotConfig)
                     for f in dataclasses.fields(cls)}
     assert {f.name for f in dataclasses.fields(C.ExperimentConfig)} & stage_fields == {"text"}
+
+
+def test_the_command_line_loads_no_heavy_library_before_a_command_runs():
+    """`ecgshard --help` must not pay for torch, scikit-learn, numba or scipy (seconds of
+    import); each command imports what it needs (a command whose choices are a registry of
+    torch modules, fit's --arch, imports torch to list them)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "sklearn", "numba", "scipy", "h5py", "neurokit2", "matplotlib", "pandas")
+    out = subprocess.run([sys.executable, "-c", "import sys, ecgshard.cli; from click.testing "
+                          "import CliRunner; r = CliRunner().invoke(ecgshard.cli.main, "
+                          "['--help']); assert r.exit_code == 0, r.output; print("
+                          f"[m for m in {heavy!r} if m in sys.modules])"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

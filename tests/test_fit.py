@@ -94,7 +94,7 @@ def test_resume_continues_to_the_same_state(demo_data, demo_text, tmp_path):
     m = shards.read_text_matrix(demo_text)
     attrs = {k: v for k, v in m.attrs.items() if k not in ("schema_version", "content_sha256")}
     shards.write_text_matrix(tmp_path / "other.h5", m.emb, m.codes, [t + "." for t in m.texts],
-                             m.names, attrs)
+                             m.names, attrs, (m.finding_codes, m.finding_texts, m.finding_emb))
     with pytest.raises(ECGShardError, match="another text matrix"):
         fit.run(fit.FitConfig(out=str(tmp_path / "cut"), resume=True,
                               **{**common, "text": str(tmp_path / "other.h5")}))

@@ -1,6 +1,8 @@
 """MIMIC-IV-ECG: machine statements as classes, folds by subject, the layout's quirks."""
 import h5py
 import numpy as np
+import pandas as pd
+import pytest
 import wfdb
 
 from ecgshard import build, readers, shards, synth
@@ -76,3 +78,39 @@ def test_a_study_with_two_statement_rows_is_a_named_skip_and_an_empty_table_an_e
     table.write_text("")
     with pytest.raises(ECGShardError, match="machine_measurements.csv cannot be read as a CSV"):
         build.run(cfg)
+
+
+def test_the_carts_measurements_replace_the_measured_ones(tmp_path):
+    synth.write_mimic_iv_ecg(tmp_path / "raw", n_records=40, seed=3)
+    table = pd.read_csv(tmp_path / "raw" / "machine_measurements.csv")
+    manifest = build.run(build.BuildConfig(source_dir=str(tmp_path / "raw"),
+                                           out_dir=str(tmp_path / "s"), format="mimic-iv-ecg",
+                                           fs=500, workers=1, min_count=1))
+    assert "machine_measurements.csv" in manifest["measurements"]["source"]
+    by_study = {str(r.study_id): r for r in table.itertuples()}
+    for path in shards.shard_paths(tmp_path / "s", manifest):
+        with h5py.File(path) as f:
+            m = shards.read_measurements(f, ["heart_rate", "pr", "qrs", "qrs_axis", "qt"])
+            ids = shards.read_strings(f[shards.RECORD_ID])
+        for i, study in enumerate(ids):
+            row = by_study[study]
+            assert m["heart_rate"][i] == pytest.approx(60000 / row.rr_interval, rel=1e-5)
+            assert m["qrs"][i] == pytest.approx(row.qrs_end - row.qrs_onset)
+            assert m["qt"][i] == pytest.approx(row.t_end - row.qrs_onset)
+            assert m["qrs_axis"][i] == pytest.approx(row.qrs_axis)
+            if row.p_onset == 29999:                # "not measured": ecgshard's own, or NaN
+                assert np.isnan(m["pr"][i]) or 0 < m["pr"][i] < 400
+            else:
+                assert m["pr"][i] == pytest.approx(row.qrs_onset - row.p_onset)
+
+
+def test_machine_measurements_take_only_plausible_values():
+    from ecgshard.databases.mimic import machine_measurements
+
+    got = machine_measurements({"rr_interval": 800, "p_onset": 29999, "qrs_onset": 200,
+                                "qrs_end": 290, "t_end": 600, "qrs_axis": 350})
+    assert got["heart_rate"] == pytest.approx(75) and "pr" not in got
+    assert got["qrs"] == 90 and got["qt"] == 400
+    assert got["qtc"] == pytest.approx(400 / 0.8 ** 0.5)
+    assert got["qrs_axis"] == pytest.approx(-10)
+    assert machine_measurements({"rr_interval": "", "qrs_axis": 29999}) == {}

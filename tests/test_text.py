@@ -187,3 +187,23 @@ def test_text_sim_lists_confusable_pairs(tiny_bert, vocab_file, tmp_path):
                                    model=str(tiny_bert)))
     lines = text.text_sim_lines(out, top=2)
     assert len(lines) == 3 and "~" in lines[1]
+
+
+def test_embed_text_prints_no_third_party_chatter_unless_verbose(tmp_path):
+    """sentence-transformers' load reports ("Loading weights 103/103", INFO lines) stay out of
+    a user's terminal and logs; -v lets them through."""
+    import subprocess
+    import sys
+
+    vocab = tmp_path / "vocab.csv"
+    vocab.write_text("code,name\nAFIB,atrial fibrillation\nSBRAD,sinus bradycardia\n")
+    cmd = [sys.executable, "-m", "ecgshard", "embed-text", "--vocab", str(vocab), "--model",
+           "minilm-offline", "--device", "cpu", "--out"]
+    quiet = subprocess.run(cmd + [str(tmp_path / "a.h5")], capture_output=True, text=True,
+                           check=True)
+    said = quiet.stdout + quiet.stderr
+    assert "text matrix" in said and "Loading weights" not in said
+    assert "sentence_transformers" not in said
+    loud = subprocess.run(cmd[:3] + ["-v"] + cmd[3:] + [str(tmp_path / "b.h5")],
+                          capture_output=True, text=True, check=True)
+    assert "sentence_transformers" in loud.stdout + loud.stderr

@@ -40,6 +40,17 @@ def test_predict_on_raw_records_equals_zeroshot_on_their_shards(demo_data, demo_
                                        classes=tuple(names), out=str(out), device="cpu"))
     got = np.asarray([[r[f"cos:{n}"] for n in names] for r in result["rows"]])
     np.testing.assert_allclose(got, expected, atol=2e-5)
+    # the score column is zeroshot's: the demo run trained measured findings, so each text is
+    # also read through the trained statements (scoring auto)
+    from ecgshard.run import Run
+    from ecgshard.scoring import Scorer
+
+    trained = Run.load(demo_run)
+    assert trained.finding_codes and Scorer.resolve("auto", trained) == "findings"
+    through = Scorer("findings", trained.text_rows, trained.text_rows, trained.finding_rows)
+    np.testing.assert_allclose([[r[f"score:{n}"] for n in names] for r in result["rows"]],
+                               through(emb[:6], text.emb[rows]), atol=2e-5)
+    assert not np.allclose([[r[f"score:{n}"] for n in names] for r in result["rows"]], got)
     status = dict(zip(result["classes"], result["status"]))
     assert status[names[0]] == "unseen" and status[names[1]] == "seen"   # LVOLT held out
     with open(out) as f:
@@ -143,7 +154,7 @@ def test_a_run_whose_text_matrix_lacks_its_recipe_is_refused(demo_run, demo_text
     attrs = {k: v for k, v in old.attrs.items()
              if k not in ("load", "schema_version", "content_sha256")}
     shards.write_text_matrix(tmp_path / "old.h5", old.emb, old.codes, old.texts, old.names,
-                             attrs)
+                             attrs, (old.finding_codes, old.finding_texts, old.finding_emb))
     info = shards.read_run_info(run)
     (run / shards.RUN_TEXT).unlink()                # a run from before runs kept a copy
     shards.write_run_info(run, dataclasses.replace(info, text=str(tmp_path / "old.h5")))

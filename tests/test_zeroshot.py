@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from ecgshard import zeroshot
+from ecgshard.config import fold_ranges
 from ecgshard.cli import main
 from ecgshard.errors import ECGShardError
 
@@ -195,8 +196,8 @@ def test_val_z_threshold_gives_each_class_its_own_scale(demo_data, demo_run, dem
 def test_report_table_folds_compact():
     from ecgshard import report
 
-    assert report.fold_ranges([1, 2, 3, 5, 7, 8]) == "1-3,5,7-8"
-    assert report.fold_ranges([10]) == "10"
+    assert fold_ranges([1, 2, 3, 5, 7, 8]) == "1-3,5,7-8"
+    assert fold_ranges([10]) == "10"
     assert report.num(0.12345) == "0.123" and report.num(None) == "n/a"
     assert report.num(float("nan"), missing="-") == "-" and report.num(7) == "7"
 
@@ -404,3 +405,32 @@ def test_scorers_remove_the_shared_direction_and_the_record_offset():
     z = Scorer("record-z", train, rows)
     np.testing.assert_allclose(z(emb, rows).mean(1), 0, atol=1e-5)   # rows are the candidates
     assert np.all(np.argsort(z(emb, rows), 1) == np.argsort(cosine, 1))  # a record's order kept
+
+
+def test_scoring_through_findings_reads_a_class_text_in_the_trained_statements():
+    """A class whose text is nearest one trained finding statement is scored also through
+    that statement's row: records the encoder placed on the statement score high even where
+    the class text itself points elsewhere; a run without findings is refused."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from ecgshard.zeroshot import Scorer
+
+    rng = np.random.default_rng(1)
+    d = 16
+    basis = np.eye(d)
+    findings = basis[[1, 2, 3]]                      # three trained statements
+    text = 0.6 * basis[1] + 0.8 * basis[5]           # nearest statement 1, mostly elsewhere
+    rows = text[None, :] / np.linalg.norm(text)
+    has = rng.random(300) < 0.5
+    emb = rng.normal(0, 0.3, (300, d)) + np.outer(has, basis[1])     # positives on statement 1
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    train = basis[[7, 8]]
+    plain = roc_auc_score(has, Scorer("cosine", train, rows)(emb, rows)[:, 0])
+    through = Scorer("findings", train, rows, findings)
+    read = through.rows(rows)[0]
+    assert np.isclose(np.linalg.norm(read), 1) and read[1] > rows[0, 1]
+    assert read[2] == pytest.approx(read[3]) and read[2] < 0.05      # far statements weigh ~0
+    assert roc_auc_score(has, through(emb, rows)[:, 0]) > plain
+    with pytest.raises(ECGShardError, match="--findings"):
+        Scorer("findings", train, rows, np.zeros((0, d)))

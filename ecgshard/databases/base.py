@@ -28,6 +28,9 @@ class Item:
     sex: int
     codes: dict = field(default_factory=dict)     # code -> likelihood (100 where none given)
     index: int = -1           # row in a multi-record HDF5 file (CODE-15)
+    # measurements the source ships (ecgshard.measure names -> value; MIMIC-IV-ECG's machine
+    # measurements): build stores them in place of its own, as the manifest records
+    measured: dict = field(default_factory=dict)
 
 
 class Database:
@@ -39,6 +42,7 @@ class Database:
     download_url = None       # file tree with "{version}", for `ecgshard download`
     download_version = None
     synthetic = None          # what `ecgshard synth -n` counts, where a demo layout exists
+    shipped_measurements = None   # where the source's own measurements come from, in words
     registry = {}
 
     def __init_subclass__(cls, **kwargs):

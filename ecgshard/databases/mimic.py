@@ -23,6 +23,9 @@ from .. import synth
 from .base import Database, Item, find, id_text, orphan, read_csv, skip
 
 REPORT_FIELDS = tuple(f"report_{i}" for i in range(18))
+# machine_measurements.csv's interval columns: milliseconds from the record's start; a value
+# outside the record (the carts write 29999 for "not measured") is no measurement
+TIMES = ("rr_interval", "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end")
 
 
 def normalise_statement(text):
@@ -30,6 +33,35 @@ def normalise_statement(text):
     t = str(text).strip().strip("-").strip()
     t = re.sub(r"\s+", " ", t.lower())
     return re.sub(r"[\s.,;:]+$", "", t)
+
+
+def machine_measurements(row):
+    """The cart's measurements of one machine_measurements.csv row under ecgshard.measure's
+    names (heart rate, PR, QRS, QT, QTc by Bazett, QRS axis); what the row lacks is absent."""
+    def ms(name, lo=0, hi=10000):
+        v = row.get(name)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return None
+        return v if lo <= v <= hi else None
+
+    rr, p_on, q_on = ms("rr_interval", 200, 3000), ms("p_onset"), ms("qrs_onset")
+    q_end, t_end, axis = ms("qrs_end"), ms("t_end"), ms("qrs_axis", -180, 360)
+    out = {}
+    if rr:
+        out["heart_rate"] = 60000.0 / rr
+    if p_on is not None and q_on is not None and q_on > p_on:
+        out["pr"] = q_on - p_on
+    if q_on is not None and q_end is not None and q_end > q_on:
+        out["qrs"] = q_end - q_on
+    if q_on is not None and t_end is not None and t_end > q_on:
+        out["qt"] = t_end - q_on
+        if rr:
+            out["qtc"] = out["qt"] / (rr / 1000.0) ** 0.5
+    if axis is not None:
+        out["qrs_axis"] = (axis + 180.0) % 360.0 - 180.0
+    return out
 
 
 def report_statements(fields):
@@ -53,6 +85,9 @@ class MIMICIVECG(Database):
     title = "MIMIC-IV-ECG"
     fold_rule = "1 + sha256(subject_id) mod 10 (patient-wise)"
     synthetic = "records"
+    shipped_measurements = ("machine_measurements.csv (rr_interval, p_onset, qrs_onset, qrs_end, "
+                            "t_end, qrs_axis) for heart_rate, pr, qrs, qt, qtc and qrs_axis "
+                            "where the row has them; ecgshard.measure for the rest")
 
     def label_rule(self, cfg):
         return (f"the normalised machine statements of report_0..report_17 (case, punctuation, "
@@ -73,11 +108,12 @@ class MIMICIVECG(Database):
             if missing:
                 raise ECGShardError(f"{source / name} lacks the columns {missing}")
         fields = [c for c in REPORT_FIELDS if c in reports.columns]
-        statements, twice = {}, set()
+        statements, measured, twice = {}, {}, set()
         for _, row in reports.iterrows():
             study = id_text(row["study_id"])
             twice.update([study] if study in statements else [])
             statements[study] = report_statements(row[f] for f in fields)
+            measured[study] = machine_measurements(row)
         items, skipped, listed = [], [], set()
         for _, row in records.iterrows():
             study, subject = id_text(row["study_id"]), id_text(row["subject_id"])
@@ -100,6 +136,7 @@ class MIMICIVECG(Database):
                                     f"record_list.csv does not exist"))
             else:
                 it.codes = {s: 100.0 for s in statements[study]}
+                it.measured = measured[study]
                 items.append(it)
         for hea in find(source / "files", ".hea"):
             if hea.resolve() not in listed:
