@@ -370,7 +370,9 @@ def _measurements_entry(results, source):
             "source": source, "not_measurable": counts}
 
 
-def summary_lines(manifest):
+def summary_lines(manifest, every_class=False):
+    """The manifest in a few lines: counts, skips, folds, sources and the classes (the 15
+    most frequent, or ``every_class``)."""
     lines = [f"{manifest['n_records']} records in {len(manifest['shards'])} shards "
              f"({manifest['format']}, {manifest['fs']} Hz x {manifest['n_samples']} samples), "
              f"{manifest['n_skipped']} skipped"]
@@ -381,7 +383,7 @@ def summary_lines(manifest):
     present = [c for c in manifest["classes"] if c["count"]]
     lines.append(f"  classes: {len(present)} with records (of {len(manifest['classes'])} in the "
                  f"vocabulary)")
-    for c in sorted(present, key=lambda c: -c["count"])[:15]:
+    for c in sorted(present, key=lambda c: -c["count"])[:None if every_class else 15]:
         lines.append(f"    {c['code']:>14}  {c['count']:6d}  {c['name']}")
     if manifest.get("kept_with_notes"):
         lines.append(f"  kept with notes: {len(manifest['kept_with_notes'])} "
@@ -392,10 +394,11 @@ def summary_lines(manifest):
 
 
 def inspect(shard_dir, verify=False):
-    """``ecgshard inspect``: the manifest summary, one line each; with ``verify`` every shard's
-    bytes are hashed against the manifest (a mismatch raises, naming the shard)."""
+    """``ecgshard inspect``: the manifest summary with every class, and the measurements; with
+    ``verify`` every shard's bytes are hashed against the manifest (a mismatch raises, naming
+    the shard)."""
     manifest = shards.load_manifest(shard_dir)
-    lines = summary_lines(manifest)
+    lines = summary_lines(manifest, every_class=True)
     if verify:
         for path, expected in shards.shard_entries(shard_dir, manifest).items():
             shards.verify_shard(path, expected.sha256, full=True)

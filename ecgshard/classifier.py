@@ -118,17 +118,11 @@ class ZeroShotClassifier:
 
     # ------------------------------------------------------------ scores
 
-    def cosines(self, emb, classes):
-        """(N, C) cosines of embeddings to class texts (what ``probabilities`` reads)."""
-        return emb @ self.encode_text(classes).T
-
-    def scores(self, emb, classes, scoring="auto"):
-        """(N, C) scores of embeddings against class texts by the rule ``zeroshot`` reports
-        with (``scoring.Scorer``; ``auto``: through the run's trained finding statements where
-        it has them, else the cosine)."""
+    def scores(self, emb, classes, scoring="cosine"):
+        """(N, C) scores of embeddings against class texts: cosines (what ``probabilities``
+        reads), or another rule of ``zeroshot --scoring`` (``scoring.Scorer``)."""
         rows = self.encode_text(classes)
-        mode = Scorer.resolve(scoring, self.run)
-        return Scorer(mode, self.run.text_rows, self.run.text_rows, self.run.finding_rows)(
+        return Scorer(scoring, self.run.text_rows, self.run.text_rows, self.run.finding_rows)(
             emb, rows)
 
     def probabilities(self, cosines):
@@ -161,8 +155,7 @@ class ZeroShotClassifier:
         return out
 
     def predict(self, signals, fs, classes, leads=shards.LEADS, keep_leads=None):
-        """A pandas DataFrame of scores (``scores``): one row per record, one column per
-        class."""
+        """A pandas DataFrame of cosine scores: one row per record, one column per class."""
         import pandas as pd
 
         classes = _names(classes, "classes")

@@ -61,6 +61,10 @@ def _opt(cls, name, *decls, **kw):
     return click.option(*(decls or (f"--{name.replace('_', '-')}",)), default=default, **kw)
 
 
+DEVICE_HELP = ("auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps; chosen at run "
+               "time, one code path")
+
+
 def _folds(text):
     """'1-8' or '1,2,3' -> (1, ..., 8)."""
     out = []
@@ -86,6 +90,8 @@ def main(verbose, quiet):
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("numba").setLevel(logging.WARNING)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"        # progress bars off, as the INFO lines are
     if not verbose:
         # the text encoders' libraries report every load ("Loading weights 103/103", INFO
         # lines) even into files: their warnings stay, the rest only with -v
@@ -203,7 +209,7 @@ def _text_options(command):
 @_text_options
 @_opt(T, "class_texts", help="JSON of class synonyms and findings (or {code: description}) "
       "instead of the package's ecgshard/data/class_texts.json.")
-@_opt(T, "device")
+@_opt(T, "device", help=DEVICE_HELP)
 @_opt(T, "batch_size")
 @click.option("--force", is_flag=True, help="Recompute even when the cache is up to date.")
 def embed_text(vocab, out, templates, **options):
@@ -267,7 +273,7 @@ def _fit_options(command):
                  "statements (rate, rhythm, intervals, axis, voltage; docs/findings.md) as "
                  "extra targets beside the classes; needs shards with measurements "
                  "(`ecgshard measure` adds them)."),
-            _opt(F, "device"), _opt(F, "seed"))):
+            _opt(F, "device", help=DEVICE_HELP), _opt(F, "seed"))):
         command = decorator(command)
     return command
 
@@ -279,7 +285,9 @@ def _fit_options(command):
               "system; a held-out concept is held out in every set).")
 @_opt(F, "shard_weights", "--shard-weight", "shard_weights", multiple=True, type=float,
       help="Each --shards set's share of an epoch, in the same order (default: by size).")
-@click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The text matrix `ecgshard embed-text` wrote (its rows are the fixed targets; "
+              "the run keeps a copy).")
 @click.option("--out", required=True, help="Run directory.")
 @_opt(F, "holdout", help="Comma-separated codes to hold out, or 'default' (the package's "
       "PTB-XL holdout).")
@@ -294,8 +302,10 @@ def _fit_options(command):
 @_opt(F, "amp", "--amp/--no-amp", help="bf16 autocast on CUDA.")
 @_opt(F, "data")
 @_opt(F, "workers", help="Loader processes (stream).")
-@click.option("--resume", is_flag=True)
-@_opt(F, "max_steps", type=int)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last "
+              "checkpoint (same shards, text matrix and settings; more --epochs extend it).")
+@_opt(F, "max_steps", type=int, help="Stop after this many optimiser steps (smoke runs, "
+      "benchmarks); the schedule is still that of --epochs.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoder.")
 @click.option("--learn-class-embeddings", is_flag=True,
               help="Supervised reference: class vectors train too (not zero-shot).")
@@ -332,28 +342,32 @@ def _zeroshot_options(*macro_flags):
                      help="Positives a class needs to enter a macro figure (fewer: listed)."),
                 _opt(Z, "threshold", help="val-seen, val-z (per-class scale from validation "
                      "inputs), youden (optimistic, labelled) or fixed:X."),
-                _opt(Z, "scoring", help="auto (findings for a run trained with measured "
-                     "findings, else cosine), cosine (as trained), centered (the text rows' "
-                     "shared direction removed), record-z (each record's scores standardised "
-                     "across the vocabulary's texts) or findings (each text plus its reading "
-                     "in the run's trained finding statements); the controls are scored the "
-                     "same way."))):
+                _opt(Z, "scoring", help="cosine (as trained), centered (the text rows' shared "
+                     "direction removed), record-z (each record's scores standardised across "
+                     "the vocabulary's texts) or findings (each text plus its reading in the "
+                     "run's trained finding statements; a run trained with --findings); the "
+                     "controls are scored the same way."))):
             command = decorator(command)
         return command
     return add
 
 
 @main.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A run directory `ecgshard fit` wrote.")
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The shard set to score: the run's own (its test folds, held-out classes) "
+              "or another dataset (every fold and class with a text).")
+@click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A text matrix from the same text model and texts as the run's, covering "
+              "the classes to score (the run's own matrix covers its vocabulary).")
 @click.option("--out", required=True, help="Report directory.")
 @_opt(Z, "classes", help="heldout, all, or comma-separated codes.")
 @click.option("--folds", default=None, help="Default: the run's test folds (same shard set) "
               "or every fold (another dataset).")
 @_zeroshot_options("--min-positives", "--min-macro-positives")
 @_opt(Z, "checkpoint")
-@_opt(Z, "device")
+@_opt(Z, "device", help=DEVICE_HELP)
 @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5.")
 @_opt(Z, "control", "--control/--no-control", help="The random-encoder distribution.")
 @click.option("--allow-signal-mismatch", is_flag=True,
@@ -391,7 +405,7 @@ P = C.PredictConfig
 @_opt(P, "fs", type=float, help="Sampling rate of .npy/.npz records without one.")
 @_opt(P, "leads", help="Score with only these leads present (the others zeroed).")
 @_opt(P, "checkpoint")
-@_opt(P, "device")
+@_opt(P, "device", help=DEVICE_HELP)
 @_opt(P, "flat_leads", help="A record with a flat lead: a named skip, or scored.")
 def predict(inputs, classes, leads, **options):
     """Score raw ECG records (WFDB, .npy, .npz; files or directories) against class texts."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from tqdm.auto import tqdm
 
 
 def evaluable(labels):
@@ -153,7 +154,7 @@ def bootstrap_per_class(scores, labels, n_boot=1000, seed=0, groups=None):
     n_units = int(unit.max()) + 1 if len(unit) else 0
     shape = (n_boot, labels.shape[1])
     out = {"auroc": np.full(shape, np.nan), "ap": np.full(shape, np.nan)}
-    for b in range(n_boot):
+    for b in tqdm(range(n_boot), desc="bootstrap", unit="draw", disable=None, leave=False):
         drawn = np.bincount(rng.integers(0, n_units, n_units), minlength=n_units)
         idx = np.repeat(np.arange(len(labels)), drawn[unit])      # each record x its unit's draws
         out["auroc"][b], out["ap"][b] = per_class_fast(scores[idx], labels[idx])

@@ -144,13 +144,18 @@ class ECGEncoder(nn.Module):
         z = self.head(self.backbone(x * self.config.input_scale, length))
         return F.normalize(z.float(), dim=-1)
 
-    def encode(self, signal, length=None, batch_size=512, device="cpu", amp=True):
+    def encode(self, signal, length=None, batch_size=512, device="cpu", amp=True,
+               desc="embed"):
         """Embeddings (N, D) float32 numpy of a (N, 12, T) numpy array whose records hold
-        ``length`` (N,) valid samples (all T when None), in batches, without gradients."""
+        ``length`` (N,) valid samples (all T when None), in batches, without gradients; a
+        progress bar on a terminal (``desc``)."""
+        from tqdm.auto import tqdm
+
         self.eval()
         out = []
         with torch.inference_mode():
-            for i in range(0, len(signal), batch_size):
+            for i in tqdm(range(0, len(signal), batch_size), desc=desc, unit="batch",
+                          disable=None, leave=False):
                 x = torch.from_numpy(signal[i:i + batch_size]).to(device, non_blocking=True)
                 n = None if length is None else torch.from_numpy(
                     np.asarray(length[i:i + batch_size])).to(device)

@@ -53,16 +53,14 @@ def run(cfg: PredictConfig):
         emb = clf.encode_prepared(np.stack([x for _, x, _ in ok]),
                                   np.asarray([n for _, _, n in ok]), cfg.leads or None,
                                   cfg.batch_size)
-        cos = clf.cosines(emb, classes)
-        score = clf.scores(emb, classes)
+        cos = clf.scores(emb, classes)
         prob = clf.probabilities(cos)
         for k, (i, _, _) in enumerate(ok):
             rows[i].update({f"cos:{c}": float(v) for c, v in zip(classes, cos[k])})
-            rows[i].update({f"score:{c}": float(v) for c, v in zip(classes, score[k])})
             if prob is not None:
                 rows[i].update({f"p:{c}": float(v) for c, v in zip(classes, prob[k])})
-            best = np.argsort(-score[k])[:cfg.top]
-            rows[i]["top"] = "; ".join(f"{classes[j]} {score[k, j]:.3f}" for j in best)
+            best = np.argsort(-cos[k])[:cfg.top]
+            rows[i]["top"] = "; ".join(f"{classes[j]} {cos[k, j]:.3f}" for j in best)
     if cfg.out:
         _write(cfg.out, rows, classes, status, prob is not None)
     skipped = sum(r["status"] != "ok" for r in rows)
@@ -144,7 +142,6 @@ def _write(out, rows, classes, status, with_prob):
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["record", "status", "reason", "detail", "top"] + [f"cos:{c}" for c in classes] + \
-        [f"score:{c}" for c in classes] + \
         ([f"p:{c}" for c in classes] if with_prob else [])
     with shards.atomic_path(out) as tmp:
         with open(tmp, "w", newline="") as f:

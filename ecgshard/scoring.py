@@ -9,8 +9,7 @@ from .errors import ECGShardError
 
 class Scorer:
     """How an embedding scores against class texts, the same for the own texts, the wrong
-    texts, the untrained controls, the trained classes and the validation thresholds
-    (``auto``, the default: ``resolve``):
+    texts, the untrained controls, the trained classes and the validation thresholds:
 
     - ``cosine``: ``emb @ row``, as trained;
     - ``centered``: cosine to each text row minus the mean of the run's training-class rows,
@@ -25,14 +24,6 @@ class Scorer:
     """
 
     FINDINGS_TAU = 0.05
-
-    @staticmethod
-    def resolve(mode, trained):
-        """``auto``: ``findings`` for a run trained with measured findings, else ``cosine``
-        (chosen on validation: docs/findings.md)."""
-        if mode != "auto":
-            return mode
-        return "findings" if trained.finding_codes else "cosine"
 
     def __init__(self, mode, train_rows, candidate_rows, finding_rows=None):
         self.mode = mode

@@ -79,6 +79,8 @@ def run(cfg: TextConfig):
                 return out
         except ECGShardError as exc:
             log.warning("recomputing %s: %s", out, exc)
+    log.info("embedding %d classes and %d finding statements with %s", len(classes),
+             len(statements), model)
     encoder = load_encoder(model, pooling, resolve_device(cfg.device), cfg.batch_size)
     matrix = embed_classes(encoder, texts)
     # the finding statements under the classes' templates, so both sides read alike

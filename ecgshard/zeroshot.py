@@ -66,8 +66,8 @@ def _run(cfg):
     text_rows = text.emb[text.rows(targets)]
     in_text = set(text.codes)
     vocab = [c for c in shards.class_codes(manifest) if c in in_text]   # the texts to score with
-    score = Scorer(Scorer.resolve(cfg.scoring, trained), trained.text_rows,
-                   text.emb[text.rows(vocab)], trained.finding_rows)
+    score = Scorer(cfg.scoring, trained.text_rows, text.emb[text.rows(vocab)],
+                   trained.finding_rows)
     emb = encoder.encode(data["signal"], data["length"], device=device)
     scores = score(emb, text_rows)                               # (N, C)
     threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows, score)
@@ -184,7 +184,7 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
         "train_classes": trained.train_codes, "holdout": trained.holdout,
         "holdout_requested": trained.info.holdout_requested,
         "strict_zero_shot": trained.info.strict_zero_shot,
-        "scoring": Scorer.resolve(cfg.scoring, trained), "threshold_rule": rule, "bootstrap": cfg.bootstrap,
+        "scoring": cfg.scoring, "threshold_rule": rule, "bootstrap": cfg.bootstrap,
         "bootstrap_unit": "patient",
         "min_positives_for_macro": cfg.min_positives,
         "control_seeds": cfg.control_seeds if cfg.control else 0,
@@ -259,11 +259,30 @@ def _specificity_inputs(emb, text, vocab, data, score):
 def _control_scores(trained, data, text_rows, device, cfg, score):
     """Scores of ``control_seeds`` untrained encoders: (seeds, N, C)."""
     out = []
-    for k in range(cfg.control_seeds):
+    from tqdm.auto import tqdm
+
+    for k in tqdm(range(cfg.control_seeds), desc="untrained encoders", unit="encoder",
+                  disable=None, leave=False):
         control = trained.untrained(cfg.seed * 1000 + 1 + k, device)
-        out.append(score(control.encode(data["signal"], data["length"], device=device),
-                         text_rows))
+        out.append(score(control.encode(data["signal"], data["length"], device=device,
+                                        desc=f"untrained encoder {k + 1}"), text_rows))
     return np.stack(out) if out else None
+
+
+TEXT_RECIPE = ("pooling", "templates", "text_mode", "model_revision")
+
+
+def _text_differences(text, trained):
+    """What differs between a text matrix and the run's own ("templates: [...] (run) vs
+    [...] (given)"), or that the class texts themselves do."""
+    try:
+        own = shards.read_text_matrix(trained.dir / shards.RUN_TEXT).attrs
+    except ECGShardError:
+        return "the run keeps no copy of its matrix to compare with"
+    differs = [f"{k}: {own.get(k)!r} (run) vs {text.attrs.get(k)!r} (given)"
+               for k in TEXT_RECIPE if own.get(k) != text.attrs.get(k)]
+    return "; ".join(differs) or ("same model, pooling, templates and text mode: the class "
+                                  "texts themselves differ")
 
 
 def _check_text_space(text, trained):
@@ -283,8 +302,11 @@ def _check_text_space(text, trained):
         rows = text.emb[text.rows(present)]
         ref = trained.text_rows[[trained.train_codes.index(c) for c in present]]
         if not np.allclose(rows, ref, atol=1e-4):
-            raise ECGShardError("the text matrix embeds the training classes differently from "
-                                "the one the run used (other pooling, template or texts)")
+            raise ECGShardError(f"the text matrix embeds the training classes differently from "
+                                f"the one the run used ({_text_differences(text, trained)}). "
+                                f"Score with the run's own copy, "
+                                f"{trained.dir / shards.RUN_TEXT}, or rerun embed-text with "
+                                f"the run's options")
 
 
 def _target_classes(spec, manifest, text, holdout, same_set):

@@ -180,3 +180,17 @@ def test_measure_adds_measurements_to_shards_built_without(tree, tmp_path):
     with h5py.File(path) as f:
         assert np.isfinite(shards.read_measurements(f, ["heart_rate"])["heart_rate"]).all()
     assert build.measure_shards(str(out), workers=1)["fingerprint"] == after["fingerprint"]
+
+
+def test_inspect_lists_every_class_where_the_build_summary_shows_the_most_frequent(tree,
+                                                                                   tmp_path):
+    out = tmp_path / "shards"
+    manifest = build.run(BuildConfig(source_dir=str(tree), out_dir=str(out), workers=1))
+    present = [c["code"] for c in manifest["classes"] if c["count"]]
+    assert len(present) > 15
+    lines = build.inspect(str(out))
+    classes = lines[:[i for i, line in enumerate(lines) if "measurements" in line][0]]
+    listed = [line.split()[0] for line in classes if line.startswith("    ")]
+    assert sorted(listed) == sorted(present)
+    shown = [line for line in build.summary_lines(manifest) if line.startswith("    ")]
+    assert len(shown) == 15

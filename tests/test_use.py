@@ -40,17 +40,18 @@ def test_predict_on_raw_records_equals_zeroshot_on_their_shards(demo_data, demo_
                                        classes=tuple(names), out=str(out), device="cpu"))
     got = np.asarray([[r[f"cos:{n}"] for n in names] for r in result["rows"]])
     np.testing.assert_allclose(got, expected, atol=2e-5)
-    # the score column is zeroshot's: the demo run trained measured findings, so each text is
-    # also read through the trained statements (scoring auto)
+    # the API scores by zeroshot's rules too: through the trained finding statements
+    from ecgshard import ZeroShotClassifier
     from ecgshard.run import Run
     from ecgshard.scoring import Scorer
 
     trained = Run.load(demo_run)
-    assert trained.finding_codes and Scorer.resolve("auto", trained) == "findings"
+    assert trained.finding_codes                     # fit trains them by default
     through = Scorer("findings", trained.text_rows, trained.text_rows, trained.finding_rows)
-    np.testing.assert_allclose([[r[f"score:{n}"] for n in names] for r in result["rows"]],
-                               through(emb[:6], text.emb[rows]), atol=2e-5)
-    assert not np.allclose([[r[f"score:{n}"] for n in names] for r in result["rows"]], got)
+    clf = ZeroShotClassifier.from_run(demo_run, device="cpu")
+    read = clf.scores(emb[:6], names, scoring="findings")
+    np.testing.assert_allclose(read, through(emb[:6], text.emb[rows]), atol=2e-5)
+    assert not np.allclose(read, got)
     status = dict(zip(result["classes"], result["status"]))
     assert status[names[0]] == "unseen" and status[names[1]] == "seen"   # LVOLT held out
     with open(out) as f:

@@ -434,3 +434,16 @@ def test_scoring_through_findings_reads_a_class_text_in_the_trained_statements()
     assert roc_auc_score(has, through(emb, rows)[:, 0]) > plain
     with pytest.raises(ECGShardError, match="--findings"):
         Scorer("findings", train, rows, np.zeros((0, d)))
+
+
+def test_a_text_matrix_of_other_texts_is_refused_naming_what_differs(demo_run, demo_data,
+                                                                    tmp_path):
+    from ecgshard import text
+    from ecgshard.config import TextConfig, ZeroShotConfig
+
+    other = tmp_path / "names.h5"
+    text.run(TextConfig(vocab=(str(demo_data / "s-ptbxl"),), out=str(other),
+                        model="minilm-offline", texts="name", device="cpu"))
+    with pytest.raises(ECGShardError, match=r"text_mode: 'both' \(run\) vs 'name' \(given\)"):
+        zeroshot.run(ZeroShotConfig(run=str(demo_run), shards=str(demo_data / "s-ptbxl"),
+                                    text=str(other), out=str(tmp_path / "z"), device="cpu"))
