@@ -20,7 +20,7 @@ from . import concepts, shards, text
 from .device import resolve_device
 from .run import Run
 from .scoring import Scorer
-from .signal import SignalPath
+from .signal import SignalPath, amplitude_scale, check_scale
 from .errors import BadRecordError, ECGShardError
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class ZeroShotClassifier:
 
     def encode_prepared(self, x, length, keep_leads=None, batch_size=256):
         """(N, D) embeddings of records already on the run's signal path (as shards hold them)."""
+        check_scale(self.run.info.input_lead_sd, amplitude_scale(x, length), "the records given")
         if keep_leads:
             x = shards.keep_leads(np.array(x), keep_leads)
         return self.model.encoder.encode(x, length, batch_size=batch_size, device=self.device)

@@ -29,7 +29,7 @@ from .metrics import macro, per_class
 from .models import EncoderConfig, ZeroShotModel
 from .errors import ECGShardError
 from .run import checkpoint_path
-from .signal import SignalPath
+from .signal import SignalPath, amplitude_scale
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,8 @@ def _train(cfg, out, world, device):
         log.info("resuming %s at epoch %d", out, t.state["epoch"])
     elif world.main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_run_files(out, cfg, p, t.encoder_cfg, use_preload)
+        _write_run_files(out, cfg, p, t.encoder_cfg, use_preload,
+                         amplitude_scale(val["signal"], val["length"]))
 
     log.info("training %s/%s on %s x %d: %d records, %d classes, held out %s (%d train records "
              "excluded)", cfg.arch, cfg.loss, device, world.size, p.n_train,
@@ -558,7 +559,7 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
+def _write_run_files(out, cfg, p, encoder_cfg, use_preload, input_lead_sd):
     shards.write_json(out / "config.json", {"config": asdict(cfg), "model": asdict(encoder_cfg),
                                             "data_path": "preload" if use_preload else "stream"})
     shards.write_run_info(out, shards.RunInfo(
@@ -579,7 +580,8 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload):
         text_model=p.text.attrs.get("model_id"),
         class_texts_sha256=_copy_text_side(out, cfg.text, p.text),
         finding_codes=p.finding_codes,
-        finding_positives={c: p.finding_positives[c] for c in p.finding_codes}))
+        finding_positives={c: p.finding_positives[c] for c in p.finding_codes},
+        input_lead_sd=input_lead_sd))
 
 
 def _copy_text_side(out, text_path, matrix):

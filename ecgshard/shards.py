@@ -718,6 +718,7 @@ class RunInfo:
     text_model: str | None
     class_texts_sha256: str | None = None   # RUN_CLASS_TEXTS (runs before it: None)
     finding_codes: list = ()            # measured-finding statements trained as targets
+    input_lead_sd: float | None = None  # signal.amplitude_scale of its validation input
     finding_positives: dict | None = None   # their training positives
 
 

@@ -113,6 +113,36 @@ class SignalPath:
         return x.astype(np.float16), length, flat_notes + lead_notes
 
 
+# How far a scored set's typical lead amplitude may stray from the training input's before a
+# warning: a run trained on z-scored leads (SD 1) given millivolts (SD ~0.15) is 7x off.
+SCALE_TOLERANCE = 3.0
+
+
+def amplitude_scale(signal, length):
+    """The typical lead amplitude of records on a signal path: the median over records of the
+    median over leads of each lead's SD within its valid samples (``signal`` (N, 12, T))."""
+    if not len(signal):
+        return None
+    per_record = [np.median(np.asarray(x[:, :n], np.float32).std(axis=1))
+                  for x, n in zip(signal, length)]
+    return float(np.median(per_record))
+
+
+def check_scale(trained, scored, what):
+    """Warn, naming both, when ``scored`` (``amplitude_scale`` of the records scored) is more
+    than ``SCALE_TOLERANCE`` times off the run's training input (``trained``; None for runs
+    from before it was recorded): the run would score every record alike."""
+    if not trained or not scored:
+        return
+    ratio = scored / trained
+    if ratio > SCALE_TOLERANCE or ratio < 1 / SCALE_TOLERANCE:
+        log.warning("%s have a typical lead SD of %.3g, %.1fx the run's training input (%.3g, "
+                    "in the same signal path's units): records in other units than it was "
+                    "trained on (millivolts given to a run trained on z-scored leads, or the "
+                    "reverse) all score alike. Check the units and --normalize", what, scored,
+                    ratio, trained)
+
+
 def check_amplitude(ptp, where):
     """``ptp``: each lead's peak-to-peak (computed once for the flat-lead rule too)."""
     widest = float(ptp.max())

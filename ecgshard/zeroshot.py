@@ -59,6 +59,9 @@ def _run(cfg):
     same_set, folds = _evaluated_folds(cfg, trained, manifest)
     targets, no_text = _target_classes(cfg.classes, manifest, text, trained.holdout, same_set)
     data, excluded = _load_records(cfg, trained, manifest, folds, targets, same_set)
+    signal.check_scale(trained.info.input_lead_sd,
+                       signal.amplitude_scale(data["signal"], data["length"]),
+                       f"the records of {cfg.shards}")
     if cfg.leads:
         shards.keep_leads(data["signal"], cfg.leads)
 

@@ -334,3 +334,23 @@ def test_a_calibrated_loss_gives_probabilities_from_its_scale_and_bias(demo_run,
     np.testing.assert_allclose(clf.probabilities(cos),
                                torch.sigmoid(torch.tensor(scale * cos + bias)).numpy(), atol=1e-6)
     assert clf.run.loss.calibrated
+
+
+def test_records_in_other_units_than_the_training_input_are_warned_of(demo_run, caplog):
+    """The run records its training input's typical lead SD; records ten times larger (µV/100,
+    a z-scored model's input given millivolts...) score all alike, so scoring them warns,
+    naming both amplitudes, and records like the training input do not."""
+    import logging
+
+    from ecgshard import ZeroShotClassifier, synth
+
+    assert shards.read_run_info(demo_run).input_lead_sd > 0
+    rng = np.random.default_rng(0)
+    records = [synth.synth_signal(("SR",), 100, 10, rng) for _ in range(4)]
+    clf = ZeroShotClassifier.from_run(demo_run, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="ecgshard.signal"):
+        clf.encode_ecg(records, fs=100)
+    assert "typical lead SD" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="ecgshard.signal"):
+        clf.encode_ecg([10 * r for r in records], fs=100)
+    assert "typical lead SD" in caplog.text and "the run's training input" in caplog.text
