@@ -112,18 +112,24 @@ def _execute(todo, cfg, code_index, workers):
         for index, task, task_fp in todo:
             yield build_shard(index, task, task_fp, cfg, code_index)
         return
-    import multiprocessing as mp
-
-    if cfg.measure:     # imported once here, not once per worker (2 s each; performance.md)
-        importlib.import_module("neurokit2")
-    # fork: children inherit the compiled numba kernels and the plan without pickling it twice.
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
-                             mp_context=mp.get_context("fork"),
-                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+    with _worker_pool(min(workers, len(todo)), cfg.measure) as pool:
         futures = [pool.submit(build_shard, index, task, task_fp, cfg, code_index)
                    for index, task, task_fp in todo]
         for future in as_completed(futures):
             yield future.result()
+
+
+def _worker_pool(workers, measuring):
+    """The worker processes of a build or a measure: forked (children inherit the compiled
+    numba kernels and the plan without pickling it twice), dying with their parent, and with
+    neurokit2 imported once before the fork when they measure (2 s a worker otherwise;
+    performance.md)."""
+    import multiprocessing as mp
+
+    if measuring:
+        importlib.import_module("neurokit2")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
 
 
 def _die_with_parent(parent):
@@ -363,11 +369,9 @@ def _measurements_entry(results, source):
     counts = {}
     for res in results:
         for name, by in (res.get("not_measurable") or {}).items():
-            for reason, n in by.items():
-                counts.setdefault(name, {}).setdefault(reason, 0)
-                counts[name][reason] += n
+            counts.setdefault(name, Counter()).update(by)
     return {"version": measure.VERSION, "names": list(measure.NAMES), "units": measure.UNITS,
-            "source": source, "not_measurable": counts}
+            "source": source, "not_measurable": {k: dict(v) for k, v in counts.items()}}
 
 
 def summary_lines(manifest, every_class=False):
@@ -425,7 +429,7 @@ def measure_shards(shard_dir, workers=0):
         todo = [(str(out / e["file"]), entries[str(out / e["file"])]) for e in manifest["shards"]]
         from tqdm.auto import tqdm
 
-        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+        with _worker_pool(max(1, min(workers, len(todo))), measuring=True) as pool:
             done = dict(tqdm(pool.map(_measure_shard, todo), total=len(todo), unit="shard",
                              desc="measure", disable=None))
         for entry in manifest["shards"]:

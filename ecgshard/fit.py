@@ -387,9 +387,10 @@ class Trainer:
         self.state = {"epoch": 0, "step": 0, "best_auroc": -1.0, "heldout_seen": 0,
                       "records_seen": 0, "batches": 0}
         # (C + F, D) numpy: the classes' rows, then the measured findings' (if trained)
-        self.text_rows = np.concatenate([p.text.emb[p.text.rows(p.train_codes)],
-                                         p.text.finding_rows(p.finding_codes)]) \
-            if p.finding_codes else p.text.emb[p.text.rows(p.train_codes)]
+        self.text_rows = p.text.emb[p.text.rows(p.train_codes)]
+        if p.finding_codes:
+            self.text_rows = np.concatenate([self.text_rows,
+                                             p.text.finding_rows(p.finding_codes)])
         self.encoder_cfg = EncoderConfig(arch=cfg.arch, n_samples=p.manifest["n_samples"],
                                          text_dim=int(self.text_rows.shape[1]), width=cfg.width)
         self.model = distributed.sync_batch_norm(

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from .filters import FilterSpec, preprocess
+from .filters import FilterSpec, fit_length, preprocess
 from .shards import LEADS
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,8 @@ def measure_record(sig, fs, leads, seconds, where=""):
 
     x = to_canonical_leads(sig, leads, where, [])
     keep = int(round(seconds * fs))
-    if x.shape[1] > keep:
-        start = (x.shape[1] - keep) // 2
-        x = x[:, start:start + keep]
+    if x.shape[1] > keep:       # a shorter record is measured as it is, never padded
+        x, _ = fit_length(x, keep)
     try:
         return measure(x, fs)
     except Exception as exc:    # a measurement must never cost the record its place

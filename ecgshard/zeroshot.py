@@ -279,9 +279,9 @@ def _text_differences(text, trained):
     """What differs between a text matrix and the run's own ("templates: [...] (run) vs
     [...] (given)"), or that the class texts themselves do."""
     try:
-        own = shards.read_text_matrix(trained.dir / shards.RUN_TEXT).attrs
+        own = trained.text_matrix().attrs
     except ECGShardError:
-        return "the run keeps no copy of its matrix to compare with"
+        return "the run's own matrix cannot be read to compare with"
     differs = [f"{k}: {own.get(k)!r} (run) vs {text.attrs.get(k)!r} (given)"
                for k in TEXT_RECIPE if own.get(k) != text.attrs.get(k)]
     return "; ".join(differs) or ("same model, pooling, templates and text mode: the class "
