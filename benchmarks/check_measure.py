@@ -6,7 +6,9 @@ it compares with neurokit2's beat-by-beat delineation of lead II.
 Per record: the measurements, and the statements' codes. Agreement with what the statements
 imply: 1AVB (or the _AVB subclass) records have PR > 200 ms; CLBBB/CRBBB records QRS >= 120
 ms; SBRAD records rate < 60 and STACH > 100; AFIB records irregular RR (CV > 0.1) and no P
-waves (the findings' rule); NORM records QRS < 120 and PR 120-200. With ``--neurokit``, the
+waves (the findings' rule); NORM records QRS < 120 and PR 120-200; the QRS shape, ST and T
+statements true of the classes they describe (inferior Q waves of IMI, a late upright V1 of
+CRBBB...) and false of NORM records. With ``--neurokit``, the
 same records measured by ``nk.ecg_delineate(method="dwt")`` on lead II (medians of the
 per-beat intervals), and the seconds each method takes per record (a ratio from the same run).
 """
@@ -32,7 +34,20 @@ RULES = (  # (codes, measurement, test, what it says)
     (("SR",), "p_waves", lambda v: v > 0, "P waves"),
     (("LNGQT",), "qtc", lambda v: v > 460, "QTc > 460 ms"),
     (("NORM",), "qtc", lambda v: v <= 460, "QTc <= 460 ms"),
-)
+) + tuple(  # QRS shape, ST and T statements: true of the class, and false of NORM records
+    (codes, key, test, f"{says}{suffix}")
+    for codes, key, says in (
+        (("IMI", "ILMI", "IPLMI", "IPMI"), "q_inferior", "Q II/III/aVF"),
+        (("AMI", "ASMI", "ALMI"), "q_anterior", "Q V2-V4"),
+        (("CRBBB",), "late_up_v1", "late up V1"),
+        (("CRBBB",), "late_down_lateral", "late down I+V6"),
+        (("CLBBB",), "st_down_lateral", "ST down lateral"),
+        (("CLBBB",), "t_negative_lateral", "T neg lateral"),
+        (("ISC_", "ISCAL", "ISCLA"), "t_negative_lateral", "T neg lateral"),
+        (("ISCI", "ISCIN", "ISCIL"), "t_negative_inferior", "T neg inferior"),
+        (("LVH",), "st_down_lateral", "ST down lateral"))
+    for codes, test, suffix in ((codes, lambda v: v > 0, ""),
+                                (("NORM",), lambda v: v == 0, " (none)")))
 
 
 def records(root, rate, limit):

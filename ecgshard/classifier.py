@@ -138,32 +138,53 @@ class ZeroShotClassifier:
         return torch.sigmoid(torch.from_numpy(scale * cosines + bias)).numpy()
 
     def class_status(self, classes):
-        """Per class: seen / related / unseen for this run by the relation table (the class
-        matched by code, by a synonym, or by the names its words contain; "related via CODE"
-        names the trained one), or 'not in the relation table' for words that name nothing
-        known."""
-        classes = _names(classes, "classes")
-        graph = concepts.load()
-        table = self._class_texts       # the run's own class texts may name more
-        out = []
-        for c in classes:
-            code = table.code(c) or c
-            if not graph.known(code):
-                out.append("not in the relation table")
-                continue
-            st = graph.status(code, self.run.train_codes)
-            out.append(st.group if st.via in (None, code) else f"{st.group} via {st.via}")
-        return out
-
-    def predict(self, signals, fs, classes, leads=shards.LEADS, keep_leads=None):
-        """A pandas DataFrame of cosine scores: one row per record, one column per class."""
+        """A pandas DataFrame, one row per class as given: the ``code`` it names (a code, a
+        name or a synonym of the class texts; None for other words, placed by the names they
+        contain), its ``status`` for this run
+        (seen / related / unseen by the relation table, or 'not in the relation table' for
+        words that name nothing known), the trained code or finding statement it is seen or
+        related ``via``, and ``why``. ``label`` reads "related via CODE"."""
         import pandas as pd
 
         classes = _names(classes, "classes")
+        graph = concepts.load()
+        table = self._class_texts       # the run's own class texts may name more
+        rows = []
+        for c in classes:
+            code = table.code(c) or c
+            if not graph.known(code):
+                rows.append((None, "not in the relation table", None, "no code, synonym or "
+                             "known name in these words"))
+                continue
+            st = self.run.statuses([code])[code]
+            via = None if st.via in (None, code) else st.via
+            rows.append((table.code(c), st.group, via, st.why))
+        labels = [status if via is None else f"{status} via {via}" for _, status, via, _ in rows]
+        return pd.DataFrame([(*row, label) for row, label in zip(rows, labels)],
+                            columns=["code", "status", "via", "why", "label"],
+                            index=pd.Index(classes, name="class"))
+
+    def predict(self, signals, fs, classes, leads=shards.LEADS, keep_leads=None, ids=None):
+        """A pandas DataFrame of cosine scores: one row per record (indexed by ``ids``, e.g.
+        record names, else 0..N-1, named "record"), one column per class."""
+        import pandas as pd
+
+        classes = _names(classes, "classes")
+        n = len(signals)
+        if ids is not None and len(ids) != n:
+            raise ECGShardError(f"{len(ids)} ids for {n} records: give one id per record")
         emb = self.encode_ecg(signals, fs, leads, keep_leads)
-        return pd.DataFrame(self.scores(emb, classes), columns=list(classes))
+        index = pd.Index(list(ids) if ids is not None else range(n), name="record")
+        return pd.DataFrame(self.scores(emb, classes), columns=list(classes), index=index)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path, device="auto", revision=None, flat_leads="skip"):
+        """A model ``ecgshard export`` wrote: a local directory, or a Hugging Face Hub
+        repository id (``owner/name``, at ``revision``) holding one; every file is checked
+        against the hashes it was exported with (``ecgshard.export``)."""
+        from .export import load_run
 
+        return cls(load_run(name_or_path, revision), resolve_device(device), flat_leads)
 
 def _names(values, what):
     """A list of strings from a list-like; one string would be iterated letter by letter."""

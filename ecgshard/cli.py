@@ -81,14 +81,27 @@ def _codes(text):
     return tuple(c.strip() for c in str(text or "").split(",") if c.strip())
 
 
+# the commands that run torch: their thread count is chosen before it is imported
+TORCH_COMMANDS = ("embed-text", "fit", "zeroshot", "predict", "embed", "probe", "experiment",
+                  "export", "text-sim")
+
+
 @click.group(cls=_Group)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="torch (and BLAS) threads; 0: the cores this process may use, less those "
+              "other jobs keep busy (docs/performance.md).")
 @click.version_option(package_name="ecgshard")
-def main(verbose, quiet):
+@click.pass_context
+def main(ctx, verbose, quiet, threads):
     """Zero-shot 12-lead ECG classification against a frozen clinical text encoder."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if threads or ctx.invoked_subcommand in TORCH_COMMANDS:
+        from .device import set_threads
+
+        set_threads(threads)
     logging.getLogger("numba").setLevel(logging.WARNING)
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"        # progress bars off, as the INFO lines are
@@ -240,12 +253,16 @@ def text_sim(text_file, top):
               help="A shard directory: print each code's holdout closure in its vocabulary.")
 def relations(codes, run_dir, vocab):
     """Why a class is seen, related or unseen: its synonyms, parents, children, near-siblings."""
-    from . import concepts, shards
+    from . import concepts, findings, shards
 
-    trained = shards.read_run_info(run_dir).train_codes if run_dir else None
+    info = shards.read_run_info(run_dir) if run_dir else None
     vocabulary = shards.class_codes(shards.load_manifest(vocab)) if vocab else None
+    def status(code):           # the run's: its classes and what its statements restate
+        return findings.statuses([code], info.train_codes, info.finding_codes)[code]
+
     for code in codes:
-        for line in concepts.describe(code, trained, vocabulary):
+        for line in concepts.describe(code, info and info.train_codes, vocabulary,
+                                      status=status if info else None):
             click.echo(line)
 
 
@@ -273,6 +290,9 @@ def _fit_options(command):
                  "statements (rate, rhythm, intervals, axis, voltage; docs/findings.md) as "
                  "extra targets beside the classes; needs shards with measurements "
                  "(`ecgshard measure` adds them)."),
+            _opt(F, "log", help="Where each epoch's figures go besides RUN/log.jsonl and "
+                 "RUN/learning_curve.png: tensorboard also writes RUN/tensorboard "
+                 "(`tensorboard --logdir RUN`; needs the tensorboard package)."),
             _opt(F, "device", help=DEVICE_HELP), _opt(F, "seed"))):
         command = decorator(command)
     return command
@@ -358,9 +378,10 @@ def _zeroshot_options(*macro_flags):
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
               help="The shard set to score: the run's own (its test folds, held-out classes) "
               "or another dataset (every fold and class with a text).")
-@click.option("--text", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--text", default="", type=click.Path(dir_okay=False),
               help="A text matrix from the same text model and texts as the run's, covering "
-              "the classes to score (the run's own matrix covers its vocabulary).")
+              "the classes to score. Default: the run's own copy, which covers the vocabulary "
+              "it was embedded for.")
 @click.option("--out", required=True, help="Report directory.")
 @_opt(Z, "classes", help="heldout, all, or comma-separated codes.")
 @click.option("--folds", default=None, help="Default: the run's test folds (same shard set) "
@@ -422,6 +443,26 @@ def predict(inputs, classes, leads, **options):
         click.echo(f"{row['record']}: {detail}")
     if cfg.out:
         click.echo(f"(scores written to {cfg.out})")
+
+
+X = C.ExportConfig
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@_opt(X, "checkpoint")
+@click.option("--report", "reports", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A zeroshot report directory of this run whose figures the model card "
+              "quotes (repeatable).")
+def export(**options):
+    """Write a run as a self-contained model directory (safetensors weights, config, text side,
+    model card) that ZeroShotClassifier.from_pretrained loads, from disk or the Hugging Face
+    Hub."""
+    from . import export as stage
+
+    out = stage.run(stage.ExportConfig(**options))
+    click.echo(f"model written to {out}: ZeroShotClassifier.from_pretrained({str(out)!r})")
 
 
 EM, PR = C.EmbedConfig, C.ProbeConfig

@@ -285,27 +285,42 @@ def riders(reasons):
     return {c for c, why in reasons.items() if why and why.startswith(SHARED_NAME + " of ")}
 
 
-def describe(code, trained=None, vocabulary=None, graph=None):
+def display(code, texts=None):
+    """A code as a reader can take it in: a numeric (SNOMED CT) code with its name."""
+    code = str(code)
+    if not code.isdigit():
+        return code
+    entry = (texts or _package_texts()).entries.get(code)
+    return f"{code} {entry['synonyms'][0]}" if entry and entry.get("synonyms") else code
+
+
+@functools.lru_cache(maxsize=1)
+def _package_texts():
+    return load_class_texts()
+
+
+def describe(code, trained=None, vocabulary=None, graph=None, status=None):
     """Lines for ``ecgshard relations``: a code's concept and relatives with the table's
-    evidence; its status against ``trained`` codes; its holdout closure within ``vocabulary``."""
+    evidence; its status against ``trained`` codes (``status(code)``, where given, tells it:
+    a run's, finding statements included); its holdout closure within ``vocabulary``."""
     graph = graph or load()
     code = str(code).strip()
     if not code or not graph.known(code):
         raise ECGShardError(f"{code!r} is not in the relation table{_did_you_mean(code, graph)}")
-    lines = [f"{code}"]
+    lines = [display(code)]
     same = sorted(graph.members(code) - {code})
-    lines.append(f"  same concept: {', '.join(same) if same else '-'}")
+    lines.append(f"  same concept: {', '.join(map(display, same)) if same else '-'}")
     related = graph.related(code)
     for kind in ("parent", "child", "near"):
         codes = sorted((c for c, (k, _) in related.items() if k == kind),
                        key=lambda c: (related[c][1], c))
-        lines.append(f"  {kind}: {', '.join(codes) if codes else '-'}")
+        lines.append(f"  {kind}: {', '.join(map(display, codes)) if codes else '-'}")
     rows = [e for e in graph.edges if e.code in graph.members(code)
             or e.target in graph.members(code)]
     for e in rows:
         lines.append(f"    {e.code} {e.relation} {e.target}: {e.evidence}")
     if trained is not None:
-        st = graph.status(code, trained)
+        st = status(code) if status else graph.status(code, trained)
         lines.append(f"  status against the run's {len(set(trained))} training classes: "
                      f"{st.group.upper()} - {st.why}")
     if vocabulary is not None:

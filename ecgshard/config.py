@@ -183,10 +183,12 @@ class FitConfig:
     learn_class_embeddings: bool = False     # supervised reference: not a zero-shot model
     findings: bool = True                    # measured findings as extra targets; chosen by
                                              # measurement: docs/findings.md
+    log: str = "jsonl"                       # + "tensorboard": event files in RUN/tensorboard
 
     CHOICES: ClassVar[dict] = {"arch": lambda: _registry("models", "ARCHS"),
                                "loss": lambda: _registry("losses", "LOSSES"),
-                               "data": ("auto", "stream", "preload")}
+                               "data": ("auto", "stream", "preload"),
+                               "log": ("jsonl", "tensorboard")}
 
     def __post_init__(self):
         if isinstance(self.shards, str):
@@ -217,8 +219,8 @@ class FitConfig:
 class ZeroShotConfig:
     run: str
     shards: str
-    text: str
     out: str
+    text: str = ""                      # "": the run's own copy of its matrix
     classes: str = "heldout"            # heldout | all | CODE,CODE,...
     folds: tuple | None = None          # default: the run's test folds (same shards) or all
     bootstrap: int = 1000
@@ -278,6 +280,16 @@ class PredictConfig:
               (self.top >= 0 and self.batch_size > 0, "--top must be >= 0, --batch-size > 0"),
               (self.fs is None or self.fs > 0, "--fs must be > 0"),
               (set(self.leads) <= set(LEADS), f"--leads takes names of {list(LEADS)}"))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run: str
+    out: str
+    checkpoint: str = "best"
+    reports: tuple = ()                 # zeroshot reports of the run the model card quotes
+
+    CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last")}
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class Plan:
     train_codes: list
     finding_codes: list                 # measured-finding targets (fit --findings), or []
     finding_positives: dict
+    findings_withheld: dict             # statement -> why: it restates a held-out concept
     n_train: int
     n_val: int
     excluded: dict                      # records dropped for held-out labels: train, val
@@ -106,8 +107,8 @@ def plan(cfg):
             f"{', '.join(f'{c} {n}' for n, c in best) or 'none'}). Hold out fewer classes, "
             f"lower --min-positives, or name more --train-folds")
     _check_text_covers(cfg, text, train_codes, dict(zip(candidates, positives)))
-    finding_codes, finding_positives = _trainable_findings(cfg, manifests, train_codes, exclude,
-                                                           watch, text)
+    finding_codes, finding_positives, withheld = _trainable_findings(
+        cfg, manifests, train_codes, exclude, watch, text, holdout, riders)
     missing_text = [c for c in holdout if c not in set(text.codes)]
     if missing_text:
         log.warning("held-out classes without a text embedding cannot be scored later: %s",
@@ -126,24 +127,50 @@ def plan(cfg):
     return Plan(manifest=manifests[0], sets=sets, text=text, holdout=holdout, riders=riders,
                 watch=list(watch), train_sel=train_sel, val_sel=val_sel,
                 train_codes=list(train_codes), finding_codes=list(finding_codes),
-                finding_positives=finding_positives, n_train=n_train, n_val=n_val,
+                finding_positives=finding_positives, findings_withheld=withheld,
+                n_train=n_train, n_val=n_val,
                 excluded={"train": n_excluded, "val": n_val_excluded},
                 dropped_rare=[c for c, n in zip(candidates, positives)
                               if n < cfg.min_positives])
 
 
-def _trainable_findings(cfg, manifests, train_codes, exclude, watch, text):
+def _trainable_findings(cfg, manifests, train_codes, exclude, watch, text, holdout, riders):
     """With ``--findings``: the finding statements with at least ``--min-positives`` training
-    records (measured on the records that train, held-out ones excluded), and their counts."""
+    records (measured on the records that train, held-out ones excluded), their counts, and
+    the statements withheld because what they restate is a held-out class or its relative."""
     if not cfg.findings:
-        return (), {}
+        return (), {}, {}
+    withheld = findings_withheld(holdout, riders)
     every = tuple(f.code for f in findings.FINDINGS)
     _, positives = _count(_selections(cfg.shards, manifests, cfg.train_folds, train_codes,
                                       exclude, watch, every))
     counts = dict(zip(every, positives[len(train_codes):].tolist()))
-    kept = tuple(c for c in every if counts[c] >= cfg.min_positives)
+    kept = tuple(c for c in every if counts[c] >= cfg.min_positives and c not in withheld)
+    for code, why in withheld.items():
+        log.info("finding %r withheld: %s", findings.BY_CODE[code].text, why)
     text.finding_rows(kept)                     # refused here if the matrix lacks them
-    return kept, counts
+    return kept, counts, withheld
+
+
+def findings_withheld(holdout, riders=()):
+    """``{statement code: why}`` for each finding statement that restates a concept the same
+    as, or related to, a class kept unseen or a part of one: "frontal QRS axis pointing left"
+    is left axis deviation, near LAFB, and trained it would make a held-out LAFB (or the
+    subclass LAFB/LPFB) *related*, not unseen."""
+    graph = concepts.load()
+    kept_unseen = [h for h in holdout if h not in set(riders)]
+    kept_unseen += [c for h in kept_unseen for c, (kind, _) in graph.related(h).items()
+                    if kind == "child"]
+    out = {}
+    for f in findings.FINDINGS:
+        for code in f.states:
+            st = graph.status(code, kept_unseen) if graph.known(code) else None
+            if st is not None and st.group != "unseen":
+                tie = graph.explain(code, st.via) or "the same concept"
+                relation = "the same as" if st.group == "seen" else "related to"
+                out[f.code] = f"it restates {code}, {relation} held-out {st.via} ({tie})"
+                break
+    return out
 
 
 def heldout_watch(holdout, riders, vocabulary):
@@ -337,6 +364,7 @@ def _train(cfg, out, world, device):
     log.info("training %s/%s on %s x %d: %d records, %d classes, held out %s (%d train records "
              "excluded)", cfg.arch, cfg.loss, device, world.size, p.n_train,
              len(p.train_codes), p.holdout, p.excluded["train"])
+    epochs = EpochLog(out, cfg.log) if world.main else None
     for epoch in range(t.state["epoch"], cfg.epochs):
         record = t.train_epoch(train, epoch)
         val_auroc, val_emb = evaluate(t.model.encoder, val, device, cfg.amp,
@@ -356,8 +384,7 @@ def _train(cfg, out, world, device):
                  "%.0f samples/s, data wait %.0f%%", epoch + 1, record["loss"], val_auroc,
                  cfg.val_folds, record["samples_per_s"], 100 * record["data_wait_fraction"])
         if world.main:
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            epochs.write(record)
             ck = t.checkpoint(val_auroc, {"emb": val_emb, "labels": val["labels"]})
             if is_best:
                 shards.save_checkpoint(checkpoint_path(out, "best"), ck)
@@ -366,6 +393,8 @@ def _train(cfg, out, world, device):
         distributed.barrier(world)
         if cfg.max_steps and t.state["step"] >= cfg.max_steps:
             break
+    if world.main:
+        epochs.close()
     if t.state["step"] == 0:
         raise ECGShardError(f"no training step was taken ({p.n_train} training records, "
                             f"batch size {cfg.batch_size}); nothing in {out} is a trained model")
@@ -377,6 +406,38 @@ def _train(cfg, out, world, device):
     if world.main:
         shards.write_json(out / "summary.json", summary)
     return summary
+
+
+class EpochLog:
+    """Each epoch's record appended to ``RUN/log.jsonl`` (and, with ``--log tensorboard``, as
+    scalars in ``RUN/tensorboard``); ``close`` draws ``RUN/learning_curve.png`` from the whole
+    log, resumed epochs included."""
+
+    def __init__(self, out, kind):
+        self.out, self.board = Path(out), None
+        if kind == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ECGShardError("--log tensorboard needs the tensorboard package (pip "
+                                    "install tensorboard, or ecgshard[tensorboard])") from None
+            self.board = SummaryWriter(str(self.out / "tensorboard"))
+
+    def write(self, record):
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.board.add_scalar(key, value, record["epoch"])
+            self.board.flush()
+
+    def close(self):
+        if self.board is not None:
+            self.board.close()
+        from .report import learning_curve
+
+        learning_curve(self.out / "log.jsonl", self.out / "learning_curve.png")
 
 
 class Trainer:
@@ -582,6 +643,7 @@ def _write_run_files(out, cfg, p, encoder_cfg, use_preload, input_lead_sd):
         class_texts_sha256=_copy_text_side(out, cfg.text, p.text),
         finding_codes=p.finding_codes,
         finding_positives={c: p.finding_positives[c] for c in p.finding_codes},
+        findings_withheld=p.findings_withheld,
         input_lead_sd=input_lead_sd))
 
 

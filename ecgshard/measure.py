@@ -1,4 +1,5 @@
-"""Measurements of one 12-lead record: rate, rhythm, intervals, axis and voltage.
+"""Measurements of one 12-lead record: rate, rhythm, intervals, axis, voltage, and the shape of
+the QRS, ST segment and T wave in each lead.
 
 What a cardiologist reads off a tracing before naming a diagnosis, measured in millivolts and
 milliseconds before any normalisation, so that z-scored shards still carry voltage. R peaks
@@ -26,7 +27,7 @@ from .shards import LEADS
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 FS = 500.0                              # Hz: every record is measured at this rate
 BAND = (0.5, 40.0)                      # Hz, before delineation (as the shards' default path)
 
@@ -47,7 +48,16 @@ QUANTITIES = (
     ("qtc", "ms", "QT / sqrt(mean RR in s) (Bazett)"),
     ("qrs_axis", "deg", "frontal axis of the net QRS areas of I and aVF"),
     ("sokolow_lyon", "mV", "S depth in V1 + the larger R of V5, V6"),
-) + tuple((f"qrs_amplitude_{lead}", "mV", f"QRS peak to peak in {lead}") for lead in LEADS)
+) + tuple((f"qrs_amplitude_{lead}", "mV", f"QRS peak to peak in {lead}") for lead in LEADS) \
+  + tuple((f"q_{lead}", "ms", f"initial negative QRS deflection in {lead}: QRS onset to its "
+                              "return to baseline (0: the QRS starts upright)") for lead in LEADS) \
+  + tuple((f"q_depth_{lead}", "mV", f"depth of that deflection in {lead}") for lead in LEADS) \
+  + tuple((f"qrs_terminal_{lead}", "mV", f"mean of the last 40 ms of the QRS in {lead}")
+          for lead in LEADS) \
+  + tuple((f"st_{lead}", "mV", f"ST level 60 ms after the QRS end in {lead} (40 ms above "
+                               "100 per minute)") for lead in LEADS) \
+  + tuple((f"t_{lead}", "mV", f"T wave in {lead} at the peak of the spatial T wave")
+          for lead in LEADS)
 NAMES = tuple(q[0] for q in QUANTITIES)
 UNITS = {q[0]: q[1] for q in QUANTITIES}
 INDEX = {name: i for i, name in enumerate(NAMES)}
@@ -61,6 +71,8 @@ P_ONSET_THRESHOLD = 0.25                # of the P wave's peak spatial velocity 
 P_ONSET_QUIET = 0.02                    # s below it before the P wave
 QRS_THRESHOLD = 0.08                    # of the QRS peak spatial velocity above its floor
 QRS_QUIET = 0.012                       # s below the threshold that end the QRS
+Q_START = 0.1                           # of the lead's QRS peak to peak: its first deflection
+TERMINAL = 0.04                         # s: the end of the QRS read for its late forces
 
 
 def measure_record(sig, fs, leads, seconds, where=""):
@@ -213,8 +225,39 @@ def _delineate(beat, mean_rr, values, reasons):
     values[INDEX["sokolow_lyon"]] = max(0.0, -window[lead["V1"]].min()) + \
         max(0.0, window[lead["V5"]].max(), window[lead["V6"]].max())
 
+    for name, i in lead.items():
+        _q_wave(window[i], name, values)
+        values[INDEX[f"qrs_terminal_{name}"]] = window[i, -int(TERMINAL * FS):].mean()
+
     _p_wave(beat, amplitude, velocity, onset, qrs_peak, values, reasons)
-    _t_wave(amplitude, offset, onset, beat, mean_rr, values, reasons)
+    t_peak = _t_wave(amplitude, offset, onset, beat, mean_rr, values, reasons)
+    _st_t(centred, offset, t_peak, mean_rr, values, reasons)
+
+
+def _q_wave(qrs, lead, values):
+    """The lead's initial deflection, if negative: its duration and depth. The QRS onset is
+    the earliest over all leads, so a lead still flat there waits for its first deflection."""
+    start = np.flatnonzero(np.abs(qrs) > Q_START * np.ptp(qrs))
+    if not len(start) or qrs[start[0]] > 0:
+        values[INDEX[f"q_{lead}"]] = values[INDEX[f"q_depth_{lead}"]] = 0.0
+        return
+    back = np.flatnonzero(qrs[start[0]:] >= 0)
+    end = start[0] + back[0] if len(back) else len(qrs)
+    values[INDEX[f"q_{lead}"]] = end * 1000 / FS
+    values[INDEX[f"q_depth_{lead}"]] = -qrs[:end].min()
+
+
+def _st_t(centred, offset, t_peak, mean_rr, values, reasons):
+    """ST level and T amplitude per lead, about the isoelectric level at the QRS onset."""
+    after = int((0.04 if mean_rr < 0.6 else 0.06) * FS)
+    at = offset + after if t_peak is None else min(offset + after, (offset + t_peak) // 2)
+    half = int(0.008 * FS)
+    for i, name in enumerate(LEADS):
+        values[INDEX[f"st_{name}"]] = centred[i, max(offset, at - half):at + half + 1].mean()
+        if t_peak is None:
+            reasons[f"t_{name}"] = reasons.get("qt", "no_t_wave")
+        else:
+            values[INDEX[f"t_{name}"]] = centred[i, t_peak]
 
 
 def _quiet_run(v, start, step, threshold, quiet):
@@ -272,7 +315,7 @@ def _t_wave(amplitude, offset, onset, beat, mean_rr, values, reasons):
     hi = min(len(amplitude) - 1, offset + int(0.55 * FS), beat.r + int(0.7 * beat.median_rr * FS))
     if hi - lo < int(0.1 * FS):
         reasons["qt"] = reasons["qtc"] = "no_room_after_qrs"
-        return
+        return None
     segment = _smooth(amplitude[lo:hi], 20)
     peak = int(np.argmax(segment))
     slope = np.diff(segment[peak:])
@@ -282,9 +325,10 @@ def _t_wave(amplitude, offset, onset, beat, mean_rr, values, reasons):
     slope = slope[:rising[rising > 0][0]] if (rising > 0).any() else slope
     if len(slope) < 2 or slope.min() >= 0:
         reasons["qt"] = reasons["qtc"] = "no_t_wave"
-        return
+        return None
     steepest = int(np.argmin(slope))
     # the tangent at the steepest descent meets the isoelectric level: the T end
     end = lo + peak + steepest + segment[peak + steepest] / -slope[steepest]
     values[INDEX["qt"]] = (end - onset) * 1000 / FS
     values[INDEX["qtc"]] = values[INDEX["qt"]] / math.sqrt(mean_rr)
+    return lo + peak

@@ -29,7 +29,7 @@ def run(cfg: PredictConfig):
     """Score every record; returns ``{"classes", "status", "rows"}`` (rows as written)."""
     clf = ZeroShotClassifier.from_run(cfg.run, cfg.device, cfg.checkpoint, cfg.flat_leads)
     classes = class_list(cfg)
-    status = clf.class_status(classes)
+    status = list(clf.class_status(classes)["label"])
     paths = record_paths(cfg.inputs)
     if not paths:
         raise ECGShardError(f"no record files ({', '.join(RECORD_SUFFIXES)}) in "

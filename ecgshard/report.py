@@ -5,6 +5,7 @@ number formatter (``num``) for all of them; nothing here computes a figure.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -78,45 +79,120 @@ def write_plots(out, scores, labels, targets, classes):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    _roc_pr(plt, out / "roc_pr.png", scores, labels, targets, classes)
+    _auroc_bars(plt, out / "auroc_per_class.png", classes)
+
+
+def _roc_pr(plt, png, scores, labels, targets, classes):
+    """ROC and precision-recall curves of up to 20 classes (the unseen ones when any), each
+    class one colour of tab20 and its own line style, in both panels; the PR panel marks
+    each class's prevalence, the precision of a score that knows nothing."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
     shown = [i for i, c in enumerate(classes) if c["auroc"] is not None and c["group"] == "unseen"]
-    shown = shown or [i for i, c in enumerate(classes) if c["auroc"] is not None]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
-    for i in shown[:20]:
+    shown = (shown or [i for i, c in enumerate(classes) if c["auroc"] is not None])[:20]
+    colours = plt.get_cmap("tab20").colors
+    styles = ("-", "--", "-.", ":")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    for k, i in enumerate(shown):
+        style = dict(color=colours[k % 20], ls=styles[k % len(styles)], lw=1.2)
         fpr, tpr, _ = roc_curve(labels[:, i], scores[:, i])
         prec, rec, _ = precision_recall_curve(labels[:, i], scores[:, i])
-        label = f"{targets[i]} ({classes[i]['auroc']:.2f})"
-        ax1.plot(fpr, tpr, label=label)
-        ax2.plot(rec, prec, label=targets[i])
+        prevalence = float(labels[:, i].mean())
+        ap = average_precision_score(labels[:, i], scores[:, i])
+        ax1.plot(fpr, tpr, label=f"{targets[i]} ({classes[i]['auroc']:.2f})", **style)
+        ax2.plot(rec, prec, label=f"{targets[i]} (AP {ap:.2f}, prevalence {prevalence:.2f})",
+                 **style)
+        ax2.axhline(prevalence, color=colours[k % 20], ls=":", lw=0.8)
     ax1.plot([0, 1], [0, 1], "k:", lw=1)
-    ax1.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (zero-shot)")
-    ax2.set(xlabel="recall", ylabel="precision", title="precision-recall (zero-shot)")
-    ax1.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "roc_pr.png", dpi=110)
+    ax1.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (zero-shot; AUROC)")
+    ax2.set(xlabel="recall", ylabel="precision", ylim=(0, 1.02),
+            title="precision-recall (dotted: each class's prevalence)")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=7, loc="lower right" if ax is ax1 else "upper right")
+    fig.savefig(png, dpi=110)
     plt.close(fig)
 
+
+def _auroc_bars(plt, png, classes):
+    """One bar per class with its positives written on it; hatched when too few positives
+    enter the macro, and then drawn without an interval: a bootstrap over one or two
+    positives gives an interval that looks tight and means nothing."""
+    import textwrap
+
+    from matplotlib.patches import Patch
+
     ok = [c for c in classes if c["auroc"] is not None]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(ok) + 2), 6))
+    fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(ok) + 2.5), 6.5), layout="constrained")
     x = np.arange(len(ok))
-    vals = [c["auroc"] for c in ok]
-    colors = [GROUP_COLORS[c["group"]] for c in ok]
-    ax.bar(x, vals, color=colors)
+    in_macro = [c.get("in_macro", True) for c in ok]
+    bars = ax.bar(x, [c["auroc"] for c in ok], color=[GROUP_COLORS[c["group"]] for c in ok],
+                  hatch=[None if m else "//" for m in in_macro], edgecolor="white")
     # The interval itself, not lengths around the bar: a percentile bootstrap interval may
     # exclude the point estimate (a skewed resampling distribution with few positives).
-    with_ci = [(i, c["auroc_ci"]) for i, c in zip(x, ok) if c["auroc_ci"]]
+    with_ci = [(i, c["auroc_ci"]) for i, c, m in zip(x, ok, in_macro) if c["auroc_ci"] and m]
     if with_ci:
         ax.vlines([i for i, _ in with_ci], [ci[0] for _, ci in with_ci],
                   [ci[1] for _, ci in with_ci], color="k", lw=1)
+    for bar, c in zip(bars, ok):
+        if c.get("n_pos") is not None:
+            ax.text(bar.get_x() + bar.get_width() / 2, 0.02, f"{c['n_pos']} positives",
+                    rotation=90, ha="center", va="bottom", fontsize=8, color="black")
     ax.axhline(0.5, color="k", ls=":", lw=1)
-    ax.set_xticks(x, [c["code"] if c["code"] == c["name"] else f"{c['name'][:26]} ({c['code']})"
-                      for c in ok], rotation=75, ha="right", fontsize=7)
-    ax.set(ylim=(0, 1), ylabel="AUROC (95% bootstrap CI)",
-           title="per-class zero-shot AUROC (orange: unseen, green: related, blue: seen)")
-    fig.tight_layout()
-    fig.savefig(out / "auroc_per_class.png", dpi=110)
+    ax.set_xticks(x, [c["code"] if c["code"] == c["name"] else
+                      f"{textwrap.shorten(c['name'], 32, placeholder='...')} ({c['code']})"
+                      for c in ok], rotation=60, ha="right", fontsize=7)
+    ax.set(ylim=(0, 1), ylabel="AUROC (95% bootstrap CI)", title="per-class zero-shot AUROC")
+    groups = [g for g in GROUP_COLORS if any(c["group"] == g for c in ok)]
+    handles = [Patch(color=GROUP_COLORS[g], label=g) for g in groups]
+    if not all(in_macro):
+        handles.append(Patch(facecolor="lightgray", hatch="//", edgecolor="white",
+                             label="too few positives: not in the macro, no interval"))
+    ax.legend(handles=handles, fontsize=8, loc="lower right", framealpha=0.9)
+    fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def learning_curve(log_path, png):
+    """A run's training loss and validation AUROC per epoch (``RUN/log.jsonl``), the best
+    epoch marked: the checkpoint ``best`` is that epoch's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
+    if not records:
+        return
+    epochs = [r["epoch"] for r in records]
+    fig, loss_ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    loss_ax.plot(epochs, [r["loss"] for r in records], color="tab:gray", label="training loss")
+    loss_ax.set(xlabel="epoch", ylabel="training loss")
+    auroc_ax = loss_ax.twinx()
+    val = [r.get("val_macro_auroc") for r in records]
+    auroc_ax.plot(epochs, val, color="tab:blue", marker=".", label="validation macro AUROC "
+                  "(trained classes)")
+    if any("val_findings_macro_auroc" in r for r in records):
+        auroc_ax.plot(epochs, [r.get("val_findings_macro_auroc") for r in records],
+                      color="tab:green", ls="--", label="validation macro AUROC (findings)")
+    finite = [(v, e) for v, e in zip(val, epochs) if v is not None and v == v]
+    if finite:
+        best, at = max(finite)
+        auroc_ax.axvline(at, color="tab:blue", ls=":", lw=1)
+        auroc_ax.annotate(f"best {best:.3f} (epoch {at})", (at, best), fontsize=8,
+                          xytext=(4, -12), textcoords="offset points")
+    auroc_ax.set(ylabel="AUROC")
+    handles = loss_ax.get_legend_handles_labels()[0] + auroc_ax.get_legend_handles_labels()[0]
+    auroc_ax.legend(handles=handles, fontsize=8, loc="center right")
+    loss_ax.set_title(f"{Path(log_path).parent.name}: learning curve", fontsize=10)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def _few(counts):
+    """Classes left out of a macro with their positives, SNOMED codes named."""
+    return ", ".join(f"{concepts.display(c)} ({n})" for c, n in counts.items())
 
 
 # ---------------------------------------------------------------- terminal
@@ -144,7 +220,7 @@ def summary_lines(report):
             lines.append(f"           verdict: {g['verdict']}")
         if g["excluded_few_positives"]:
             lines.append(f"           not in the macro (too few positives): "
-                         f"{g['excluded_few_positives']}")
+                         f"{_few(g['excluded_few_positives'])}")
     ref = report["references"].get("trained_classes_same_folds")
     if ref:
         lines.append(f"  reference trained classes, same records: macro AUROC "
@@ -382,7 +458,7 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(reports):
         g = r["groups"].get("unseen", {})
-        few = ", ".join(f"{c} ({n})" for c, n in g.get("excluded_few_positives", {}).items())
+        few = _few(g.get("excluded_few_positives", {}))
         wrong, base = g.get("wrong_text") or {}, g.get("abnormality_baseline") or {}
         lines.append(
             f"| {i} | {', '.join(r['provenance']['holdout'])} | "
@@ -590,8 +666,7 @@ def markdown_transfer(cfg, which, trained, manifest, report):
            if name != "all" and row["excluded_few_positives"]}
     if few:
         lines += ["", "Not in a macro (fewer positives than the minimum): " + "; ".join(
-            f"{name}: " + ", ".join(f"{c} ({n})" for c, n in codes.items())
-            for name, codes in few.items()) + "."]
+            f"{name}: " + _few(codes) for name, codes in few.items()) + "."]
     single = {c["code"]: c["positive_sources"][0] for c in report["classes"]
               if c.get("single_source") and c["in_macro"]}
     if single:

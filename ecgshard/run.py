@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import concepts, shards
+from . import concepts, findings, shards
 from .errors import ECGShardError
 from .losses import LOSSES
 from .models import ECGEncoder, EncoderConfig, ZeroShotModel
@@ -31,7 +31,13 @@ class Run:
 
     @classmethod
     def load(cls, run_dir, checkpoint="best"):
+        """A run directory ``fit`` wrote, or a model directory ``ecgshard export`` wrote (its
+        one checkpoint, whichever is asked)."""
+        from . import export
+
         run_dir = Path(run_dir)
+        if export.is_export(run_dir) and not checkpoint_path(run_dir, checkpoint).exists():
+            return export.load_run(run_dir)
         info = shards.read_run_info(run_dir)
         ck = shards.load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location="cpu")
         return cls(run_dir, info, checkpoint, ck)
@@ -57,6 +63,11 @@ class Run:
     def finding_codes(self):
         """The measured-finding statements trained as targets (``fit --findings``), or []."""
         return list(self.ck.get("finding_codes") or [])
+
+    def statuses(self, targets):
+        """Each target's seen/related/unseen status against what the run trained: its classes
+        and what its finding statements restate (``findings.statuses``)."""
+        return findings.statuses(targets, self.train_codes, self.finding_codes)
 
     @property
     def finding_rows(self):
@@ -88,11 +99,17 @@ class Run:
         torch.manual_seed(seed)
         return ECGEncoder(EncoderConfig.from_dict(self.ck["model_config"])).to(device)
 
+    @property
+    def text_path(self):
+        """The run's own copy of its text matrix, else (runs from before the copy) the path
+        ``fit`` was given."""
+        own = self.dir / shards.RUN_TEXT
+        return own if own.exists() else Path(self.info.text)
+
     def text_matrix(self):
         """The text matrix the run was trained against — its own copy, else (runs from before
         the copy) the recorded path — refused unless its content hash is the run's."""
-        own = self.dir / shards.RUN_TEXT
-        where = own if own.exists() else Path(self.info.text)
+        where = self.text_path
         try:
             matrix = shards.read_text_matrix(where)
         except ECGShardError as exc:
@@ -111,9 +128,13 @@ class Run:
         return matrix
 
     def class_texts(self, matrix):
-        """The class texts ``matrix`` was embedded with: the run's own copy, else the file the
-        matrix names (the package's when none), refused when its bytes differ from those the
-        matrix or the run recorded."""
+        """The class texts ``matrix`` was embedded with (``class_texts_bytes``), parsed."""
+        return concepts.load_class_texts(raw=self.class_texts_bytes(matrix))
+
+    def class_texts_bytes(self, matrix):
+        """The bytes of the class texts ``matrix`` was embedded with: the run's own copy, else
+        the file the matrix names (the package's when none), refused when they differ from
+        those the matrix or the run recorded."""
         own = self.dir / shards.RUN_CLASS_TEXTS
         load = matrix.attrs["load"]
         source = own if own.exists() else load.get("class_texts")
@@ -131,4 +152,4 @@ class Run:
                     f"{self.dir} was trained with (sha256 {digest[:12]} now, {expected[:12]} in "
                     f"{what}): new class texts would be written differently from the trained "
                     f"rows")
-        return concepts.load_class_texts(raw=raw)
+        return raw

@@ -720,6 +720,7 @@ class RunInfo:
     finding_codes: list = ()            # measured-finding statements trained as targets
     input_lead_sd: float | None = None  # signal.amplitude_scale of its validation input
     finding_positives: dict | None = None   # their training positives
+    findings_withheld: dict | None = None   # statement -> why (fit.findings_withheld)
 
 
 def write_run_info(run_dir, info):

@@ -52,7 +52,7 @@ def run(cfg: ZeroShotConfig):
 def _run(cfg):
     device = resolve_device(cfg.device)
     trained = Run.load(cfg.run, cfg.checkpoint)
-    text = shards.read_text_matrix(cfg.text)
+    text = shards.read_text_matrix(cfg.text) if cfg.text else trained.text_matrix()
     _check_text_space(text, trained)
     manifest = shards.load_manifest(cfg.shards)
     signal.require_same(trained.info, manifest, cfg.shards, cfg.allow_signal_mismatch)
@@ -84,8 +84,7 @@ def _run(cfg):
     report["provenance"]["normal_text"] = against["normal_code"]
     report["provenance"]["wrong_text_pool"] = against["pool"]
     classes, groups, replicates = _evaluate(scores, data["labels"], targets,
-                                            concepts.load().statuses(targets,
-                                                                     trained.train_codes),
+                                            trained.statuses(targets),
                                             dict(zip(text.codes, text.names)), threshold, cfg,
                                             data["patient"], controls, against)
     nearest = nearest_trained(text_rows, trained, dict(zip(text.codes, text.names))
@@ -182,7 +181,8 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
         "shards": str(Path(cfg.shards).resolve()), "shards_fingerprint": manifest["fingerprint"],
         "same_shard_set_as_training": same_set, "folds": list(folds),
         "n_records": int(len(data["labels"])), "n_patients": int(len(set(data["patient"]))),
-        "text": str(Path(cfg.text).resolve()), "text_model": text.attrs.get("model_id"),
+        "text": str(Path(cfg.text or Path(cfg.run) / shards.RUN_TEXT).resolve()),
+        "text_model": text.attrs.get("model_id"),
         "text_pooling": text.attrs.get("pooling"), "text_templates": text.attrs.get("templates"),
         "train_classes": trained.train_codes, "holdout": trained.holdout,
         "holdout_requested": trained.info.holdout_requested,

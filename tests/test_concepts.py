@@ -113,7 +113,10 @@ def test_default_holdout_is_closed(vocabulary):
 def test_relations_command_explains_a_status(demo_run):
     result = CliRunner().invoke(main, ["relations", "164865005", "LVOLT", "--run", str(demo_run)])
     assert result.exit_code == 0, result.output
-    assert "child: 164867002, 54329005, 57054005, AMI, IMI" in result.output
+    # SNOMED codes come with their names
+    assert result.output.startswith("164865005 myocardial infarction\n")
+    assert ("child: 164867002 old myocardial infarction, 54329005 anterior myocardial "
+            "infarction, 57054005 acute myocardial infarction, AMI, IMI") in result.output
     assert "RELATED - child IMI was trained" in result.output  # the demo trains IMI, not AMI
     assert "LVOLT\n" in result.output and "UNSEEN" in result.output
 

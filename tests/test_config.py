@@ -98,3 +98,50 @@ def test_the_command_line_loads_no_heavy_library_before_a_command_runs():
                           f"[m for m in {heavy!r} if m in sys.modules])"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("load,env,requested,expected", [
+    (0.1, None, 0, 4), (2.6, None, 0, 1), (1.4, None, 0, 3), (9.0, None, 0, 1),
+    (0.0, None, 2, 2), (0.0, "3", 0, 3)])
+def test_threads_leave_the_cores_other_jobs_keep_busy(monkeypatch, load, env, requested,
+                                                      expected):
+    from ecgshard import device
+
+    monkeypatch.setattr(device, "cpu_budget", lambda: 4)
+    monkeypatch.setattr(device, "busy_cores", lambda: load)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    if env:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert device.choose_threads(requested)[0] == expected
+
+
+def test_busy_cores_sees_a_spinning_process():
+    import multiprocessing
+
+    from ecgshard import device
+
+    idle = device.busy_cores(0.3)
+    stop = multiprocessing.Event()
+    spinner = multiprocessing.Process(target=_spin, args=(stop,))
+    spinner.start()
+    try:
+        busy = device.busy_cores(0.3)
+    finally:
+        stop.set()
+        spinner.join()
+    assert busy > idle + 0.5            # one core more, give or take the test runner's noise
+
+
+def _spin(stop):
+    while not stop.is_set():
+        pass
+
+
+def test_the_threads_option_sets_them_before_torch_starts(monkeypatch):
+    import os
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "7")        # restored after the test
+    result = CliRunner().invoke(main, ["--threads", "1", "relations", "SBRAD"])
+    assert result.exit_code == 0, result.output
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"

@@ -114,6 +114,32 @@ def test_finding_columns_follow_the_measurements_in_the_shards(demo_data):
     np.testing.assert_array_equal(loaded["labels"][:, 1:], expected)
 
 
+@pytest.mark.parametrize("holdout,withheld,kept", [
+    (["LAFB/LPFB"], ["axis_below_minus30", "axis_over_90"], ["late_up_v1", "qrs_120_139"]),
+    (["LAFB"], ["axis_below_minus30"], ["axis_over_90"]),
+    (["SBRAD"], ["rate_below_50", "rate_50_59"], ["rate_60_100", "rate_101_120"]),
+    (["QWAVE"], ["q_inferior", "q_anterior", "q_lateral"], ["st_up_inferior"]),
+    (["IMI"], ["q_inferior", "st_up_inferior"], ["late_up_v1", "pr_120_200"]),
+    (["ISC_"], ["st_down_lateral", "t_negative_lateral"], ["q_lateral", "late_up_v1"]),
+    (["CRBBB", "IRBBB"], [], ["late_up_v1", "late_down_lateral", "qrs_120_139"]),
+])
+def test_a_statement_restating_a_heldout_concept_is_withheld(holdout, withheld, kept):
+    got = fit.findings_withheld(holdout)
+    assert {findings.PREFIX + k for k in withheld} <= set(got)
+    assert not {findings.PREFIX + k for k in kept} & set(got)
+    assert all("restates" in why for why in got.values())
+
+
+def test_a_trained_statement_counts_as_training_what_it_restates():
+    statuses = findings.statuses(["39732003", "LAFB", "CRBBB"], ["NORM"],
+                                 ["finding:axis_below_minus30"])
+    assert statuses["39732003"].group == "seen"
+    assert statuses["LAFB"].group == "related"
+    assert statuses["LAFB"].via == "finding:axis_below_minus30"
+    assert "pointing left" in statuses["LAFB"].why
+    assert statuses["CRBBB"].group == "unseen"
+
+
 def test_fit_with_findings_trains_them_and_never_a_heldout_class(demo_data, demo_text,
                                                                  tmp_path):
     out = tmp_path / "run"
@@ -124,6 +150,8 @@ def test_fit_with_findings_trains_them_and_never_a_heldout_class(demo_data, demo
     assert "CLBBB" in info.holdout and "CLBBB" not in info.train_codes
     assert info.finding_codes and all(findings.is_finding(c) for c in info.finding_codes)
     assert all(info.finding_positives[c] >= 3 for c in info.finding_codes)
+    assert info.findings_withheld == fit.findings_withheld(info.holdout)
+    assert not set(info.findings_withheld) & set(info.finding_codes)
     check = json.loads((out / "heldout_check.json").read_text())
     assert check["passed"] and check["records_with_heldout_label_seen"] == 0
     ck = shards.load_checkpoint(out / "checkpoint-last.pt")

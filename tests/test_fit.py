@@ -17,6 +17,7 @@ def test_short_fit_beats_chance_on_training_classes(demo_run):
     assert summary["best_val_macro_auroc"] > 0.75
     log = [json.loads(line) for line in (demo_run / "log.jsonl").read_text().splitlines()]
     assert len(log) == 10 and log[-1]["loss"] < log[0]["loss"]
+    assert (demo_run / "learning_curve.png").stat().st_size > 5000
     assert all(0 <= r["data_wait_fraction"] < 1 and r["samples_per_s"] > 0 for r in log)
     info = shards.read_run_info(demo_run)
     assert info.holdout == ["LVOLT"] and "LVOLT" not in info.train_codes
@@ -157,7 +158,8 @@ def test_weight_decay_only_on_weights_and_the_gradient_clipped(demo_data, demo_t
                                                                 tmp_path):
     cfg = fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
                         out=str(tmp_path / "wd"), loss="bce", device="cpu", weight_decay=0.1,
-                        grad_clip=1e-3, epochs=1, batch_size=64, min_positives=3)
+                        grad_clip=1e-3, epochs=1, batch_size=64, min_positives=3,
+                        log="tensorboard")
     trainer = fit.Trainer(cfg, fit.plan(cfg), "cpu", World())
     decay = {id(p): g["weight_decay"] for g in trainer.opt.param_groups for p in g["params"]}
     assert decay[id(trainer.model.logit_scale)] == 0.0
@@ -168,6 +170,14 @@ def test_weight_decay_only_on_weights_and_the_gradient_clipped(demo_data, demo_t
     fit.run(cfg)
     record = json.loads((tmp_path / "wd" / "log.jsonl").read_text().splitlines()[0])
     assert record["grad_norm"] > 1e-3 and record["clipped_share"] == 1.0
+    # --log tensorboard: the same figures as event scalars, per epoch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "wd" / "tensorboard"))
+    board.Reload()
+    assert {"loss", "val_macro_auroc", "grad_norm"} <= set(board.Tags()["scalars"])
+    (event,) = board.Scalars("loss")
+    assert event.step == 1 and event.value == pytest.approx(record["loss"], rel=1e-5)
 
 
 def test_heldout_statement_below_min_likelihood_still_excludes_its_record(tmp_path):
@@ -278,3 +288,12 @@ def test_the_heldout_check_watches_relatives_the_closure_missed(demo_data, demo_
     assert "IRBBB" in fit.plan(cfg).watch
     with pytest.raises(ECGShardError, match="carried a held-out label"):
         fit.run(cfg)
+
+
+def test_tensorboard_logging_without_its_package_is_refused_before_training(tmp_path,
+                                                                            monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import fails
+    with pytest.raises(ECGShardError, match="pip install tensorboard"):
+        fit.EpochLog(tmp_path, "tensorboard")

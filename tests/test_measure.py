@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ecgshard import build, measure, shards, synth
+from ecgshard import build, findings, measure, shards, synth
 from ecgshard.config import BuildConfig
 from ecgshard.errors import SchemaError
 
@@ -24,11 +24,12 @@ def _hann(t, start, width):
 
 
 def planted(fs=500, rate=72.0, pr=0.16, qrs=0.09, qt=0.38, axis=60.0, seconds=10.0,
-            p_wave=True, rr=None, scale=1.0, seed=0):
+            p_wave=True, rr=None, scale=1.0, seed=0, extra=None):
     """(12, T) mV with waves of known edges: P starts ``pr`` s before the QRS onset, the QRS
     lasts ``qrs`` s, the T wave ends ``qt`` s after the QRS onset; the QRS dipole points at
     ``axis`` degrees in the frontal plane (limb leads by Einthoven's and Goldberger's
-    relations). ``rr``: the RR intervals (s) instead of a regular ``rate``."""
+    relations). ``rr``: the RR intervals (s) instead of a regular ``rate``. ``extra(t,
+    onsets, qrs, qt)``: ``{lead: wave}`` added to those leads (ST, T, Q changes)."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * fs)) / fs
     intervals = rr if rr is not None else [60.0 / rate] * int(seconds * rate / 60 + 2)
@@ -51,6 +52,8 @@ def planted(fs=500, rate=72.0, pr=0.16, qrs=0.09, qt=0.38, axis=60.0, seconds=10
     sig = np.stack([lead_i, lead_ii, lead_iii, -(lead_i + lead_ii) / 2,
                     (lead_i - lead_iii) / 2, (lead_ii + lead_iii) / 2]
                    + [1.2 * qa * q + 0.08 * p + ta * tw for qa, ta in chest])
+    for lead, wave in (extra(t, onsets, qrs, qt) if extra else {}).items():
+        sig[shards.LEADS.index(lead)] += wave
     return scale * sig + rng.normal(0, 0.005, sig.shape)
 
 
@@ -75,6 +78,60 @@ def test_planted_rate_intervals_and_axis_are_recovered(fs, rate, pr, qrs, qt, ax
     assert abs((m["qrs_axis"] - axis + 180) % 360 - 180) < 12
     assert m["premature_beats"] == 0 and m["aberrant_beats"] == 0
     assert m["p_wave_consistency"] > 0.8 and not reasons
+
+
+def _plateau(t, start, width, edge=0.03):
+    """1 over ``width`` s from ``start``, with raised-cosine edges of ``edge`` s either side."""
+    rise = np.clip((t - start + edge) / edge, 0, 1)
+    fall = np.clip((start + width + edge - t) / edge, 0, 1)
+    return 0.5 * (1 - np.cos(np.pi * np.minimum(rise, fall)))
+
+
+def _st_raised(leads, mv):
+    return lambda t, onsets, qrs, qt: {
+        lead: mv * sum(_plateau(t, o + qrs + 0.02, qt - qrs - 0.2) for o in onsets)
+        for lead in leads}
+
+
+def _t_inverted(leads):
+    # a T wave twice as large, negative: the planted T flips sign
+    return lambda t, onsets, qrs, qt: {
+        lead: -0.8 * sum(_hann(t, o + qt - 0.2, 0.2) for o in onsets) for lead in leads}
+
+
+def _q_waves(leads):
+    return lambda t, onsets, qrs, qt: {
+        lead: -0.6 * sum(_hann(t, o, 0.05) for o in onsets) for lead in leads}
+
+
+def _late_r_v1(t, onsets, qrs, qt):
+    return {"V1": 0.8 * sum(_hann(t, o + qrs - 0.04, 0.05) for o in onsets)}
+
+
+@pytest.mark.parametrize("extra,changed,true,false", [
+    (_st_raised(("II", "III", "aVF"), 0.3), {"st_II": (0.2, 0.4), "st_aVF": (0.2, 0.4)},
+     ["st_up_inferior"], ["st_up_anterior", "st_down_inferior"]),
+    (_st_raised(("V5", "V6", "I"), -0.2), {"st_V5": (-0.3, -0.1)},
+     ["st_down_lateral"], ["st_up_lateral", "st_down_inferior"]),
+    (_t_inverted(("V2", "V3", "V4")), {"t_V3": (-1.0, -0.1)},
+     ["t_negative_anterior"], ["t_negative_lateral", "t_negative_inferior"]),
+    (_q_waves(("II", "III", "aVF")), {"q_II": (30, 60), "q_aVF": (30, 60)},
+     ["q_inferior"], ["q_anterior", "q_lateral"]),
+    (_late_r_v1, {"qrs_terminal_V1": (0.1, 1.0)}, ["late_up_v1"], ["late_down_lateral"]),
+])
+def test_planted_st_t_and_qrs_shape_are_recovered_and_read_as_findings(extra, changed, true,
+                                                                       false):
+    plain, _ = values_of(planted(), 500)
+    values, _ = measure.measure(planted(extra=extra), 500)
+    m = {n: float(values[measure.INDEX[n]]) for n in measure.NAMES}
+    for name, (lo, hi) in changed.items():
+        assert lo <= m[name] <= hi, (name, m[name], plain[name])
+    codes = [findings.PREFIX + k for k in true + false]
+    as_read = {n: values[[measure.INDEX[n]]] for n in measure.NAMES}
+    plain_read = {n: np.array([plain[n]]) for n in measure.NAMES}
+    assert findings.labels(as_read, codes)[0].tolist() == [1] * len(true) + [0] * len(false)
+    # the unaltered record shows none of them
+    assert not findings.labels(plain_read, codes)[0].any()
 
 
 def test_voltage_is_in_millivolts_and_scales_with_the_record():

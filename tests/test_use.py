@@ -167,11 +167,17 @@ def test_class_status_places_words_by_the_names_they_contain(demo_run):
     from ecgshard import ZeroShotClassifier
 
     clf = ZeroShotClassifier.from_run(demo_run, device="cpu")
-    status = clf.class_status(["Sinus rhythm.", "sinus rhythm with left bundle branch block",
-                               "words that name no finding"])
-    assert status[0] == "seen via SR"
-    assert status[1].startswith("related via")
-    assert status[2] == "not in the relation table"
+    words = ["Sinus rhythm.", "sinus rhythm with left bundle branch block",
+             "words that name no finding", "NORM"]
+    status = clf.class_status(words)
+    assert list(status.index) == words and status.index.name == "class"
+    assert list(status["label"]) == ["seen via SR", status["label"].iloc[1],
+                                     "not in the relation table", "seen"]
+    assert status.loc["sinus rhythm with left bundle branch block", "status"] == "related"
+    assert status.loc["Sinus rhythm.", "code"] == "426783006"        # by its SNOMED name
+    assert pd.isna(status.loc["words that name no finding", "code"])
+    assert status.loc["NORM", "code"] == "NORM"
+    assert status.loc["NORM", "why"] == "trained itself"
 
 
 def _rewritten(path, attrs_update=None):
@@ -354,3 +360,60 @@ def test_records_in_other_units_than_the_training_input_are_warned_of(demo_run, 
     with caplog.at_level(logging.WARNING, logger="ecgshard.signal"):
         clf.encode_ecg([10 * r for r in records], fs=100)
     assert "typical lead SD" in caplog.text and "the run's training input" in caplog.text
+
+
+def test_an_exported_model_scores_as_its_run_and_refuses_edits(demo_run, tmp_path,
+                                                               monkeypatch):
+    import json
+
+    from ecgshard import ZeroShotClassifier, export
+    from ecgshard.config import ExportConfig
+    from ecgshard.errors import ECGShardError
+
+    out = export.run(ExportConfig(run=str(demo_run), out=str(tmp_path / "model")))
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "run.json",
+                                               "text.h5", "class_texts.json", "README.md"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == export.FORMAT and set(config["sha256"]) == {
+        "model.safetensors", "run.json", "text.h5", "class_texts.json"}
+    card = (out / "README.md").read_text()
+    info = shards.read_run_info(demo_run)
+    assert f"Held out (never trained, records carrying them excluded): {', '.join(info.holdout)}" \
+        in card and f"test {info.folds['test']}" in card
+
+    signals = np.random.default_rng(0).normal(0, 0.3, (3, 12, 1000)).astype(np.float32)
+    classes = ["atrial fibrillation", "NORM", "a QRS wider than 120 ms"]
+    ids = ["a", "b", "c"]
+    run = ZeroShotClassifier.from_run(demo_run, device="cpu").predict(signals, 100, classes)
+    model = ZeroShotClassifier.from_pretrained(out, device="cpu")
+    exported = model.predict(signals, 100, classes, ids=ids)
+    assert list(exported.index) == ids and exported.index.name == "record"
+    np.testing.assert_allclose(exported.to_numpy(), run.to_numpy(), atol=1e-6)
+    assert list(model.class_status(["NORM"])["status"]) == ["seen"]
+
+    # an exported model is a run to every command that takes one
+    assert shards.read_run_info(out).holdout == info.holdout
+    from ecgshard.run import Run
+
+    zeroshot_run = Run.load(out)
+    assert zeroshot_run.holdout == info.holdout and zeroshot_run.ck["validation"]["emb"].ndim == 2
+
+    elsewhere = tmp_path / "other-report"
+    elsewhere.mkdir()
+    (elsewhere / "report.json").write_text(json.dumps({"provenance": {
+        "run": str(tmp_path / "another-run"), "shards": "s", "folds": [10]}, "groups": {}}))
+    with pytest.raises(ECGShardError, match="quotes only its own model's figures"):
+        export.run(ExportConfig(run=str(demo_run), out=str(tmp_path / "m2"),
+                                reports=(str(elsewhere),)))
+    with pytest.raises(ECGShardError, match="3 ids for 2 records"):
+        model.predict(signals[:2], 100, classes, ids=ids)
+    raw = bytearray((out / "text.h5").read_bytes())
+    raw[-1] ^= 1
+    (out / "text.h5").write_bytes(bytes(raw))
+    with pytest.raises(ECGShardError, match="text.h5 is not the file exported"):
+        ZeroShotClassifier.from_pretrained(out, device="cpu")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ECGShardError, match="cannot fetch nobody/no-such-model"):
+        ZeroShotClassifier.from_pretrained("nobody/no-such-model", device="cpu")
+    with pytest.raises(ECGShardError, match="neither a directory"):
+        ZeroShotClassifier.from_pretrained(str(tmp_path / "absent"), device="cpu")

@@ -59,7 +59,11 @@ def test_experiment_b_groups_classes_by_concept(demo_data, demo_run, demo_text, 
     assert (by_code["164861001"]["group"], by_code["164861001"]["via"]) == ("seen", "ISC_")
     assert by_code["164909002"]["group"] == "seen" and by_code["164909002"]["via"] == "CLBBB"
     assert by_code["251146004"]["group"] == "unseen"       # LVOLT's concept was held out
-    assert by_code["426627000"]["group"] == "related"      # bradycardia: SBRAD trained
+    # bradycardia: SBRAD was trained (related), and so was "heart rate below 50", which
+    # restates it: seen through the statement
+    brady = by_code["426627000"]
+    assert brady["group"] == "seen" and brady["via"].startswith("finding:rate_")
+    assert "restates 426627000" in brady["why"]
     assert set(report["groups"]) == {"all", "seen", "related", "unseen"}
     assert report["groups"]["unseen"]["classes"] == ["251146004"]
     assert report["groups"]["seen"]["macro_auroc"] > 0.7
@@ -173,13 +177,15 @@ def test_cli_end_to_end(tmp_path):
        tmp_path / "run", "--holdout", "SBRAD", "--epochs", "1", "--max-steps", "2",
        "--device", "cpu", "--min-positives", "2", "--batch-size", "16", "--data", "stream",
        "--workers", "0")
-    out = ok("zeroshot", "--run", tmp_path / "run", "--shards", tmp_path / "shards", "--text",
-             tmp_path / "text.h5", "--out", tmp_path / "report", "--bootstrap", "10")
+    # without --text: the run's own copy of the matrix it trained against
+    out = ok("zeroshot", "--run", tmp_path / "run", "--shards", tmp_path / "shards",
+             "--out", tmp_path / "report", "--bootstrap", "10")
     assert "unseen" in out and "macro AUROC" in out
     table = ok("report", tmp_path / "report")
     assert "unseen macro_auroc" in table
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["provenance"]["holdout"] == ["SBRAD"]
+    assert report["provenance"]["text"] == str((tmp_path / "run" / "text.h5").resolve())
 
 
 def test_val_z_threshold_gives_each_class_its_own_scale(demo_data, demo_run, demo_text,
