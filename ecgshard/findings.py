@@ -18,6 +18,7 @@ whose measurement is NaN is negative for every statement that reads it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,12 @@ class Finding:
     @property
     def code(self):
         return PREFIX + self.key
+
+    @property
+    def quantity(self):
+        """What it is a statement about: its first measurement without a lead ("heart_rate",
+        "qrs_axis", "st", "q"...). Statements about one quantity partition its range."""
+        return re.sub(r"_(I|II|III|aVR|aVL|aVF|V[1-6])$", "", self.needs[0])
 
 
 def _between(name, lo, hi):

@@ -154,9 +154,9 @@ def _trainable_findings(cfg, manifests, train_codes, exclude, watch, text, holdo
 
 def findings_withheld(holdout, riders=()):
     """``{statement code: why}`` for each finding statement that restates a concept the same
-    as, or related to, a class kept unseen or a part of one: "frontal QRS axis pointing left"
-    is left axis deviation, near LAFB, and trained it would make a held-out LAFB (or the
-    subclass LAFB/LPFB) *related*, not unseen."""
+    as, or related to, a class kept unseen or a part of one ("frontal QRS axis pointing left"
+    is left axis deviation, near LAFB: trained, it would make a held-out LAFB or LAFB/LPFB
+    *related*, not unseen), and for the other statements about that quantity."""
     graph = concepts.load()
     kept_unseen = [h for h in holdout if h not in set(riders)]
     kept_unseen += [c for h in kept_unseen for c, (kind, _) in graph.related(h).items()
@@ -170,6 +170,15 @@ def findings_withheld(holdout, riders=()):
                 relation = "the same as" if st.group == "seen" else "related to"
                 out[f.code] = f"it restates {code}, {relation} held-out {st.via} ({tie})"
                 break
+    # The rest of a withheld statement's quantity goes too: trained alone, "axis between -30
+    # and +90 degrees" is the nearest text to a held-out fascicular block's and scores it
+    # backwards (docs/findings.md)
+    for f in findings.FINDINGS:
+        first = next((g for g in findings.FINDINGS if g.code in out and g.code != f.code
+                      and g.quantity == f.quantity), None)
+        if f.code not in out and first is not None:
+            out[f.code] = (f"it reads {f.quantity}, as withheld {first.code} does: trained "
+                           f"without it, its text would stand for the whole quantity")
     return out
 
 

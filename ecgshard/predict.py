@@ -29,7 +29,8 @@ def run(cfg: PredictConfig):
     """Score every record; returns ``{"classes", "status", "rows"}`` (rows as written)."""
     clf = ZeroShotClassifier.from_run(cfg.run, cfg.device, cfg.checkpoint, cfg.flat_leads)
     classes = class_list(cfg)
-    status = list(clf.class_status(classes)["label"])
+    table = clf.class_status(classes)
+    status = list(table["label"])
     paths = record_paths(cfg.inputs)
     if not paths:
         raise ECGShardError(f"no record files ({', '.join(RECORD_SUFFIXES)}) in "
@@ -62,7 +63,7 @@ def run(cfg: PredictConfig):
             best = np.argsort(-cos[k])[:cfg.top]
             rows[i]["top"] = "; ".join(f"{classes[j]} {cos[k, j]:.3f}" for j in best)
     if cfg.out:
-        _write(cfg.out, rows, classes, status, prob is not None)
+        _write(cfg.out, rows, classes, table, prob is not None)
     skipped = sum(r["status"] != "ok" for r in rows)
     log.info("%d records scored, %d skipped, %d classes", len(rows) - skipped, skipped,
              len(classes))
@@ -138,7 +139,7 @@ def _read_numpy(path, fs):
         return z["signal"].astype(np.float32), fs, leads
 
 
-def _write(out, rows, classes, status, with_prob):
+def _write(out, rows, classes, table, with_prob):
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["record", "status", "reason", "detail", "top"] + [f"cos:{c}" for c in classes] + \
@@ -151,5 +152,5 @@ def _write(out, rows, classes, status, with_prob):
     with shards.atomic_path(out.with_suffix(".classes.csv")) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["class", "status_for_this_run"])
-            w.writerows(zip(classes, status))
+            w.writerow(["class", "status_for_this_run", "why"])
+            w.writerows(zip(classes, table["label"], table["why"]))

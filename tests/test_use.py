@@ -57,7 +57,8 @@ def test_predict_on_raw_records_equals_zeroshot_on_their_shards(demo_data, demo_
     with open(out) as f:
         written = list(csv.DictReader(f))
     assert [float(r[f"cos:{names[1]}"]) for r in written] == pytest.approx(got[:, 1], abs=1e-6)
-    assert out.with_suffix(".classes.csv").exists()
+    status = list(csv.DictReader(open(out.with_suffix(".classes.csv"))))
+    assert [r["class"] for r in status] == names and all(r["why"] for r in status)
 
 
 def test_a_new_class_text_gets_a_score_and_bad_records_a_named_row(demo_data, demo_run,
