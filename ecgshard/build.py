@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,9 +80,8 @@ def _build(cfg, database, out):
     bar = tqdm(total=sum(len(t) for _, t, _ in todo), unit="rec", desc="build",
                disable=None, smoothing=0.1)
     try:
-        for res in _execute(todo, cfg, code_index, workers):
+        for res in _execute(todo, cfg, code_index, workers, bar):
             results[res["index"]] = res
-            bar.update(res["n_planned"])
             shards.write_json(out / shards.PARTIAL_MANIFEST, partial)
     finally:
         bar.close()
@@ -107,16 +106,48 @@ def _build(cfg, database, out):
     return manifest
 
 
-def _execute(todo, cfg, code_index, workers):
+def _execute(todo, cfg, code_index, workers, bar):
+    """Build the shards of ``todo``, yielding each result as it is done; ``bar`` moves record
+    by record (a shard of 2,048 records takes 20 s), in workers through a shared counter."""
+    global _advance
     if workers <= 1 or len(todo) <= 1:
-        for index, task, task_fp in todo:
-            yield build_shard(index, task, task_fp, cfg, code_index)
+        def one():
+            bar.update(1)
+
+        _advance = one
+        try:
+            for index, task, task_fp in todo:
+                yield build_shard(index, task, task_fp, cfg, code_index)
+        finally:
+            _advance = _no_progress
         return
-    with _worker_pool(min(workers, len(todo)), cfg.measure) as pool:
-        futures = [pool.submit(build_shard, index, task, task_fp, cfg, code_index)
-                   for index, task, task_fp in todo]
-        for future in as_completed(futures):
-            yield future.result()
+    import multiprocessing as mp
+
+    done = mp.get_context("fork").Value("l", 0)
+
+    def count():
+        with done.get_lock():
+            done.value += 1
+
+    _advance = count                                # the forked workers inherit it
+    try:
+        with _worker_pool(min(workers, len(todo)), cfg.measure) as pool:
+            pending = {pool.submit(build_shard, index, task, task_fp, cfg, code_index)
+                       for index, task, task_fp in todo}
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                bar.update(done.value - bar.n)
+                for future in finished:
+                    yield future.result()
+    finally:
+        _advance = _no_progress
+
+
+def _no_progress():
+    pass
+
+
+_advance = _no_progress                             # called once per record a shard reads
 
 
 def _worker_pool(workers, measuring):
@@ -168,6 +199,7 @@ def build_shard(index, items, task_fp, cfg, code_index):
     source_digest = hashlib.sha256()
     measured, unmeasured = [], []
     for it in items:
+        _advance()
         try:
             sig, length, digest, values = load_record(it, cfg, path, notes, unmeasured)
         except BadRecordError as exc:

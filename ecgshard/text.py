@@ -79,9 +79,10 @@ def run(cfg: TextConfig):
                 return out
         except ECGShardError as exc:
             log.warning("recomputing %s: %s", out, exc)
-    log.info("embedding %d classes and %d finding statements with %s", len(classes),
-             len(statements), model)
+    log.info("embedding %d classes and %d finding statements with %s (loading it takes a few "
+             "seconds)", len(classes), len(statements), model)
     encoder = load_encoder(model, pooling, resolve_device(cfg.device), cfg.batch_size)
+    log.info("loaded %s (%s, revision %s)", encoder.model_id, encoder.kind, encoder.revision)
     matrix = embed_classes(encoder, texts)
     # the finding statements under the classes' templates, so both sides read alike
     finding_rows = embed_classes(encoder, [[t.format(name=s) for t in cfg.templates]

@@ -275,3 +275,38 @@ def test_a_rebuild_and_duplicate_files_leave_nothing_behind(tmp_path, caplog):
     assert "removed 3 shard files" in caplog.text
     with pytest.raises(ECGShardError, match="--limit must be > 0"):
         _cfg(src, tmp_path / "x", limit=-75)
+
+
+class _Bar:
+    """tqdm's interface as build uses it, recording each step."""
+    instances = []
+
+    def __init__(self, total, **kwargs):
+        self.total, self.n, self.steps = total, 0, []
+        _Bar.instances.append(self)
+
+    def update(self, k):
+        self.n += k
+        self.steps.append(k)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_build_progress_moves_record_by_record(tmp_path, monkeypatch, workers):
+    """A shard of 2,048 records takes 20 s: the bar moves per record, in workers too."""
+    import tqdm.auto
+
+    synth.write_ptbxl(tmp_path / "raw", n_records=60, seed=2, rates=(100,))
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    _Bar.instances.clear()
+    manifest = build.run(build.BuildConfig(source_dir=str(tmp_path / "raw"),
+                                           out_dir=str(tmp_path / "s"), workers=workers,
+                                           shard_size=25, measure=False))
+    (bar,) = _Bar.instances
+    assert bar.total == bar.n == manifest["n_records"] + len(manifest["skipped"]) == 60
+    if workers == 1:
+        assert bar.steps == [1] * 60
+    else:       # polled from the workers' shared count: at least once per shard
+        assert len(bar.steps) >= 3
