@@ -55,7 +55,8 @@ def run(cfg: ProbeConfig):
         picked = draw_patients(patients, train, fraction, cfg.seed)
         row = {"fraction": fraction, "train_records": int(picked.sum())}
         for name, emb in encoders.items():
-            auroc, classes = probe_auroc(emb, labels, picked, test, cfg.min_positives, cfg.c)
+            auroc, classes = probe_auroc(emb, labels, picked, test, cfg.min_positives, cfg.c,
+                                         desc=f"probe {fraction:.0%}, {name} encoder")
             row[name] = {"macro_auroc": metrics.macro(auroc), "n_classes": len(classes),
                          "per_class": {codes[c]: float(a) for c, a in zip(classes, auroc)}}
         rows.append(row)
@@ -95,12 +96,14 @@ def draw_patients(patients, pool, fraction, seed):
     return pool & np.isin(patients, chosen)
 
 
-def probe_auroc(emb, labels, train, test, min_positives, c):
+def probe_auroc(emb, labels, train, test, min_positives, c, desc="probe"):
     """Per-class test AUROC of logistic regressions fitted on the ``train`` records, for the
     classes with a positive and a negative there and ``min_positives`` test positives;
-    returns (AUROC per class, class indices)."""
+    returns (AUROC per class, class indices). A bar (``desc``) moves per class: on 17,000
+    records a regression takes seconds."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+    from tqdm.auto import tqdm
 
     scaler = StandardScaler().fit(emb[train])
     x_train, x_test = scaler.transform(emb[train]), scaler.transform(emb[test])
@@ -109,7 +112,7 @@ def probe_auroc(emb, labels, train, test, min_positives, c):
                if 0 < y_train[:, k].sum() < len(y_train) and y_test[:, k].sum() >= min_positives
                and y_test[:, k].sum() < len(y_test)]
     scores = np.zeros((len(x_test), len(classes)))
-    for j, k in enumerate(classes):
+    for j, k in enumerate(tqdm(classes, desc=desc, unit="class", disable=None, leave=False)):
         clf = LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train[:, k])
         scores[:, j] = clf.decision_function(x_test)
     auroc, _ = metrics.per_class(scores, y_test[:, classes])
