@@ -362,11 +362,12 @@ def _zeroshot_options(*macro_flags):
                      help="Positives a class needs to enter a macro figure (fewer: listed)."),
                 _opt(Z, "threshold", help="val-seen, val-z (per-class scale from validation "
                      "inputs), youden (optimistic, labelled) or fixed:X."),
-                _opt(Z, "scoring", help="cosine (as trained), centered (the text rows' shared "
+                _opt(Z, "scoring", help="findings-unseen (unseen classes read through the "
+                     "run's trained finding statements, the others by cosine; cosine for a run "
+                     "without statements), cosine (as trained), centered (the text rows' shared "
                      "direction removed), record-z (each record's scores standardised across "
-                     "the vocabulary's texts) or findings (each text plus its reading in the "
-                     "run's trained finding statements; a run trained with --findings); the "
-                     "controls are scored the same way."))):
+                     "the vocabulary's texts) or findings (every class read through the "
+                     "statements); the controls are scored the same way."))):
             command = decorator(command)
         return command
     return add

@@ -235,11 +235,12 @@ class ZeroShotConfig:
     allow_signal_mismatch: bool = False
     leads: tuple = ()                   # score with only these present (others zeroed); all
     seed: int = 0
-    scoring: str = "cosine"             # scoring.Scorer; chosen by measurement:
+    scoring: str = "findings-unseen"    # scoring.Scorer; chosen by measurement:
                                         # docs/findings.md
 
     CHOICES: ClassVar[dict] = {"checkpoint": ("best", "last"),
-                               "scoring": ("cosine", "centered", "record-z", "findings")}
+                               "scoring": ("findings-unseen", "cosine", "centered",
+                                           "record-z", "findings")}
     THRESHOLDS: ClassVar[tuple] = ("val-seen", "val-z", "youden", "fixed:X")
 
     def __post_init__(self):

@@ -20,7 +20,11 @@ class Scorer:
     - ``findings`` (a run trained with ``--findings``): each text row plus its reading in the
       trained finding statements — their rows weighted by a softmax of the text's cosine to
       each (temperature ``FINDINGS_TAU``) — renormalised: a class is scored also through the
-      measured findings its text is nearest to, which the encoder was trained to tell apart.
+      measured findings its text is nearest to, which the encoder was trained to tell apart;
+    - ``findings-unseen``: ``findings`` for the rows a caller marks (``through``: zeroshot
+      marks its unseen classes, and their wrong texts alike), cosine for the rest — the
+      trained and related classes, which reading through the statements lowers
+      (docs/findings.md); cosine throughout for a run that trained no statements.
     """
 
     FINDINGS_TAU = 0.05
@@ -29,23 +33,30 @@ class Scorer:
         self.mode = mode
         self.center = np.asarray(train_rows, dtype=np.float32).mean(0)
         self.candidates = np.asarray(candidate_rows, dtype=np.float32)
-        if mode == "findings" and (finding_rows is None or not len(finding_rows)):
+        self.has_findings = finding_rows is not None and len(finding_rows) > 0
+        if mode == "findings" and not self.has_findings:
             raise ECGShardError("--scoring findings needs a run trained with --findings "
                                 "(this run trained no finding statements)")
         self.findings = finding_rows
 
-    def rows(self, rows):
+    def rows(self, rows, through=None):
         if self.mode == "centered":
             return _unit(rows - self.center)
-        if self.mode == "findings":
+        if self.mode == "findings" or (self.mode == "findings-unseen" and self.has_findings
+                                       and through is not None):
             weights = rows @ self.findings.T / self.FINDINGS_TAU
             weights = np.exp(weights - weights.max(axis=1, keepdims=True))
             reading = (weights / weights.sum(axis=1, keepdims=True)) @ self.findings
-            return _unit(_unit(rows) + _unit(reading))
+            read = _unit(_unit(rows) + _unit(reading))
+            if self.mode == "findings":
+                return read
+            return np.where(np.asarray(through, bool)[:, None], read, rows)
         return rows
 
-    def __call__(self, emb, rows):
-        cos = emb @ self.rows(np.asarray(rows, dtype=np.float32)).T
+    def __call__(self, emb, rows, through=None):
+        """(N, R) scores of ``emb`` against ``rows``; ``through`` (R,) bool: the rows
+        ``findings-unseen`` reads through the statements."""
+        cos = emb @ self.rows(np.asarray(rows, dtype=np.float32), through).T
         if self.mode != "record-z":
             return cos
         every = emb @ self.candidates.T

@@ -71,20 +71,23 @@ def _run(cfg):
     vocab = [c for c in shards.class_codes(manifest) if c in in_text]   # the texts to score with
     score = Scorer(cfg.scoring, trained.text_rows, text.emb[text.rows(vocab)],
                    trained.finding_rows)
+    status = trained.statuses(targets)
+    # the classes --scoring findings-unseen reads through the trained statements
+    through = np.array([status[t].group == "unseen" for t in targets], bool)
     emb = encoder.encode(data["signal"], data["length"], device=device)
-    scores = score(emb, text_rows)                               # (N, C)
-    threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows, score)
-    controls = _control_scores(trained, data, text_rows, device, cfg, score) \
+    scores = score(emb, text_rows, through)                      # (N, C)
+    threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows, score,
+                                 through)
+    controls = _control_scores(trained, data, text_rows, device, cfg, score, through) \
         if cfg.control else None
-    against = _specificity_inputs(emb, text, vocab, data, score)
+    against = _specificity_inputs(emb, text, vocab, data, score, through)
 
     report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
                                         rule, excluded)}
     report["provenance"]["classes_without_text"] = no_text
     report["provenance"]["normal_text"] = against["normal_code"]
     report["provenance"]["wrong_text_pool"] = against["pool"]
-    classes, groups, replicates = _evaluate(scores, data["labels"], targets,
-                                            trained.statuses(targets),
+    classes, groups, replicates = _evaluate(scores, data["labels"], targets, status,
                                             dict(zip(text.codes, text.names)), threshold, cfg,
                                             data["patient"], controls, against)
     nearest = nearest_trained(text_rows, trained, dict(zip(text.codes, text.names))
@@ -246,21 +249,25 @@ def _write_set(out, cfg, report, emb, scores, data, targets, replicates):
 REPLICATES = "replicates.npz"
 
 
-def _specificity_inputs(emb, text, vocab, data, score):
-    """What the class-specificity controls score with: every wrong-text candidate's cosines,
-    and the class-agnostic abnormality score (minus the cosine to the normal text)."""
+def _specificity_inputs(emb, text, vocab, data, score, through):
+    """What the class-specificity controls score with: every wrong-text candidate's scores,
+    and the class-agnostic abnormality score (minus the cosine to the normal text). The wrong
+    texts are scored as the own text is: read through the statements, too, for a class
+    ``through`` marks (``pool_scores_through``)."""
     graph = concepts.load()
     pool = specificity.wrong_text_pool(vocab, graph)
     normal_code = specificity.normal_text_code(text.codes, graph, prefer=vocab)
     baseline = None if normal_code is None else -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
-    # the wrong texts are scored as the own text is; the abnormality baseline stays a cosine
-    return {"pool": pool, "pool_scores": score(emb, text.emb[text.rows(pool)]) if pool else None,
+    rows = text.emb[text.rows(pool)] if pool else None
+    return {"pool": pool, "pool_scores": score(emb, rows) if pool else None,
+            "pool_scores_through": score(emb, rows, np.ones(len(pool), bool))
+            if pool and through.any() else None, "through": through,
             "normal_code": normal_code, "baseline": baseline, "normal": data["normal"],
             "source": data["source"], "graph": graph}
 
 
-def _control_scores(trained, data, text_rows, device, cfg, score):
-    """Scores of ``control_seeds`` untrained encoders: (seeds, N, C)."""
+def _control_scores(trained, data, text_rows, device, cfg, score, through):
+    """Scores of ``control_seeds`` untrained encoders, by the same rule: (seeds, N, C)."""
     out = []
     from tqdm.auto import tqdm
 
@@ -268,7 +275,7 @@ def _control_scores(trained, data, text_rows, device, cfg, score):
                   disable=None, leave=False):
         control = trained.untrained(cfg.seed * 1000 + 1 + k, device)
         out.append(score(control.encode(data["signal"], data["length"], device=device,
-                                        desc=f"untrained encoder {k + 1}"), text_rows))
+                                        desc=f"untrained encoder {k + 1}"), text_rows, through))
     return np.stack(out) if out else None
 
 
@@ -346,7 +353,7 @@ def _target_classes(spec, manifest, text, holdout, same_set):
     return targets, no_text
 
 
-def _threshold(cfg, trained, scores, labels, text_rows, score):
+def _threshold(cfg, trained, scores, labels, text_rows, score, through):
     """The decision threshold(s) and a sentence saying where they come from."""
     if cfg.threshold == "youden":
         return metrics.youden_threshold(scores, labels), \
@@ -369,7 +376,7 @@ def _threshold(cfg, trained, scores, labels, text_rows, score):
     # on the training classes there.
     z_train = (v_scores - v_scores.mean(0)) / v_scores.std(0).clip(min=1e-6)
     z = metrics.pooled_youden_threshold(z_train, v_labels)
-    target_val = score(v_emb, text_rows)
+    target_val = score(v_emb, text_rows, through)
     value = target_val.mean(0) + z * target_val.std(0).clip(min=1e-6)
     return value, (f"per-class cosine thresholds mean + {z:.3f} sd of each class's scores on the "
                    f"validation folds {folds} (z chosen by mean Youden over the training classes "
@@ -399,9 +406,14 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
         if controls is not None else None
     n_pos = labels.sum(axis=0).astype(int)
     graph = against["graph"]
-    wrong = specificity.own_vs_wrong(
-        auroc, metrics.cross_auroc(against["pool_scores"], labels), against["pool"], targets,
-        graph) if against["pool"] else [None] * n_classes
+    if against["pool"]:
+        cross = metrics.cross_auroc(against["pool_scores"], labels)            # (P, C)
+        if against.get("pool_scores_through") is not None:
+            cross = np.where(against["through"][None, :],
+                             metrics.cross_auroc(against["pool_scores_through"], labels), cross)
+        wrong = specificity.own_vs_wrong(auroc, cross, against["pool"], targets, graph)
+    else:
+        wrong = [None] * n_classes
     base_auroc = metrics.cross_auroc(baseline[:, None], labels)[0] if baseline is not None \
         else np.full(n_classes, np.nan)
     within = specificity.within_abnormal(scores, labels, against["normal"])

@@ -120,7 +120,6 @@ def test_busy_cores_sees_a_spinning_process():
 
     from ecgshard import device
 
-    idle = device.busy_cores(0.3)
     stop = multiprocessing.Event()
     spinner = multiprocessing.Process(target=_spin, args=(stop,))
     spinner.start()
@@ -129,7 +128,8 @@ def test_busy_cores_sees_a_spinning_process():
     finally:
         stop.set()
         spinner.join()
-    assert busy > idle + 0.5            # one core more, give or take the test runner's noise
+    # the spinner keeps at least one core busy, whatever else runs; never more than there are
+    assert 0.5 < busy <= device.cpu_budget() + 0.1
 
 
 def _spin(stop):

@@ -453,3 +453,51 @@ def test_a_text_matrix_of_other_texts_is_refused_naming_what_differs(demo_run, d
     with pytest.raises(ECGShardError, match=r"text_mode: 'both' \(run\) vs 'name' \(given\)"):
         zeroshot.run(ZeroShotConfig(run=str(demo_run), shards=str(demo_data / "s-ptbxl"),
                                     text=str(other), out=str(tmp_path / "z"), device="cpu"))
+
+
+def test_findings_unseen_reads_only_the_marked_rows_through_the_statements():
+    import numpy as np
+
+    from ecgshard.zeroshot import Scorer
+
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(3, 8))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    findings, emb = np.eye(8)[:4], rng.normal(size=(5, 8))
+    mixed = Scorer("findings-unseen", rows, rows, findings)
+    through = np.array([True, False, True])
+    got = mixed(emb, rows, through)
+    np.testing.assert_allclose(got[:, through], Scorer("findings", rows, rows, findings)(
+        emb, rows)[:, through], atol=1e-6)
+    np.testing.assert_allclose(got[:, ~through], emb @ rows[~through].T, atol=1e-6)
+    np.testing.assert_allclose(mixed(emb, rows), emb @ rows.T, atol=1e-6)   # nothing marked
+    # a run without statements: cosine throughout, not an error
+    np.testing.assert_allclose(Scorer("findings-unseen", rows, rows, None)(emb, rows, through),
+                               emb @ rows.T, atol=1e-6)
+
+
+def test_the_default_scoring_reads_unseen_classes_through_the_statements_and_no_other(
+        demo_data, demo_run, demo_text, tmp_path):
+    """Per class, the default (findings-unseen) gives an unseen class what --scoring findings
+    gives it, wrong-text null included, and a trained class what cosine gives it."""
+    quick = dict(shards=str(demo_data / "s-ptbxl"), classes="all", control=False,
+                 bootstrap=0, permutations=0)
+    by = {}
+    for scoring in ("findings-unseen", "findings", "cosine"):
+        report = _zs(demo_data, demo_run, demo_text, tmp_path / scoring, scoring=scoring,
+                     **quick)
+        by[scoring] = {c["code"]: c for c in report["classes"] if c["auroc"] is not None}
+    default = by["findings-unseen"]
+    unseen = [c for c, row in default.items() if row["group"] == "unseen"]
+    seen = [c for c, row in default.items() if row["group"] == "seen"]
+    assert unseen and seen
+    for code in unseen:
+        assert default[code]["auroc"] == pytest.approx(by["findings"][code]["auroc"])
+        assert default[code]["wrong_text"]["mean"] == pytest.approx(
+            by["findings"][code]["wrong_text"]["mean"])
+    for code in seen:
+        assert default[code]["auroc"] == pytest.approx(by["cosine"][code]["auroc"])
+        assert default[code]["wrong_text"]["mean"] == pytest.approx(
+            by["cosine"][code]["wrong_text"]["mean"])
+    assert any(by["findings"][c]["auroc"] != pytest.approx(by["cosine"][c]["auroc"])
+               for c in unseen)                                # the rule made a difference
