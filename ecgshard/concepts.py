@@ -285,12 +285,12 @@ def riders(reasons):
     return {c for c, why in reasons.items() if why and why.startswith(SHARED_NAME + " of ")}
 
 
-def display(code, texts=None):
+def display(code):
     """A code as a reader can take it in: a numeric (SNOMED CT) code with its name."""
     code = str(code)
     if not code.isdigit():
         return code
-    entry = (texts or _package_texts()).entries.get(code)
+    entry = _package_texts().entries.get(code)
     return f"{code} {entry['synonyms'][0]}" if entry and entry.get("synonyms") else code
 
 

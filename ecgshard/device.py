@@ -46,13 +46,20 @@ def cpu_budget():
     """The cores this process may use: its CPU affinity, capped by a cgroup (container) CPU
     quota, which ``os.cpu_count`` and torch's own default both ignore."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
     return max(1, cores or 1)
+
+
+def _cgroup_quota():
+    """The cores a cgroup (v2) CPU quota grants this container, or None where none limits it."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
 
 
 def choose_threads(requested=0):
@@ -74,21 +81,25 @@ def busy_cores(window=0.2):
     this process does any work: the CPU time of this container's cgroup where a quota limits
     it, else the busy share of the CPUs this process may run on (/proc/stat). A load average
     would count this user's previous commands too. 0 where neither can be read."""
+    limited = _cgroup_quota() is not None
+
     def sample():
-        try:
-            if open("/sys/fs/cgroup/cpu.max").read().split()[0] != "max":
-                stat = dict(line.split() for line in open("/sys/fs/cgroup/cpu.stat"))
+        if limited:
+            try:
+                with open("/sys/fs/cgroup/cpu.stat") as f:
+                    stat = dict(line.split() for line in f)
                 return "cgroup", float(stat["usage_usec"]) / 1e6, 0.0
-        except (OSError, ValueError, KeyError):
-            pass
+            except (OSError, ValueError, KeyError):
+                pass                                        # read the CPUs instead
         mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
         busy = total = 0.0
-        for line in open("/proc/stat"):
-            name, *ticks = line.split()
-            if name in mine:
-                ticks = [float(t) for t in ticks[:8]]
-                total += sum(ticks)
-                busy += sum(ticks) - ticks[3] - ticks[4]        # less idle and iowait
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *ticks = line.split()
+                if name in mine:
+                    ticks = [float(t) for t in ticks[:8]]
+                    total += sum(ticks)
+                    busy += sum(ticks) - ticks[3] - ticks[4]        # less idle and iowait
         return "proc", busy, total
 
     try:

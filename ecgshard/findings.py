@@ -11,7 +11,7 @@ No statement names a diagnosis (a test checks every statement against every ship
 vocabulary's names and synonyms). Some restate a coded class all the same: "frontal QRS axis
 pointing left" *is* left axis deviation (SNOMED 39732003), which the relation table puts near
 LAFB. Each statement lists the codes it ``states``; a run counts a trained statement as
-training them (``Run.trained_concepts``), and ``fit`` withholds a statement whose stated
+training them (``statuses``, ``Run.statuses``), and ``fit`` withholds a statement whose stated
 concept is the same as, or related to, a held-out class, so that class stays unseen.
 Held-out classes' records stay excluded from training exactly as without findings. A record
 whose measurement is NaN is negative for every statement that reads it.

@@ -173,12 +173,13 @@ def findings_withheld(holdout, riders=()):
     # The rest of a withheld statement's quantity goes too: trained alone, "axis between -30
     # and +90 degrees" is the nearest text to a held-out fascicular block's and scores it
     # backwards (docs/findings.md)
+    first = {}
+    for code in out:
+        first.setdefault(findings.BY_CODE[code].quantity, code)
     for f in findings.FINDINGS:
-        first = next((g for g in findings.FINDINGS if g.code in out and g.code != f.code
-                      and g.quantity == f.quantity), None)
-        if f.code not in out and first is not None:
-            out[f.code] = (f"it reads {f.quantity}, as withheld {first.code} does: trained "
-                           f"without it, its text would stand for the whole quantity")
+        if f.code not in out and f.quantity in first:
+            out[f.code] = (f"it reads {f.quantity}, as withheld {first[f.quantity]} does: "
+                           f"trained without it, its text would stand for the whole quantity")
     return out
 
 

@@ -48,16 +48,19 @@ QUANTITIES = (
     ("qtc", "ms", "QT / sqrt(mean RR in s) (Bazett)"),
     ("qrs_axis", "deg", "frontal axis of the net QRS areas of I and aVF"),
     ("sokolow_lyon", "mV", "S depth in V1 + the larger R of V5, V6"),
-) + tuple((f"qrs_amplitude_{lead}", "mV", f"QRS peak to peak in {lead}") for lead in LEADS) \
-  + tuple((f"q_{lead}", "ms", f"initial negative QRS deflection in {lead}: QRS onset to its "
-                              "return to baseline (0: the QRS starts upright)") for lead in LEADS) \
-  + tuple((f"q_depth_{lead}", "mV", f"depth of that deflection in {lead}") for lead in LEADS) \
-  + tuple((f"qrs_terminal_{lead}", "mV", f"mean of the last 40 ms of the QRS in {lead}")
-          for lead in LEADS) \
-  + tuple((f"st_{lead}", "mV", f"ST level 60 ms after the QRS end in {lead} (40 ms above "
-                               "100 per minute)") for lead in LEADS) \
-  + tuple((f"t_{lead}", "mV", f"T wave in {lead} at the peak of the spatial T wave")
-          for lead in LEADS)
+)
+# (kind, unit, definition) of each lead's own measurements, named "<kind>_<lead>"
+PER_LEAD = (
+    ("qrs_amplitude", "mV", "QRS peak to peak"),
+    ("q", "ms", "initial negative QRS deflection: QRS onset to its return to baseline (0: the "
+                "QRS starts upright)"),
+    ("q_depth", "mV", "depth of that deflection"),
+    ("qrs_terminal", "mV", "mean of the last 40 ms of the QRS"),
+    ("st", "mV", "ST level 60 ms after the QRS end (40 ms above 100 per minute)"),
+    ("t", "mV", "T wave at the peak of the spatial T wave"),
+)
+QUANTITIES += tuple((f"{kind}_{lead}", unit, f"{definition}, in {lead}")
+                    for kind, unit, definition in PER_LEAD for lead in LEADS)
 NAMES = tuple(q[0] for q in QUANTITIES)
 UNITS = {q[0]: q[1] for q in QUANTITIES}
 INDEX = {name: i for i, name in enumerate(NAMES)}

@@ -39,11 +39,15 @@ class Scorer:
                                 "(this run trained no finding statements)")
         self.findings = finding_rows
 
+    @property
+    def reads_through(self):
+        """Whether the rows a caller marks (``through``) score otherwise than the rest."""
+        return self.mode == "findings-unseen" and self.has_findings
+
     def rows(self, rows, through=None):
         if self.mode == "centered":
             return _unit(rows - self.center)
-        if self.mode == "findings" or (self.mode == "findings-unseen" and self.has_findings
-                                       and through is not None):
+        if self.mode == "findings" or (self.reads_through and through is not None):
             weights = rows @ self.findings.T / self.FINDINGS_TAU
             weights = np.exp(weights - weights.max(axis=1, keepdims=True))
             reading = (weights / weights.sum(axis=1, keepdims=True)) @ self.findings

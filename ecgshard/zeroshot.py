@@ -261,7 +261,7 @@ def _specificity_inputs(emb, text, vocab, data, score, through):
     rows = text.emb[text.rows(pool)] if pool else None
     return {"pool": pool, "pool_scores": score(emb, rows) if pool else None,
             "pool_scores_through": score(emb, rows, np.ones(len(pool), bool))
-            if pool and through.any() else None, "through": through,
+            if pool and score.reads_through and through.any() else None, "through": through,
             "normal_code": normal_code, "baseline": baseline, "normal": data["normal"],
             "source": data["source"], "graph": graph}
 
