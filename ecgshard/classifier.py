@@ -89,17 +89,31 @@ class ZeroShotClassifier:
 
     def encode_text(self, texts):
         """(C, D) unit rows for class texts, as the run's text matrix would hold them."""
-        texts = _names(texts, "classes")
-        todo = [t for t in dict.fromkeys(texts) if self._key(t) not in self._text_cache]
-        if todo:
-            groups = text.class_texts([{"code": t, "name": t} for t in todo],
-                                      self.text_attrs["text_mode"],
-                                      self.text_attrs["templates"], self._class_texts)
-            for t, row in zip(todo, text.embed_classes(self._encoder(), groups)):
-                self._text_cache[self._key(t)] = row
-        if not texts:
+        rows = self._embedded("row", texts)
+        if not rows:
             return np.zeros((0, self.model.encoder.config.text_dim), np.float32)
-        return np.stack([self._text_cache[self._key(t)] for t in texts])
+        return np.stack(rows)
+
+    def encode_sentences(self, texts):
+        """Each class text's reading sentences as (k, D) unit rows, as the run's text matrix
+        would hold them (``text.reading_sentences``): what ``scoring="findings"`` reads."""
+        return self._embedded("sentences", texts)
+
+    def _embedded(self, kind, texts):
+        texts = _names(texts, "classes")
+        todo = [t for t in dict.fromkeys(texts) if (kind, self._key(t)) not in self._text_cache]
+        if todo:
+            classes = [{"code": t, "name": t} for t in todo]
+            mode, templates = self.text_attrs["text_mode"], self.text_attrs["templates"]
+            if kind == "row":
+                groups = text.class_texts(classes, mode, templates, self._class_texts)
+                values = list(text.embed_classes(self._encoder(), groups))
+            else:
+                groups = text.reading_sentences(classes, mode, templates, self._class_texts)
+                rows = text.embed_classes(self._encoder(), [[s] for g in groups for s in g])
+                values = np.split(rows, np.cumsum([len(g) for g in groups])[:-1])
+            self._text_cache.update({(kind, self._key(t)): v for t, v in zip(todo, values)})
+        return [self._text_cache[(kind, self._key(t))] for t in texts]
 
     def _key(self, t):
         return hashlib.sha256(t.encode()).hexdigest()
@@ -123,8 +137,9 @@ class ZeroShotClassifier:
         """(N, C) scores of embeddings against class texts: cosines (what ``probabilities``
         reads), or another rule of ``zeroshot --scoring`` (``scoring.Scorer``)."""
         rows = self.encode_text(classes)
+        sentences = self.encode_sentences(classes) if scoring == "findings" else None
         return Scorer(scoring, self.run.text_rows, self.run.text_rows, self.run.finding_rows)(
-            emb, rows)
+            emb, rows, sentences=sentences)
 
     def probabilities(self, cosines):
         """Calibrated probabilities where the run's loss makes them (the sigmoid loss: scale
@@ -149,14 +164,15 @@ class ZeroShotClassifier:
         classes = _names(classes, "classes")
         graph = concepts.load()
         table = self._class_texts       # the run's own class texts may name more
+        codes = [table.code(c) or c for c in classes]
+        statuses = self.run.statuses(sorted({c for c in codes if graph.known(c)}))
         rows = []
-        for c in classes:
-            code = table.code(c) or c
-            if not graph.known(code):
+        for c, code in zip(classes, codes):
+            if code not in statuses:
                 rows.append((None, "not in the relation table", None, "no code, synonym or "
                              "known name in these words"))
                 continue
-            st = self.run.statuses([code])[code]
+            st = statuses[code]
             via = None if st.via in (None, code) else st.via
             rows.append((table.code(c), st.group, via, st.why))
         labels = [status if via is None else f"{status} via {via}" for _, status, via, _ in rows]

@@ -474,14 +474,15 @@ def markdown_a(cfg, manifest, reports, pooled=None):
               "and the AUROC within abnormal records beside it):", "",
               "| split | class | name | family | group | positives | AUROC [95% CI] | AP | "
               "own-text rank | best other text | abnormality score | within abnormal | "
-              "untrained encoders | nearest trained texts (cosine) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "untrained encoders | nearest trained texts (cosine) | read through the "
+              "statements (weight) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(reports):
         for c in r["classes"]:
             lines.append(f"| {i} | {c['code']} | {c['name']} | {c.get('family', '—')} | "
                          f"{c['group']} | {_class_cells(c)} {_wrong_cells(c)} "
                          f"{num(c.get('within_abnormal_auroc'))} | {_ctrl_range(c)} | "
-                         f"{_nearest_text(c)} |")
+                         f"{_nearest_text(c)} | {_read_through(c)} |")
     lines += ["", "By family (every unseen (split, class) instance in a macro):", "",
               "| family | instances | mean AUROC | mean wrong-text null | own text p < 0.05 | "
               "own text in the top 5 | mean within abnormal |", "|---|---|---|---|---|---|---|",
@@ -494,6 +495,11 @@ def markdown_a(cfg, manifest, reports, pooled=None):
 def _nearest_text(c):
     near = c.get("nearest_trained") or []
     return "; ".join(f"{n['text']} ({n['cosine']:.2f})" for n in near[:3]) or "—"
+
+
+def _read_through(c):
+    read = c.get("read_through") or []
+    return "; ".join(f"{r['text']} ({r['weight']:.2f})" for r in read[:3]) or "—"
 
 
 def unseen_instances(reports):

@@ -5,6 +5,7 @@ API read runs only through ``Run``.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,12 @@ class Run:
     def text_rows(self):
         """(C, D) the text rows the run trained against, one per ``train_codes``."""
         return np.asarray(self.ck["text_emb_train"])[:len(self.train_codes)]
+
+    @functools.cached_property
+    def train_sentences(self):
+        """Each training class's reading sentences (``TextMatrix.sentences``) from the run's
+        text matrix, for scoring its own classes through the statements."""
+        return self.text_matrix().sentences(self.train_codes)
 
     @property
     def finding_codes(self):

@@ -561,6 +561,11 @@ class TextMatrix:
     finding_codes: list = ()
     finding_texts: list = ()
     finding_emb: np.ndarray | None = None
+    # each class's reading sentences (its finding sentences, embedded one by one) as rows of
+    # ``sentence_emb`` owned by ``sentence_rows`` (indices into ``codes``); none in a matrix
+    # from before them
+    sentence_emb: np.ndarray | None = None
+    sentence_rows: np.ndarray | None = None
 
     @property
     def sha256(self):
@@ -588,26 +593,47 @@ class TextMatrix:
                               f"embed-text` (this ecgshard embeds them beside the classes)")
         return self.finding_emb[[index[c] for c in codes]]
 
+    def sentences(self, codes):
+        """Each class's reading sentences, a list of (k, D) unit rows: what ``--scoring
+        findings`` reads in the trained statements sentence by sentence. A class the matrix
+        holds none for (a matrix from before them) reads as its row alone."""
+        rows = self.rows(codes)
+        if self.sentence_emb is None:
+            return [self.emb[[r]] for r in rows]
+        return [self.sentence_emb[self.sentence_rows == r] if np.any(self.sentence_rows == r)
+                else self.emb[[r]] for r in rows]
 
-def text_content_sha256(emb, codes, texts, findings=None):
+
+def text_content_sha256(emb, codes, texts, findings=None, sentences=None):
     h = hashlib.sha256(np.ascontiguousarray(emb, dtype=np.float32).tobytes())
     h.update(json.dumps([list(codes), list(texts)]).encode())
     if findings is not None:
         f_codes, f_texts, f_emb = findings
         h.update(np.ascontiguousarray(f_emb, dtype=np.float32).tobytes())
         h.update(json.dumps([list(f_codes), list(f_texts)]).encode())
+    if sentences is not None:
+        owners, s_emb = sentences
+        h.update(np.ascontiguousarray(owners, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(s_emb, dtype=np.float32).tobytes())
     return h.hexdigest()
 
 
-def write_text_matrix(path, emb, codes, texts, names, attrs, findings=None):
-    """``findings``: (codes, statements, (F, D) rows) of the measured-finding vocabulary."""
+def write_text_matrix(path, emb, codes, texts, names, attrs, findings=None, sentences=None):
+    """``findings``: (codes, statements, (F, D) rows) of the measured-finding vocabulary;
+    ``sentences``: ((S,) owning row index, (S, D) rows) of the classes' reading sentences."""
     import h5py
 
     emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(codes) or len(codes) != len(texts):
         raise SchemaError(f"text matrix shape {emb.shape} does not fit {len(codes)} codes")
+    if sentences is not None:
+        sentences = (np.asarray(sentences[0], np.int64), np.asarray(sentences[1], np.float32))
+        if len(sentences[0]) != len(sentences[1]) or \
+                not np.all((sentences[0] >= 0) & (sentences[0] < len(codes))):
+            raise SchemaError(f"{len(sentences[1])} reading sentences owned by rows outside "
+                              f"the {len(codes)} classes")
     attrs = dict(attrs, schema_version=TEXT_SCHEMA_VERSION,
-                 content_sha256=text_content_sha256(emb, codes, texts, findings))
+                 content_sha256=text_content_sha256(emb, codes, texts, findings, sentences))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("emb", data=emb)
@@ -615,6 +641,9 @@ def write_text_matrix(path, emb, codes, texts, names, attrs, findings=None):
             if findings is not None:
                 f.create_dataset("finding_emb", data=np.asarray(findings[2], np.float32))
                 strings += [("finding_codes", findings[0]), ("finding_texts", findings[1])]
+            if sentences is not None:
+                f.create_dataset("sentence_rows", data=sentences[0])
+                f.create_dataset("sentence_emb", data=sentences[1])
             for key, values in strings:
                 f.create_dataset(key, data=np.asarray(list(values), dtype=object),
                                  dtype=h5py.string_dtype())
@@ -644,12 +673,16 @@ def read_text_matrix(path):
         findings = (list(read_strings(f["finding_codes"])),
                     list(read_strings(f["finding_texts"])), f["finding_emb"][...]) \
             if "finding_emb" in f else None
-    if text_content_sha256(emb, codes, texts, findings) != attrs["content_sha256"]:
+        sentences = (f["sentence_rows"][...], f["sentence_emb"][...]) \
+            if "sentence_emb" in f else None
+    if text_content_sha256(emb, codes, texts, findings, sentences) != attrs["content_sha256"]:
         raise SchemaError(f"{path}: content hash does not match; the file is damaged")
     return TextMatrix(emb=emb, codes=codes, texts=texts, names=names, attrs=attrs,
                       **({} if findings is None else dict(
                           finding_codes=findings[0], finding_texts=findings[1],
-                          finding_emb=findings[2])))
+                          finding_emb=findings[2])),
+                      **({} if sentences is None else dict(
+                          sentence_rows=sentences[0], sentence_emb=sentences[1])))
 
 
 def attr_value(value):

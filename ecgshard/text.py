@@ -59,7 +59,9 @@ def run(cfg: TextConfig):
     model, pooling = resolve_model(cfg.model, cfg.pooling)
     classes = collect_vocabulary(cfg.vocab)
     table_bytes = concepts.class_texts_bytes(cfg.class_texts)
-    texts = class_texts(classes, cfg.texts, cfg.templates, concepts.load_class_texts(raw=table_bytes))
+    table = concepts.load_class_texts(raw=table_bytes)
+    texts = class_texts(classes, cfg.texts, cfg.templates, table)
+    sentences = reading_sentences(classes, cfg.texts, cfg.templates, table)
     # What it takes to embed a new class text the same way later (predict, the Python API);
     # fit copies the class texts into the run, checked against this hash.
     load = {"model": model, "pooling": pooling,
@@ -69,6 +71,7 @@ def run(cfg: TextConfig):
     inputs = {"model": model, "model_files": _local_model_stamp(model), "pooling": pooling,
               "templates": list(cfg.templates), "texts": cfg.texts, "load": load,
               "classes": [[c["code"], t] for c, t in zip(classes, texts)],
+              "sentences": sentences,
               "findings": [findings.VERSION, finding_codes, statements]}
     fp = shards.fingerprint(inputs)
     out = Path(cfg.out)
@@ -79,14 +82,17 @@ def run(cfg: TextConfig):
                 return out
         except ECGShardError as exc:
             log.warning("recomputing %s: %s", out, exc)
-    log.info("embedding %d classes and %d finding statements with %s (loading it takes a few "
-             "seconds)", len(classes), len(statements), model)
+    log.info("embedding %d classes, their %d reading sentences and %d finding statements with "
+             "%s (loading it takes a few seconds)", len(classes), sum(map(len, sentences)),
+             len(statements), model)
     encoder = load_encoder(model, pooling, resolve_device(cfg.device), cfg.batch_size)
     log.info("loaded %s (%s, revision %s)", encoder.model_id, encoder.kind, encoder.revision)
     matrix = embed_classes(encoder, texts)
     # the finding statements under the classes' templates, so both sides read alike
     finding_rows = embed_classes(encoder, [[t.format(name=s) for t in cfg.templates]
                                            for s in statements])
+    owners = np.repeat(np.arange(len(classes)), [len(group) for group in sentences])
+    sentence_rows = embed_classes(encoder, [[s] for group in sentences for s in group])
     shards.write_text_matrix(out, matrix, [c["code"] for c in classes],
                              [" | ".join(group) for group in texts],
                              [c["name"] for c in classes], {
@@ -97,7 +103,8 @@ def run(cfg: TextConfig):
                                  "text_sha256": [hashlib.sha256(" | ".join(g).encode())
                                                  .hexdigest() for g in texts],
                                  "findings_version": findings.VERSION},
-                             findings=(finding_codes, statements, finding_rows))
+                             findings=(finding_codes, statements, finding_rows),
+                             sentences=(owners, sentence_rows))
     log.info("wrote %s: %d classes x %d dims (%s, %s pooling)", out, *matrix.shape,
              encoder.model_id, encoder.pooling)
     return out
@@ -153,6 +160,18 @@ def class_texts(classes, mode, templates, table):
                       [name] + [s for s in e.get("synonyms", []) if concepts.normalised_name(s)
                                 != concepts.normalised_name(name)] + [both]))}[mode]
         out.append([t.format(name=body) for body in bodies for t in templates])
+    return out
+
+
+def reading_sentences(classes, mode, templates, table):
+    """Each class's reading sentences, what ``--scoring findings`` reads in the trained
+    statements one by one: its finding sentences (under each template), or its name where the
+    texts are names only or it has no findings."""
+    out = []
+    for c in classes:
+        entry = table.entry(c["code"], c["name"]) or {}
+        bodies = list(entry.get("findings", [])) if mode != "name" else []
+        out.append([t.format(name=body) for body in bodies or [c["name"]] for t in templates])
     return out
 
 

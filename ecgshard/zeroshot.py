@@ -66,20 +66,20 @@ def _run(cfg):
         shards.keep_leads(data["signal"], cfg.leads)
 
     encoder = trained.encoder(device)
-    text_rows = text.emb[text.rows(targets)]
+    text_rows, sentences = text.emb[text.rows(targets)], text.sentences(targets)
     in_text = set(text.codes)
     vocab = [c for c in shards.class_codes(manifest) if c in in_text]   # the texts to score with
     score = Scorer(cfg.scoring, trained.text_rows, text.emb[text.rows(vocab)],
-                   trained.finding_rows)
+                   trained.finding_rows, trained.finding_codes)
     status = trained.statuses(targets)
     # the classes --scoring findings-unseen reads through the trained statements
     through = np.array([status[t].group == "unseen" for t in targets], bool)
     emb = encoder.encode(data["signal"], data["length"], device=device)
-    scores = score(emb, text_rows, through)                      # (N, C)
+    scores = score(emb, text_rows, through, sentences)           # (N, C)
     threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows, score,
-                                 through)
-    controls = _control_scores(trained, data, text_rows, device, cfg, score, through) \
-        if cfg.control else None
+                                 through, sentences)
+    controls = _control_scores(trained, data, text_rows, device, cfg, score, through,
+                               sentences) if cfg.control else None
     against = _specificity_inputs(emb, text, vocab, data, score, through)
 
     report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
@@ -92,10 +92,12 @@ def _run(cfg):
                                             data["patient"], controls, against)
     nearest = nearest_trained(text_rows, trained, dict(zip(text.codes, text.names))
                               | dict(zip(text.finding_codes, text.finding_texts)))
+    read = read_through(score, text_rows, through, sentences, text)
     graph = concepts.load()
-    for row, near in zip(classes, nearest):
+    for row, near, statements in zip(classes, nearest, read):
         row["family"] = concepts.family(row["code"], graph)
         row["nearest_trained"] = near
+        row["read_through"] = statements
     report.update(classes=classes, groups=groups,
                   not_evaluable=[c["code"] for c in classes if c["auroc"] is None],
                   per_source=_per_source(scores, data["labels"], data["source"], classes,
@@ -121,6 +123,22 @@ def nearest_trained(rows, trained, names):
     cos = rows @ trained_rows.T
     return [[{"code": codes[j], "text": texts[j], "cosine": round(float(row[j]), 4)}
              for j in np.argsort(-row)[:NEAREST]] for row in cos]
+
+
+def read_through(score, rows, through, sentences, text):
+    """Per target class the scoring reads through the trained statements, the ``NEAREST``
+    statements with the most weight (averaged over its reading sentences); None for a class
+    scored by its row alone."""
+    marked = np.ones(len(rows), bool) if score.mode == "findings" else \
+        np.asarray(through, bool) & score.reads_through
+    if not marked.any():
+        return [None] * len(rows)
+    weights = score.statement_weights(rows, sentences)
+    texts = dict(zip(text.finding_codes, text.finding_texts))
+    codes = score.finding_codes
+    return [[{"code": codes[j], "text": texts.get(codes[j], codes[j]),
+              "weight": round(float(w[j]), 4)} for j in np.argsort(-w)[:NEAREST]]
+            if m else None for w, m in zip(weights, marked)]
 
 
 def _evaluated_folds(cfg, trained, manifest):
@@ -205,8 +223,10 @@ def _references(cfg, trained, text, emb, data, groups, same_set, score):
     refs = {}
     if same_set and trained.holdout:
         # the rows the run trained against, whether or not the given matrix holds them
-        scores = score(emb, trained.text_rows[[trained.train_codes.index(c)
-                                               for c in data["train_codes"]]])
+        index = [trained.train_codes.index(c) for c in data["train_codes"]]
+        sentences = _train_sentences(trained, score)
+        scores = score(emb, trained.text_rows[index],
+                       sentences=None if sentences is None else [sentences[i] for i in index])
         auroc, ap = metrics.per_class(scores, data["train_labels"])
         refs["trained_classes_same_folds"] = {"macro_auroc": _num(metrics.macro(auroc)),
                                               "macro_ap": _num(metrics.macro(ap)),
@@ -259,14 +279,22 @@ def _specificity_inputs(emb, text, vocab, data, score, through):
     normal_code = specificity.normal_text_code(text.codes, graph, prefer=vocab)
     baseline = None if normal_code is None else -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
     rows = text.emb[text.rows(pool)] if pool else None
-    return {"pool": pool, "pool_scores": score(emb, rows) if pool else None,
-            "pool_scores_through": score(emb, rows, np.ones(len(pool), bool))
+    return {"pool": pool, "pool_scores": score(emb, rows, sentences=text.sentences(pool))
+            if pool else None,
+            "pool_scores_through": score(emb, rows, np.ones(len(pool), bool),
+                                         text.sentences(pool))
             if pool and score.reads_through and through.any() else None, "through": through,
             "normal_code": normal_code, "baseline": baseline, "normal": data["normal"],
             "source": data["source"], "graph": graph}
 
 
-def _control_scores(trained, data, text_rows, device, cfg, score, through):
+def _train_sentences(trained, score):
+    """The training classes' reading sentences where the rule reads them (``--scoring
+    findings``); None otherwise, so the run's text matrix is read only then."""
+    return trained.train_sentences if score.mode == "findings" else None
+
+
+def _control_scores(trained, data, text_rows, device, cfg, score, through, sentences):
     """Scores of ``control_seeds`` untrained encoders, by the same rule: (seeds, N, C)."""
     out = []
     from tqdm.auto import tqdm
@@ -275,7 +303,8 @@ def _control_scores(trained, data, text_rows, device, cfg, score, through):
                   disable=None, leave=False):
         control = trained.untrained(cfg.seed * 1000 + 1 + k, device)
         out.append(score(control.encode(data["signal"], data["length"], device=device,
-                                        desc=f"untrained encoder {k + 1}"), text_rows, through))
+                                        desc=f"untrained encoder {k + 1}"), text_rows, through,
+                         sentences))
     return np.stack(out) if out else None
 
 
@@ -353,7 +382,7 @@ def _target_classes(spec, manifest, text, holdout, same_set):
     return targets, no_text
 
 
-def _threshold(cfg, trained, scores, labels, text_rows, score, through):
+def _threshold(cfg, trained, scores, labels, text_rows, score, through, sentences):
     """The decision threshold(s) and a sentence saying where they come from."""
     if cfg.threshold == "youden":
         return metrics.youden_threshold(scores, labels), \
@@ -365,7 +394,7 @@ def _threshold(cfg, trained, scores, labels, text_rows, score, through):
     # (the checkpoint's own embeddings of them, kept by fit); the evaluated labels never see
     # them being chosen.
     v_emb, v_labels = trained.ck["validation"]["emb"], trained.ck["validation"]["labels"]
-    v_scores = score(v_emb, trained.text_rows)
+    v_scores = score(v_emb, trained.text_rows, sentences=_train_sentences(trained, score))
     folds = trained.info.folds["val"]
     if cfg.threshold == "val-seen":
         value = metrics.pooled_youden_threshold(v_scores, v_labels)
@@ -376,7 +405,7 @@ def _threshold(cfg, trained, scores, labels, text_rows, score, through):
     # on the training classes there.
     z_train = (v_scores - v_scores.mean(0)) / v_scores.std(0).clip(min=1e-6)
     z = metrics.pooled_youden_threshold(z_train, v_labels)
-    target_val = score(v_emb, text_rows, through)
+    target_val = score(v_emb, text_rows, through, sentences)
     value = target_val.mean(0) + z * target_val.std(0).clip(min=1e-6)
     return value, (f"per-class cosine thresholds mean + {z:.3f} sd of each class's scores on the "
                    f"validation folds {folds} (z chosen by mean Youden over the training classes "

@@ -130,6 +130,28 @@ def test_text_modes(tiny_bert, vocab_file, tmp_path):
     assert ensemble[-1] == "sinus bradycardia: " + ", ".join(findings)
 
 
+def test_reading_sentences_are_each_finding_embedded_alone(tiny_bert, vocab_file, tmp_path):
+    """Beside each class row the matrix keeps its finding sentences one by one (what scoring
+    through the statements reads); name-only texts keep the name; a matrix from before them
+    reads each class as its row alone."""
+    def matrix(mode):
+        return shards.read_text_matrix(text.run(text.TextConfig(
+            vocab=(str(vocab_file),), out=str(tmp_path / f"{mode}.h5"), model=str(tiny_bert),
+            texts=mode, device="cpu")))
+
+    findings = concepts.load_class_texts().entry("SBRAD", "")["findings"]
+    both = matrix("both")
+    (sbrad,) = both.sentences(["SBRAD"])
+    assert sbrad.shape == (len(findings), 32)
+    for row, sentence in zip(sbrad, findings):
+        np.testing.assert_allclose(row, _hand_pooled(tiny_bert, sentence, "mean"), atol=1e-5)
+    names = matrix("name")
+    np.testing.assert_allclose(names.sentences(["AFIB"])[0], names.emb[[2]], atol=1e-6)
+    legacy = shards.TextMatrix(emb=both.emb, codes=both.codes, texts=both.texts,
+                               names=both.names, attrs=both.attrs)
+    np.testing.assert_array_equal(legacy.sentences(["AFIB", "CLBBB"])[1], both.emb[[0]])
+
+
 def test_class_texts_cover_every_shipped_vocabulary():
     from ecgshard.databases.code15 import CLASSES
 

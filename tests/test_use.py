@@ -50,7 +50,9 @@ def test_predict_on_raw_records_equals_zeroshot_on_their_shards(demo_data, demo_
     through = Scorer("findings", trained.text_rows, trained.text_rows, trained.finding_rows)
     clf = ZeroShotClassifier.from_run(demo_run, device="cpu")
     read = clf.scores(emb[:6], names, scoring="findings")
-    np.testing.assert_allclose(read, through(emb[:6], text.emb[rows]), atol=2e-5)
+    np.testing.assert_allclose(read, through(emb[:6], text.emb[rows],
+                                             sentences=text.sentences(codes)), atol=2e-5)
+    assert not np.allclose(read, through(emb[:6], text.emb[rows]))   # read sentence by sentence
     assert not np.allclose(read, got)
     status = dict(zip(result["classes"], result["status"]))
     assert status[names[0]] == "unseen" and status[names[1]] == "seen"   # LVOLT held out
@@ -156,7 +158,8 @@ def test_a_run_whose_text_matrix_lacks_its_recipe_is_refused(demo_run, demo_text
     attrs = {k: v for k, v in old.attrs.items()
              if k not in ("load", "schema_version", "content_sha256")}
     shards.write_text_matrix(tmp_path / "old.h5", old.emb, old.codes, old.texts, old.names,
-                             attrs, (old.finding_codes, old.finding_texts, old.finding_emb))
+                             attrs, (old.finding_codes, old.finding_texts, old.finding_emb),
+                             (old.sentence_rows, old.sentence_emb))
     info = shards.read_run_info(run)
     (run / shards.RUN_TEXT).unlink()                # a run from before runs kept a copy
     shards.write_run_info(run, dataclasses.replace(info, text=str(tmp_path / "old.h5")))

@@ -442,6 +442,39 @@ def test_scoring_through_findings_reads_a_class_text_in_the_trained_statements()
         Scorer("findings", train, rows, np.zeros((0, d)))
 
 
+def test_a_definition_is_read_in_the_statements_sentence_by_sentence():
+    """A definition's one embedding can sit nearest a statement none of its parts means (as
+    "sinus bradycardia: heart rate below 60, ..." sits near "heart rate above 120"): read
+    sentence by sentence, each part finds its own statement, and records the encoder placed
+    on those statements score higher than through the blurred row."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from ecgshard.zeroshot import Scorer
+
+    rng = np.random.default_rng(3)
+    d = 16
+    basis = np.eye(d)
+    findings = basis[[1, 2, 3]]
+    row = 0.45 * basis[1] + 0.45 * basis[2] + 0.6 * basis[3] + 0.5 * basis[6]
+    rows = row[None] / np.linalg.norm(row)
+    sentences = [np.stack([0.9 * basis[1] + 0.44 * basis[7], 0.9 * basis[2] + 0.44 * basis[8]])]
+    score = Scorer("findings", basis[[9, 10]], rows, findings)
+    blurred, parts = score.reading(rows)[0], score.reading(rows, sentences)[0]
+    assert blurred[3] > max(blurred[1], blurred[2])          # the row reads the wrong statement
+    assert parts[1] == pytest.approx(parts[2]) and parts[3] < 0.05
+    has = rng.random(400) < 0.5
+    emb = rng.normal(0, 0.4, (400, d)) + np.outer(has, basis[1] + basis[2]) \
+        + np.outer(rng.random(400) < 0.5, basis[3])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    assert roc_auc_score(has, score(emb, rows, sentences=sentences)[:, 0]) > \
+        roc_auc_score(has, score(emb, rows)[:, 0]) + 0.05
+    # the row alone is the sentence-less reading, exactly
+    np.testing.assert_allclose(score.reading(rows, [rows]), score.reading(rows), atol=1e-7)
+    with pytest.raises(ECGShardError, match="2 sets of reading sentences for 1 rows"):
+        score.reading(rows, sentences * 2)
+
+
 def test_a_text_matrix_of_other_texts_is_refused_naming_what_differs(demo_run, demo_data,
                                                                     tmp_path):
     from ecgshard import text
@@ -501,3 +534,14 @@ def test_the_default_scoring_reads_unseen_classes_through_the_statements_and_no_
             by["cosine"][code]["wrong_text"]["mean"])
     assert any(by["findings"][c]["auroc"] != pytest.approx(by["cosine"][c]["auroc"])
                for c in unseen)                                # the rule made a difference
+    # each class read through the statements names the statements it was read through
+    from ecgshard.findings import is_finding
+
+    for code in unseen:
+        read = default[code]["read_through"]
+        assert read == by["findings"][code]["read_through"]
+        assert read and all(is_finding(r["code"]) and r["text"] for r in read)
+        weights = [r["weight"] for r in read]
+        assert weights == sorted(weights, reverse=True) and 0 < sum(weights) <= 1 + 1e-3
+        assert by["cosine"][code]["read_through"] is None
+    assert all(default[code]["read_through"] is None for code in seen)
