@@ -420,8 +420,8 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"training and validation; every held-out class is therefore *unseen*"
         f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
         "",
-        f"Leads scored: {_leads_text(p0)}. Scoring: `{cfg.zeroshot.scoring}` "
-        f"(`docs/zeroshot.md`). Threshold (sensitivity, specificity, F1): "
+        f"Leads scored: {_leads_text(p0)}. Scoring: `{cfg.zeroshot.scoring}`"
+        f"{_reading_text(cfg.zeroshot.scoring, p0)} (`docs/zeroshot.md`). Threshold (sensitivity, specificity, F1): "
         f"`{cfg.zeroshot.threshold}`, in split 0 {p0['threshold_rule']}.",
         "",
         f"The headline pools every held-out class with at least {cfg.zeroshot.min_positives} "
@@ -495,6 +495,15 @@ def markdown_a(cfg, manifest, reports, pooled=None):
 def _nearest_text(c):
     near = c.get("nearest_trained") or []
     return "; ".join(f"{n['text']} ({n['cosine']:.2f})" for n in near[:3]) or "—"
+
+
+def _reading_text(scoring, provenance):
+    """How the classes read through the statements were read, where any are."""
+    if scoring not in ("findings", "findings-unseen"):
+        return ""
+    how = {"sentences": "sentence by sentence", "row": "by their whole text rows"}.get(
+        provenance.get("statement_reading"))
+    return f", classes read through the statements {how}" if how else ""
 
 
 def _read_through(c):

@@ -208,7 +208,11 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
         "train_classes": trained.train_codes, "holdout": trained.holdout,
         "holdout_requested": trained.info.holdout_requested,
         "strict_zero_shot": trained.info.strict_zero_shot,
-        "scoring": cfg.scoring, "threshold_rule": rule, "bootstrap": cfg.bootstrap,
+        "scoring": cfg.scoring,
+        # how a class read through the statements is read: its finding sentences one by one,
+        # or, in a text matrix from before them, its whole row
+        "statement_reading": "sentences" if text.sentence_emb is not None else "row",
+        "threshold_rule": rule, "bootstrap": cfg.bootstrap,
         "bootstrap_unit": "patient",
         "min_positives_for_macro": cfg.min_positives,
         "control_seeds": cfg.control_seeds if cfg.control else 0,

@@ -48,6 +48,11 @@ def test_experiment_a_writes_and_replaces_its_section(demo_data, tmp_path):
     assert f"| **verdict** | {pooled['verdict']} |" in text
     assert "wrong-text null" in text and "published" not in text
     assert "Command: `bin/experiment-a tiny`" in text
+    # how unseen classes were scored, and what each was read through
+    assert "Scoring: `findings-unseen`, classes read through the statements sentence by " \
+           "sentence" in text
+    read = [c["read_through"] for c in instances if c["read_through"]]
+    assert read and f"{read[0][0]['text']} ({read[0][0]['weight']:.2f})" in text
     # the table names the holdout each run used (closed), not the drawn one
     for split, report in zip(out["splits"], out["reports"]):
         used = json.loads((Path(report) / "report.json")

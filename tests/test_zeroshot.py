@@ -520,6 +520,7 @@ def test_the_default_scoring_reads_unseen_classes_through_the_statements_and_no_
         report = _zs(demo_data, demo_run, demo_text, tmp_path / scoring, scoring=scoring,
                      **quick)
         by[scoring] = {c["code"]: c for c in report["classes"] if c["auroc"] is not None}
+        assert report["provenance"]["statement_reading"] == "sentences"   # embed-text kept them
     default = by["findings-unseen"]
     unseen = [c for c, row in default.items() if row["group"] == "unseen"]
     seen = [c for c, row in default.items() if row["group"] == "seen"]
