@@ -421,7 +421,8 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"{'' if not not_unseen else ' except ' + ', '.join(sorted(set(not_unseen)))}.",
         "",
         f"Leads scored: {_leads_text(p0)}. Scoring: `{cfg.zeroshot.scoring}`"
-        f"{_reading_text(cfg.zeroshot.scoring, p0)} (`docs/zeroshot.md`). Threshold (sensitivity, specificity, F1): "
+        f"{_reading_text(cfg.zeroshot.scoring, p0)} (`docs/zeroshot.md`). Threshold "
+        f"(sensitivity, specificity, F1): "
         f"`{cfg.zeroshot.threshold}`, in split 0 {p0['threshold_rule']}.",
         "",
         f"The headline pools every held-out class with at least {cfg.zeroshot.min_positives} "

@@ -76,6 +76,8 @@ class Scorer:
         groups = [r[None] for r in rows] if sentences is None else sentences
         if len(groups) != len(rows):
             raise ECGShardError(f"{len(groups)} sets of reading sentences for {len(rows)} rows")
+        if not groups:
+            return np.zeros((0, len(self.findings)), np.float32), np.zeros(0, np.int64)
         flat = np.concatenate(groups).astype(np.float32)
         weights = flat @ self.findings.T / self.FINDINGS_TAU
         weights = np.exp(weights - weights.max(axis=1, keepdims=True))
@@ -97,7 +99,8 @@ def _mean_by(values, owner, n):
     """(n, ...) the mean of ``values`` over the rows each ``owner`` index names."""
     total = np.zeros((n,) + values.shape[1:], np.float32)
     np.add.at(total, owner, values)
-    return total / np.bincount(owner, minlength=n).clip(min=1).reshape((n,) + (1,) * (values.ndim - 1))
+    counts = np.bincount(owner, minlength=n).clip(min=1)
+    return total / counts.reshape((n,) + (1,) * (values.ndim - 1))
 
 
 def _unit(rows):

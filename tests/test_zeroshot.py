@@ -471,6 +471,7 @@ def test_a_definition_is_read_in_the_statements_sentence_by_sentence():
         roc_auc_score(has, score(emb, rows)[:, 0]) + 0.05
     # the row alone is the sentence-less reading, exactly
     np.testing.assert_allclose(score.reading(rows, [rows]), score.reading(rows), atol=1e-7)
+    assert score(emb, rows[:0]).shape == (400, 0)           # no classes: no scores, no error
     with pytest.raises(ECGShardError, match="2 sets of reading sentences for 1 rows"):
         score.reading(rows, sentences * 2)
 
