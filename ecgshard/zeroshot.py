@@ -74,6 +74,12 @@ def _run(cfg):
     status = trained.statuses(targets)
     # the classes --scoring findings-unseen reads through the trained statements
     through = np.array([status[t].group == "unseen" for t in targets], bool)
+    if text.sentence_emb is None and (score.mode == "findings" or
+                                      (score.reads_through and through.any())):
+        log.warning("%s predates reading sentences: classes are read through the statements by "
+                    "their whole text rows, not sentence by sentence as today (give --text a "
+                    "matrix this ecgshard's embed-text wrote with the run's options)",
+                    cfg.text or trained.dir / shards.RUN_TEXT)
     emb = encoder.encode(data["signal"], data["length"], device=device)
     scores = score(emb, text_rows, through, sentences)           # (N, C)
     threshold, rule = _threshold(cfg, trained, scores, data["labels"], text_rows, score,

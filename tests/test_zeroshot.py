@@ -476,6 +476,31 @@ def test_a_definition_is_read_in_the_statements_sentence_by_sentence():
         score.reading(rows, sentences * 2)
 
 
+def test_a_matrix_from_before_reading_sentences_reads_rows_and_says_so(
+        demo_data, demo_run, demo_text, tmp_path, caplog):
+    from ecgshard import shards
+
+    m = shards.read_text_matrix(demo_text)
+    attrs = {k: v for k, v in m.attrs.items() if k not in ("schema_version", "content_sha256")}
+    old = tmp_path / "old.h5"
+    shards.write_text_matrix(old, m.emb, m.codes, m.texts, m.names, attrs,
+                             (m.finding_codes, m.finding_texts, m.finding_emb))
+    quick = dict(shards=str(demo_data / "s-ptbxl"), classes="all", control=False,
+                 bootstrap=0, permutations=0)
+    with caplog.at_level("WARNING", logger="ecgshard.zeroshot"):
+        rows = _zs(demo_data, demo_run, old, tmp_path / "rows", **quick)
+    assert "predates reading sentences" in caplog.text and str(old) in caplog.text
+    sentences = _zs(demo_data, demo_run, demo_text, tmp_path / "sentences", **quick)
+    assert rows["provenance"]["statement_reading"] == "row"
+    assert sentences["provenance"]["statement_reading"] == "sentences"
+    unseen = [(a, b) for a, b in zip(rows["classes"], sentences["classes"])
+              if a["group"] == "unseen" and a["auroc"] is not None]
+    seen = [(a, b) for a, b in zip(rows["classes"], sentences["classes"])
+            if a["group"] == "seen" and a["auroc"] is not None]
+    assert unseen and any(a["auroc"] != pytest.approx(b["auroc"]) for a, b in unseen)
+    assert all(a["auroc"] == pytest.approx(b["auroc"]) for a, b in seen)    # cosine alike
+
+
 def test_a_text_matrix_of_other_texts_is_refused_naming_what_differs(demo_run, demo_data,
                                                                     tmp_path):
     from ecgshard import text
