@@ -137,9 +137,9 @@ class ZeroShotClassifier:
         """(N, C) scores of embeddings against class texts: cosines (what ``probabilities``
         reads), or another rule of ``zeroshot --scoring`` (``scoring.Scorer``)."""
         rows = self.encode_text(classes)
-        sentences = self.encode_sentences(classes) if scoring == "findings" else None
-        return Scorer(scoring, self.run.text_rows, self.run.text_rows, self.run.finding_rows)(
-            emb, rows, sentences=sentences)
+        score = Scorer(scoring, self.run.text_rows, self.run.text_rows, self.run.finding_rows)
+        sentences = self.encode_sentences(classes) if score.reads(len(rows)).any() else None
+        return score(emb, rows, sentences=sentences)
 
     def probabilities(self, cosines):
         """Calibrated probabilities where the run's loss makes them (the sigmoid loss: scale

@@ -49,15 +49,22 @@ class Scorer:
         """Whether the rows a caller marks (``through``) score otherwise than the rest."""
         return self.mode == "findings-unseen" and self.has_findings
 
+    def reads(self, n, through=None):
+        """(n,) bool: the rows this rule reads through the statements — every row under
+        ``findings``, the rows ``through`` marks under ``findings-unseen``, none otherwise."""
+        if self.mode == "findings":
+            return np.ones(n, bool)
+        if self.reads_through and through is not None:
+            return np.asarray(through, bool)
+        return np.zeros(n, bool)
+
     def rows(self, rows, through=None, sentences=None):
         if self.mode == "centered":
             return _unit(rows - self.center)
-        if self.mode == "findings" or (self.reads_through and through is not None):
-            read = _unit(_unit(rows) + self.reading(rows, sentences))
-            if self.mode == "findings":
-                return read
-            return np.where(np.asarray(through, bool)[:, None], read, rows)
-        return rows
+        read = self.reads(len(rows), through)
+        if not read.any():
+            return rows
+        return np.where(read[:, None], _unit(_unit(rows) + self.reading(rows, sentences)), rows)
 
     def reading(self, rows, sentences=None):
         """(R, D) unit rows: each row's reading in the trained statements, the mean over its

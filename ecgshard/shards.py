@@ -600,8 +600,8 @@ class TextMatrix:
         rows = self.rows(codes)
         if self.sentence_emb is None:
             return [self.emb[[r]] for r in rows]
-        return [self.sentence_emb[self.sentence_rows == r] if np.any(self.sentence_rows == r)
-                else self.emb[[r]] for r in rows]
+        owned = [self.sentence_emb[self.sentence_rows == r] for r in rows]
+        return [s if len(s) else self.emb[[r]] for s, r in zip(owned, rows)]
 
 
 def text_content_sha256(emb, codes, texts, findings=None, sentences=None):

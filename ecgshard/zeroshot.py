@@ -74,8 +74,7 @@ def _run(cfg):
     status = trained.statuses(targets)
     # the classes --scoring findings-unseen reads through the trained statements
     through = np.array([status[t].group == "unseen" for t in targets], bool)
-    if text.sentence_emb is None and (score.mode == "findings" or
-                                      (score.reads_through and through.any())):
+    if text.sentence_emb is None and score.reads(len(targets), through).any():
         log.warning("%s predates reading sentences: classes are read through the statements by "
                     "their whole text rows, not sentence by sentence as today (give --text a "
                     "matrix this ecgshard's embed-text wrote with the run's options)",
@@ -135,8 +134,7 @@ def read_through(score, rows, through, sentences, text):
     """Per target class the scoring reads through the trained statements, the ``NEAREST``
     statements with the most weight (averaged over its reading sentences); None for a class
     scored by its row alone."""
-    marked = np.ones(len(rows), bool) if score.mode == "findings" else \
-        np.asarray(through, bool) & score.reads_through
+    marked = score.reads(len(rows), through)
     if not marked.any():
         return [None] * len(rows)
     weights = score.statement_weights(rows, sentences)
@@ -288,11 +286,9 @@ def _specificity_inputs(emb, text, vocab, data, score, through):
     pool = specificity.wrong_text_pool(vocab, graph)
     normal_code = specificity.normal_text_code(text.codes, graph, prefer=vocab)
     baseline = None if normal_code is None else -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
-    rows = text.emb[text.rows(pool)] if pool else None
-    return {"pool": pool, "pool_scores": score(emb, rows, sentences=text.sentences(pool))
-            if pool else None,
-            "pool_scores_through": score(emb, rows, np.ones(len(pool), bool),
-                                         text.sentences(pool))
+    rows, sentences = (text.emb[text.rows(pool)], text.sentences(pool)) if pool else (None, None)
+    return {"pool": pool, "pool_scores": score(emb, rows, sentences=sentences) if pool else None,
+            "pool_scores_through": score(emb, rows, np.ones(len(pool), bool), sentences)
             if pool and score.reads_through and through.any() else None, "through": through,
             "normal_code": normal_code, "baseline": baseline, "normal": data["normal"],
             "source": data["source"], "graph": graph}
@@ -301,7 +297,7 @@ def _specificity_inputs(emb, text, vocab, data, score, through):
 def _train_sentences(trained, score):
     """The training classes' reading sentences where the rule reads them (``--scoring
     findings``); None otherwise, so the run's text matrix is read only then."""
-    return trained.train_sentences if score.mode == "findings" else None
+    return trained.train_sentences if score.reads(len(trained.train_codes)).any() else None
 
 
 def _control_scores(trained, data, text_rows, device, cfg, score, through, sentences):
