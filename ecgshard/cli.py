@@ -363,11 +363,12 @@ def _zeroshot_options(*macro_flags):
                 _opt(Z, "threshold", help="val-seen, val-z (per-class scale from validation "
                      "inputs), youden (optimistic, labelled) or fixed:X."),
                 _opt(Z, "scoring", help="findings-unseen (unseen classes read through the "
-                     "run's trained finding statements, the others by cosine; cosine for a run "
-                     "without statements), cosine (as trained), centered (the text rows' shared "
-                     "direction removed), record-z (each record's scores standardised across "
-                     "the vocabulary's texts) or findings (every class read through the "
-                     "statements); the controls are scored the same way."))):
+                     "run's trained finding statements sentence by sentence, the others by "
+                     "cosine; cosine for a run without statements), cosine (as trained), "
+                     "centered (the text rows' shared direction removed), record-z (each "
+                     "record's scores standardised across the vocabulary's texts) or findings "
+                     "(every class read through the statements); the controls are scored the "
+                     "same way."))):
             command = decorator(command)
         return command
     return add
