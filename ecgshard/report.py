@@ -202,6 +202,8 @@ def summary_lines(report):
     lines = [f"zero-shot on {p['n_records']} records ({p['n_patients']} patients), folds "
              f"{p['folds']} of {p['shards']}",
              f"  text model: {p['text_model']}; threshold: {p['threshold_rule']}",
+             f"  scoring: {p.get('scoring', 'cosine')}"
+             f"{_reading_text(p.get('scoring', 'cosine'), p)}",
              f"  leads: {', '.join(p['leads'])}"
              + ("" if len(p["leads"]) == 12 else " (the others zeroed; thresholds were chosen "
                                                  "on 12-lead validation records)"),

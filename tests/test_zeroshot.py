@@ -181,6 +181,8 @@ def test_cli_end_to_end(tmp_path):
     out = ok("zeroshot", "--run", tmp_path / "run", "--shards", tmp_path / "shards",
              "--out", tmp_path / "report", "--bootstrap", "10")
     assert "unseen" in out and "macro AUROC" in out
+    assert "scoring: findings-unseen, classes read through the statements sentence by " \
+           "sentence" in out
     table = ok("report", tmp_path / "report")
     assert "unseen macro_auroc" in table
     report = json.loads((tmp_path / "report" / "report.json").read_text())
