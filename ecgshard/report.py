@@ -227,6 +227,10 @@ def summary_lines(report):
     if ref:
         lines.append(f"  reference trained classes, same records: macro AUROC "
                      f"{num(ref['macro_auroc'])}")
+    told = report["references"].get("trained_statements_same_records")
+    if told:
+        lines.append(f"  reference trained statements, same records: macro AUROC "
+                     f"{num(told['macro_auroc'])} over {told['n_statements']} statements")
     if report["not_evaluable"]:
         lines.append(f"  not evaluable (no positives or no negatives): {report['not_evaluable']}")
     if report["provenance"].get("classes_without_text"):
@@ -298,6 +302,8 @@ def report_table(report_dirs):
                                                                             .get(k))))
     rows.append(("trained classes AUROC", lambda r: num(
         r["references"].get("trained_classes_same_folds", {}).get("macro_auroc"))))
+    rows.append(("trained statements AUROC", lambda r: num(
+        (r["references"].get("trained_statements_same_records") or {}).get("macro_auroc"))))
     rows.append(("random control AUROC", lambda r: num(
         r["references"].get("random_encoder_control", {}).get("macro_auroc"))))
     rows.append(("unseen vs nulls", lambda r: {True: "above", False: "NOT above", None: "-"}[
@@ -359,6 +365,9 @@ def figures_a(reports):
         "class_specific": [g.get("class_specific") for g in groups],
         "trained_macro_auroc": [t.get("macro_auroc") for t in trained],
         "trained_macro_ap": [t.get("macro_ap") for t in trained],
+        "trained_statements_macro_auroc": [
+            (r["references"].get("trained_statements_same_records") or {}).get("macro_auroc")
+            for r in reports],
         "control_macro_auroc": [v for g in groups
                                 for v in (g.get("control") or {}).get("values", [])],
         "above_both_nulls": [bool(g.get("distinguishable_from_nulls")) for g in groups],
@@ -450,6 +459,9 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"{' / '.join(_mean(f[f'unseen_macro_{m}']) for m in ('sensitivity', 'specificity', 'f1'))}"
         f" | |",
         f"| trained classes, macro AUROC, mean over splits | {_mean(trained)} | same records |",
+        *([f"| trained measured-finding statements, macro AUROC, mean over splits | "
+           f"{_mean(f['trained_statements_macro_auroc'])} | same records; what unseen classes "
+           f"are read through |"] if any(f["trained_statements_macro_auroc"]) else []),
         f"| validation macro AUROC, trained classes, mean over splits | {_mean(val)} | |",
         "",
         "Per split: the holdout the run used (after closure), the unseen macro, the nulls and "
@@ -478,7 +490,7 @@ def markdown_a(cfg, manifest, reports, pooled=None):
               "| split | class | name | family | group | positives | AUROC [95% CI] | AP | "
               "own-text rank | best other text | abnormality score | within abnormal | "
               "untrained encoders | nearest trained texts (cosine) | read through the "
-              "statements (weight) |",
+              "statements (weight, the statement's own AUROC on these records) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(reports):
         for c in r["classes"]:
@@ -511,7 +523,13 @@ def _reading_text(scoring, provenance):
 
 def _read_through(c):
     read = c.get("read_through") or []
-    return "; ".join(f"{r['text']} ({r['weight']:.2f})" for r in read[:3]) or "—"
+    return "; ".join(f"{r['text']} ({r['weight']:.2f}{_told(r)})" for r in read[:3]) or "—"
+
+
+def _told(statement):
+    """', AUROC 0.87': how well the statement itself is told on the evaluated records."""
+    auroc = statement.get("auroc_here")
+    return "" if auroc is None else f", AUROC {auroc:.2f}"
 
 
 def unseen_instances(reports):

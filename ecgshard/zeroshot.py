@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import concepts, signal
+from . import concepts, findings, signal
 from . import controls as specificity
 from . import metrics
 from . import shards
@@ -103,12 +103,16 @@ def _run(cfg):
         row["family"] = concepts.family(row["code"], graph)
         row["nearest_trained"] = near
         row["read_through"] = statements
+    references = _references(cfg, trained, text, emb, data, groups, same_set, score)
+    told = (references.get("trained_statements_same_records") or {}).get("per_statement", {})
+    for statements in filter(None, read):
+        for s in statements:
+            s["auroc_here"] = told.get(s["code"], {}).get("auroc")
     report.update(classes=classes, groups=groups,
                   not_evaluable=[c["code"] for c in classes if c["auroc"] is None],
                   per_source=_per_source(scores, data["labels"], data["source"], classes,
                                          cfg.min_positives),
-                  references=_references(cfg, trained, text, emb, data, groups, same_set,
-                                         score))
+                  references=references)
     _write(cfg, report, emb, scores, data, targets, replicates)
     return report
 
@@ -174,7 +178,9 @@ def _load_records(cfg, trained, manifest, folds, targets, same_set):
     # every code of the set is read (the training classes among them): which records are
     # normal depends on all their labels
     label_codes = list(dict.fromkeys(targets + list(vocab)))
-    data = load_selection(Selection(cfg.shards, folds, tuple(label_codes)), with_ids=True)
+    statements = _measured_statements(trained, manifest)
+    data = load_selection(Selection(cfg.shards, folds, tuple(label_codes), findings=statements),
+                          with_ids=True)
     excluded = {}
     if not same_set:
         # Another collection can hold the training database itself (the Challenge's PTB-XL
@@ -192,10 +198,24 @@ def _load_records(cfg, trained, manifest, folds, targets, same_set):
                                                 vocab, concepts.load())
     data["train_labels"] = data["labels"][:, [column[c] for c in extra]]
     data["train_codes"] = extra
+    data["statement_labels"] = data["labels"][:, len(label_codes):]
+    data["statement_codes"] = list(statements)
     data["labels"] = data["labels"][:, :len(targets)]
     # A patient's records are resampled together; records without a patient stand alone.
     data["patient"] = shards.patient_keys(data["source"], data["patient_id"])
     return data, excluded
+
+
+def _measured_statements(trained, manifest):
+    """The run's trained statements where the evaluated shards carry the measurements they
+    are read from (this version's, all of them); none otherwise."""
+    from . import measure
+
+    measured = manifest.get("measurements") or {}
+    if measured.get("version") != measure.VERSION or \
+            not set(findings.NEEDS) <= set(measured.get("names") or ()):
+        return ()
+    return tuple(trained.finding_codes)
 
 
 def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, excluded):
@@ -239,6 +259,17 @@ def _references(cfg, trained, text, emb, data, groups, same_set, score):
         refs["trained_classes_same_folds"] = {"macro_auroc": _num(metrics.macro(auroc)),
                                               "macro_ap": _num(metrics.macro(ap)),
                                               "n_classes": int(np.isfinite(auroc).sum())}
+    if data["statement_codes"]:
+        # how well the encoder tells each trained statement on these records: what a class
+        # read through the statements can be no better than
+        auroc, _ = metrics.per_class(emb @ trained.finding_rows.T, data["statement_labels"])
+        texts = dict(zip(text.finding_codes, text.finding_texts))
+        refs["trained_statements_same_records"] = {
+            "macro_auroc": _num(metrics.macro(auroc)),
+            "n_statements": int(np.isfinite(auroc).sum()),
+            "per_statement": {c: {"text": texts.get(c, c), "auroc": _num(a),
+                                  "n_pos": int(data["statement_labels"][:, j].sum())}
+                              for j, (c, a) in enumerate(zip(data["statement_codes"], auroc))}}
     if cfg.control:
         ctrl = groups.get("all", {}).get("control") or {}
         refs["random_encoder_control"] = {

@@ -52,7 +52,10 @@ def test_experiment_a_writes_and_replaces_its_section(demo_data, tmp_path):
     assert "Scoring: `findings-unseen`, classes read through the statements sentence by " \
            "sentence" in text
     read = [c["read_through"] for c in instances if c["read_through"]]
-    assert read and f"{read[0][0]['text']} ({read[0][0]['weight']:.2f})" in text
+    assert "| trained measured-finding statements, macro AUROC, mean over splits | " in text
+    told = [s for statements in read for s in statements[:3] if s["auroc_here"] is not None]
+    assert told and f"{told[0]['text']} ({told[0]['weight']:.2f}, AUROC " \
+        f"{told[0]['auroc_here']:.2f})" in text       # beside its weight, how well it is told
     # the table names the holdout each run used (closed), not the drawn one
     for split, report in zip(out["splits"], out["reports"]):
         used = json.loads((Path(report) / "report.json")

@@ -574,3 +574,60 @@ def test_the_default_scoring_reads_unseen_classes_through_the_statements_and_no_
         assert weights == sorted(weights, reverse=True) and 0 < sum(weights) <= 1 + 1e-3
         assert by["cosine"][code]["read_through"] is None
     assert all(default[code]["read_through"] is None for code in seen)
+
+
+def test_zeroshot_reports_how_well_each_trained_statement_is_told(demo_data, demo_run,
+                                                                   demo_text, tmp_path):
+    """Beside the classes, each trained statement's AUROC on the evaluated records (the
+    encoder's cosine to its text against the rule's label from the shard's measurements), and
+    each statement a class was read through carries it."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from ecgshard import shards
+    from ecgshard.data import Selection, load_selection
+    from ecgshard.run import Run
+
+    report = _zs(demo_data, demo_run, demo_text, tmp_path / "z", classes="all",
+                 shards=str(demo_data / "s-ptbxl"), control=False, bootstrap=0, permutations=0)
+    told = report["references"]["trained_statements_same_records"]
+    run = Run.load(demo_run)
+    assert list(told["per_statement"]) == run.finding_codes
+    vocab = shards.class_codes(shards.load_manifest(demo_data / "s-ptbxl"))
+    data = load_selection(Selection(str(demo_data / "s-ptbxl"),
+                                    tuple(report["provenance"]["folds"]), tuple(vocab),
+                                    findings=tuple(run.finding_codes)))
+    labels = data["labels"][:, len(vocab):]
+    scores = run.encoder().encode(data["signal"], data["length"]) @ run.finding_rows.T
+    recomputed = [roc_auc_score(labels[:, j], scores[:, j]) if 0 < labels[:, j].sum() < len(labels)
+                  else None for j in range(len(run.finding_codes))]
+    for (code, row), auroc, column in zip(told["per_statement"].items(), recomputed, labels.T):
+        assert row["n_pos"] == column.sum()
+        assert (row["auroc"] is None) == (auroc is None)
+        if auroc is not None:
+            assert row["auroc"] == pytest.approx(auroc, abs=1e-5)
+    assert told["n_statements"] == sum(a is not None for a in recomputed)
+    assert told["macro_auroc"] == pytest.approx(np.mean([a for a in recomputed if a is not None]),
+                                                abs=1e-5)
+    # the synthetic records' planted rates and widths are learned, not guessed
+    assert told["macro_auroc"] > 0.75
+    read = [s for c in report["classes"] for s in c["read_through"] or []]
+    assert read and all(s["auroc_here"] == told["per_statement"][s["code"]]["auroc"] for s in read)
+    from ecgshard.report import num, report_table
+
+    row = next(line for line in report_table([tmp_path / "z"]) if "trained statements" in line)
+    assert row.split()[-1] == num(told["macro_auroc"])
+
+
+def test_statements_are_told_only_from_shards_measured_as_this_version_measures():
+    from ecgshard import findings, measure
+    from ecgshard.zeroshot import _measured_statements
+
+    class Trained:
+        finding_codes = ["finding:rate_50_59", "finding:qrs_120_139"]
+
+    whole = {"version": measure.VERSION, "names": list(findings.NEEDS)}
+    assert _measured_statements(Trained, {"measurements": whole}) == tuple(Trained.finding_codes)
+    assert _measured_statements(Trained, {}) == ()
+    assert _measured_statements(Trained, {"measurements": dict(whole, version=0)}) == ()
+    assert _measured_statements(Trained, {"measurements": dict(whole, names=["heart_rate"])}) == ()
