@@ -260,8 +260,8 @@ def _references(cfg, trained, text, emb, data, groups, same_set, score):
                                               "macro_ap": _num(metrics.macro(ap)),
                                               "n_classes": int(np.isfinite(auroc).sum())}
     if data["statement_codes"]:
-        # how well the encoder tells each trained statement on these records: what a class
-        # read through the statements can be no better than
+        # how well the encoder tells each trained statement on these records: whether a class
+        # read through the statements was read through ones it can tell
         auroc, _ = metrics.per_class(emb @ trained.finding_rows.T, data["statement_labels"])
         texts = dict(zip(text.finding_codes, text.finding_texts))
         refs["trained_statements_same_records"] = {
