@@ -109,9 +109,8 @@ class ZeroShotClassifier:
                 groups = text.class_texts(classes, mode, templates, self._class_texts)
                 values = list(text.embed_classes(self._encoder(), groups))
             else:
-                groups = text.reading_sentences(classes, mode, templates, self._class_texts)
-                rows = text.embed_classes(self._encoder(), [[s] for g in groups for s in g])
-                values = np.split(rows, np.cumsum([len(g) for g in groups])[:-1])
+                values = text.embed_sentences(self._encoder(), text.reading_sentences(
+                    classes, mode, templates, self._class_texts))
             self._text_cache.update({(kind, self._key(t)): v for t, v in zip(todo, values)})
         return [self._text_cache[(kind, self._key(t))] for t in texts]
 

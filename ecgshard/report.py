@@ -302,8 +302,7 @@ def report_table(report_dirs):
                                                                             .get(k))))
     rows.append(("trained classes AUROC", lambda r: num(
         r["references"].get("trained_classes_same_folds", {}).get("macro_auroc"))))
-    rows.append(("trained statements AUROC", lambda r: num(
-        (r["references"].get("trained_statements_same_records") or {}).get("macro_auroc"))))
+    rows.append(("trained statements AUROC", lambda r: num(_statements_macro(r))))
     rows.append(("random control AUROC", lambda r: num(
         r["references"].get("random_encoder_control", {}).get("macro_auroc"))))
     rows.append(("unseen vs nulls", lambda r: {True: "above", False: "NOT above", None: "-"}[
@@ -365,9 +364,7 @@ def figures_a(reports):
         "class_specific": [g.get("class_specific") for g in groups],
         "trained_macro_auroc": [t.get("macro_auroc") for t in trained],
         "trained_macro_ap": [t.get("macro_ap") for t in trained],
-        "trained_statements_macro_auroc": [
-            (r["references"].get("trained_statements_same_records") or {}).get("macro_auroc")
-            for r in reports],
+        "trained_statements_macro_auroc": [_statements_macro(r) for r in reports],
         "control_macro_auroc": [v for g in groups
                                 for v in (g.get("control") or {}).get("values", [])],
         "above_both_nulls": [bool(g.get("distinguishable_from_nulls")) for g in groups],
@@ -524,6 +521,12 @@ def _reading_text(scoring, provenance):
 def _read_through(c):
     read = c.get("read_through") or []
     return "; ".join(f"{r['text']} ({r['weight']:.2f}{_told(r)})" for r in read[:3]) or "—"
+
+
+def _statements_macro(report):
+    """The trained statements' macro AUROC on the report's records, where it was measured."""
+    return (report["references"].get("trained_statements_same_records") or {}).get(
+        "macro_auroc")
 
 
 def _told(statement):

@@ -91,8 +91,8 @@ def run(cfg: TextConfig):
     # the finding statements under the classes' templates, so both sides read alike
     finding_rows = embed_classes(encoder, [[t.format(name=s) for t in cfg.templates]
                                            for s in statements])
-    owners = np.repeat(np.arange(len(classes)), [len(group) for group in sentences])
-    sentence_rows = embed_classes(encoder, [[s] for group in sentences for s in group])
+    per_class = embed_sentences(encoder, sentences)
+    owners = np.repeat(np.arange(len(classes)), [len(rows) for rows in per_class])
     shards.write_text_matrix(out, matrix, [c["code"] for c in classes],
                              [" | ".join(group) for group in texts],
                              [c["name"] for c in classes], {
@@ -104,7 +104,7 @@ def run(cfg: TextConfig):
                                                  .hexdigest() for g in texts],
                                  "findings_version": findings.VERSION},
                              findings=(finding_codes, statements, finding_rows),
-                             sentences=(owners, sentence_rows))
+                             sentences=(owners, np.concatenate(per_class)))
     log.info("wrote %s: %d classes x %d dims (%s, %s pooling)", out, *matrix.shape,
              encoder.model_id, encoder.pooling)
     return out
@@ -121,6 +121,13 @@ def embed_classes(encoder, texts):
         rows.append(v / np.linalg.norm(v))
         start += len(group)
     return np.stack(rows).astype(np.float32)
+
+
+def embed_sentences(encoder, groups):
+    """Each class's reading sentences (``reading_sentences``) embedded one by one: a list of
+    (k, D) unit rows, one per class."""
+    rows = embed_classes(encoder, [[s] for group in groups for s in group])
+    return np.split(rows, np.cumsum([len(group) for group in groups])[:-1])
 
 
 def collect_vocabulary(sources):
