@@ -109,6 +109,7 @@ _P = ("p_wave_ratio", "p_wave_consistency")
 _LIMB_LOW = _all_below(_LIMB, 0.5)
 _CHEST_LOW = _all_below(_CHEST, 1.0)
 _SLOW = ("426627000",)                  # bradycardia (SNOMED): the parent of sinus bradycardia
+_FAST = ("3424008",)                    # tachycardia (SNOMED): of sinus and supraventricular
 _Q = ("QWAVE", "164917005")
 _ST_UP, _ST_DOWN = ("STE_", "164931005"), ("STD_", "429622005")
 _T_INVERTED, _T_LOW = ("INVT", "59931005"), ("LOWT",)
@@ -122,10 +123,10 @@ FINDINGS = (
     Finding("rate_60_100", "heart rate 60 to 100 per minute", "rhythm and rate", _RATE,
             _between("heart_rate", 60, 100.5)),
     Finding("rate_101_120", "heart rate 101 to 120 per minute, over 100", "rhythm and rate", _RATE,
-            _between("heart_rate", 100.5, 120.5)),
+            _between("heart_rate", 100.5, 120.5), _FAST),
     Finding("rate_above_120", "heart rate above 120 per minute, well over 100",
             "rhythm and rate", _RATE,
-            lambda m: m["heart_rate"] >= 120.5),
+            lambda m: m["heart_rate"] >= 120.5, _FAST),
     Finding("rr_regular", "RR intervals equal from beat to beat", "rhythm and rate", _RR,
             lambda m: m["rr_cv"] < 0.08),
     Finding("rr_irregular", "RR intervals varying irregularly from beat to beat",

@@ -52,6 +52,7 @@ def test_code_systems_never_collide_and_every_table_code_is_known():
     ("426749004", "related", "AFIB"),     # chronic AF
     ("314208002", "related", "AFIB"),     # rapid AF
     ("426627000", "related", "SBRAD"),    # bradycardia
+    ("3424008", "related", "STACH"),      # tachycardia
     ("6374002", "related", "CLBBB"),      # bundle branch block
     ("233917008", "related", "1AVB"),     # AV block
     ("164896001", "unseen", None),        # ventricular fibrillation: nothing like it in PTB-XL
