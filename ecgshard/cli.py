@@ -290,6 +290,9 @@ def _fit_options(command):
                  "statements (rate, rhythm, intervals, axis, voltage; docs/findings.md) as "
                  "extra targets beside the classes; needs shards with measurements "
                  "(`ecgshard measure` adds them)."),
+            _opt(F, "findings_sigmoid", help="With --findings: the weight of a per-statement "
+                 "sigmoid beside the loss, so that statements true of most records are told "
+                 "apart too (docs/findings.md); 0: the loss alone."),
             _opt(F, "log", help="Where each epoch's figures go besides RUN/log.jsonl and "
                  "RUN/learning_curve.png: tensorboard also writes RUN/tensorboard "
                  "(`tensorboard --logdir RUN`; needs the tensorboard package)."),

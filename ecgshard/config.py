@@ -183,6 +183,9 @@ class FitConfig:
     learn_class_embeddings: bool = False     # supervised reference: not a zero-shot model
     findings: bool = True                    # measured findings as extra targets; chosen by
                                              # measurement: docs/findings.md
+    findings_sigmoid: float = 0.0            # weight of a per-statement sigmoid beside the
+                                             # loss (losses.FindingsSigmoidLoss); measured, not
+                                             # kept: docs/findings.md
     log: str = "jsonl"                       # + "tensorboard": event files in RUN/tensorboard
 
     CHOICES: ClassVar[dict] = {"arch": lambda: _registry("models", "ARCHS"),
@@ -211,6 +214,7 @@ class FitConfig:
             (0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
             (0 <= self.lead_dropout < 1, "--lead-dropout is a probability, in [0, 1)"),
             (self.width > 0, "--width must be > 0"),
+            (self.findings_sigmoid >= 0, "--findings-sigmoid must be >= 0"),
             (self.grad_clip >= 0, "--grad-clip is a gradient norm >= 0 (0: off)"),
             (self.min_positives > 0, "--min-positives must be > 0"))
 

@@ -104,6 +104,11 @@ def run_key(fc):
     (shard_dir,) = fc.shards
     config["shards"] = shard_dir
     del config["shard_weights"]
+    # Settings added since are keyed only where they differ from what runs did before them
+    # (fit.BEFORE_RECORDED), so that runs trained then are still reused.
+    for k, before in fit.BEFORE_RECORDED.items():
+        if config[k] == before:
+            del config[k]
     return {"config": json.loads(json.dumps(config)),
             "checkpoint_schema": shards.CHECKPOINT_SCHEMA_VERSION,
             "shards_fingerprint": shards.load_manifest(shard_dir)["fingerprint"],

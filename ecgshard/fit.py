@@ -24,7 +24,7 @@ from .config import FitConfig
 from .data import (Preloaded, Selection, StreamLoader, augment, count_selection, fits_in_memory,
                    load_selection, selection_bytes)
 from .device import autocast, resolve_device
-from .losses import build_loss
+from .losses import FindingsSigmoidLoss, build_loss
 from .metrics import macro, per_class
 from .models import EncoderConfig, ZeroShotModel
 from .errors import ECGShardError
@@ -471,6 +471,9 @@ class Trainer:
             log.warning("--learn-class-embeddings: a supervised reference run; it cannot score "
                         "unseen classes and zeroshot refuses it")
         self.loss_fn = build_loss(cfg.loss)
+        if p.finding_codes and cfg.findings_sigmoid:
+            self.loss_fn = FindingsSigmoidLoss(self.loss_fn, len(p.train_codes),
+                                               cfg.findings_sigmoid)
         # A parameter the loss never reads gets no gradient, and data-parallel training would
         # wait for it forever (its gradients would never be averaged).
         self.model.logit_scale.requires_grad_(self.loss_fn.uses_scale)
@@ -600,6 +603,8 @@ def _trim_log(path, epochs_done):
 # and the text matrix are compared by content above, not by the paths given.
 RESUME_MAY_CHANGE = ("resume", "device", "workers", "data", "compile", "max_steps", "shards",
                      "text", "out")
+# Settings added since runs were first trained: what a run that does not record one did.
+BEFORE_RECORDED = {"findings_sigmoid": 0.0}
 
 
 def _check_same_config(out, stored, cfg, at_epoch):
@@ -607,6 +612,7 @@ def _check_same_config(out, stored, cfg, at_epoch):
     checkpoints and config.json would describe different trainings. More --epochs extend it:
     the learning-rate schedule stretches from there on, which config.json records."""
     now = asdict(cfg)
+    stored = {**BEFORE_RECORDED, **stored}
     differs = [f"{k}: {stored.get(k)!r} vs {now[k]!r}" for k in now
                if k not in RESUME_MAY_CHANGE + ("epochs",)
                and _plain(stored.get(k)) != _plain(now[k])]

@@ -112,6 +112,32 @@ class TripletLoss(nn.Module):
         return (hinge * mask).sum() / mask.sum().clamp(min=1)
 
 
+class FindingsSigmoidLoss(nn.Module):
+    """``loss`` over every column, plus ``weight`` times a per-pair sigmoid on the measured
+    findings' columns (those after the first ``n_classes``), averaged over the pairs.
+
+    Under a softmax a statement true of most records ("a P wave before every QRS complex",
+    "narrow QRS complex") takes a share of nearly every record's target and is barely told
+    from its absence; as a binary decision per record it is. The statements stay in ``loss``
+    too: under the sigmoid alone the rare ones were told worse (docs/findings.md).
+    """
+    uses_scale, uses_bias = True, True
+
+    def __init__(self, loss, n_classes, weight=1.0):
+        super().__init__()
+        self.loss, self.n_classes, self.weight = loss, n_classes, weight
+        self.calibrated = loss.calibrated
+        self.sigmoid = SigmoidLoss()
+
+    def forward(self, ecg_emb, class_emb, labels, logit_scale, logit_bias):
+        c = self.n_classes
+        # SigmoidLoss sums over its columns: divided by their count, a mean over the pairs.
+        findings = self.sigmoid(ecg_emb, class_emb[c:], labels[:, c:], logit_scale,
+                                logit_bias) / max(1, class_emb.shape[0] - c)
+        return self.loss(ecg_emb, class_emb, labels, logit_scale, logit_bias) \
+            + self.weight * findings
+
+
 LOSSES = {"bce": SigmoidLoss, "clip": MultiLabelCLIPLoss, "soft-clip": TextSmoothedCLIPLoss,
           "triplet": TripletLoss}
 

@@ -599,6 +599,8 @@ def recipe_text(fc):
     width = f" (width x{fc.width:g})" if fc.width != 1 else ""
     targets = "; **measured findings trained as targets** (`--findings`)" if fc.findings \
         else "; no measured findings"
+    if fc.findings and fc.findings_sigmoid:
+        targets += f", also each as its own sigmoid (weight {fc.findings_sigmoid:g})"
     return (f"Encoder `{fc.arch}`{width}, loss `{fc.loss}`, {fc.epochs} epochs, batch "
             f"{fc.batch_size}, lr {fc.lr:g} with {fc.warmup:.0%} warm-up then cosine, {aug}"
             f"{kinds}{targets}")

@@ -166,3 +166,23 @@ def test_experiment_c_places_statement_trained_concepts_as_seen(demo_data, tmp_p
     assert group["1AVB"][0] == "seen"                    # "1st degree A-V block"
     # "Inferior infarct age undetermined" names the inferior infarct in the machines' words
     assert group["IMI"] == ("related", "inferior infarct age undetermined")
+
+
+def test_settings_added_since_leave_older_runs_reusable_and_resumable(demo_data, demo_text,
+                                                                      tmp_path):
+    """A run trained before findings_sigmoid existed did what findings_sigmoid=0 does: its
+    key is the same, a resume with 0 goes on, and one with another weight is refused."""
+    from dataclasses import asdict, replace
+
+    from ecgshard import fit
+
+    now = FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
+                    out=str(tmp_path / "r"), findings_sigmoid=1.0)
+    before = replace(now, findings_sigmoid=0.0)
+    key = experiments.run_key(before)["config"]
+    assert "findings_sigmoid" not in key
+    assert experiments.run_key(now)["config"] == {**key, "findings_sigmoid": 1.0}
+    stored = {k: v for k, v in asdict(before).items() if k != "findings_sigmoid"}
+    fit._check_same_config(tmp_path, stored, before, at_epoch=3)
+    with pytest.raises(ECGShardError, match="findings_sigmoid: 0.0 vs 1.0"):
+        fit._check_same_config(tmp_path, stored, now, at_epoch=3)

@@ -121,6 +121,10 @@ def test_finding_columns_follow_the_measurements_in_the_shards(demo_data):
     (["LAFB"], ["axis_below_minus30", "axis_minus30_90", "axis_over_90"], ["qrs_100_119"]),
     (["SBRAD"], ["rate_below_50", "rate_50_59", "rate_60_100", "rate_101_120"],
      ["rr_regular", "p_waves"]),
+    # over 100 per minute is tachycardia, the parent of sinus and supraventricular tachycardia
+    (["STACH"], ["rate_101_120", "rate_above_120", "rate_60_100", "rate_below_50"],
+     ["rr_regular", "p_waves"]),
+    (["PSVT"], ["rate_above_120", "rate_101_120"], ["rr_irregular"]),
     (["QWAVE"], ["q_inferior", "q_anterior", "q_lateral"], ["st_up_inferior"]),
     (["IMI"], ["q_inferior", "st_up_inferior"], ["late_up_v1", "pr_120_200"]),
     (["ISC_"], ["st_down_lateral", "t_negative_lateral"], ["q_lateral", "late_up_v1"]),
@@ -141,6 +145,12 @@ def test_a_trained_statement_counts_as_training_what_it_restates():
     assert statuses["LAFB"].via == "finding:axis_below_minus30"
     assert "pointing left" in statuses["LAFB"].why
     assert statuses["CRBBB"].group == "unseen"
+    # a fast rate is tachycardia: sinus and supraventricular tachycardia are its children
+    fast = findings.statuses(["STACH", "426761007", "SBRAD"], ["NORM"],
+                             ["finding:rate_above_120"])
+    assert fast["STACH"].group == fast["426761007"].group == "related"
+    assert fast["STACH"].via == "finding:rate_above_120"
+    assert fast["SBRAD"].group == "unseen"
 
 
 def test_fit_with_findings_trains_them_and_never_a_heldout_class(demo_data, demo_text,
@@ -178,6 +188,27 @@ def test_fit_with_findings_trains_them_and_never_a_heldout_class(demo_data, demo
         y = held["labels"][:, len(info.train_codes) + j]
         assert 3 <= y.sum() < len(y)
         assert roc_auc_score(y, emb @ rows[j]) > 0.8, code
+
+
+def test_the_findings_sigmoid_joins_the_loss_only_where_statements_train(
+        demo_data, demo_text, tmp_path):
+    from ecgshard.distributed import World
+    from ecgshard.losses import FindingsSigmoidLoss, TextSmoothedCLIPLoss
+
+    def trainer(**options):
+        cfg = fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
+                            out=str(tmp_path / "r"), device="cpu", min_positives=3, **options)
+        return fit.Trainer(cfg, fit.plan(cfg), "cpu", World())
+
+    joined = trainer(findings_sigmoid=2.0)
+    assert isinstance(joined.loss_fn, FindingsSigmoidLoss) and joined.loss_fn.weight == 2.0
+    assert joined.loss_fn.n_classes == len(joined.p.train_codes) < len(joined.text_rows)
+    assert joined.model.logit_bias.requires_grad          # the sigmoid reads the bias
+    for plain in (trainer(), trainer(findings=False, findings_sigmoid=1.0)):
+        assert isinstance(plain.loss_fn, TextSmoothedCLIPLoss)
+        assert not plain.model.logit_bias.requires_grad
+    with pytest.raises(ECGShardError, match="--findings-sigmoid must be >= 0"):
+        trainer(findings_sigmoid=-1.0)
 
 
 def test_fit_with_findings_refuses_shards_without_measurements(demo_data, demo_text,

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ecgshard.losses import (LOSSES, MultiLabelCLIPLoss, SigmoidLoss, TextSmoothedCLIPLoss,
-                             TripletLoss, build_loss)
+from ecgshard.losses import (LOSSES, FindingsSigmoidLoss, MultiLabelCLIPLoss, SigmoidLoss,
+                             TextSmoothedCLIPLoss, TripletLoss, build_loss)
 
 ECG = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]]), dim=1)
 TEXT = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.6, 0.8]]), dim=1)
@@ -82,6 +82,46 @@ def test_text_smoothed_clip_without_smoothing_is_clip():
     y = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 1]])
     assert torch.allclose(TextSmoothedCLIPLoss(alpha=0.0)(ecg, TEXT, y, SCALE),
                           MultiLabelCLIPLoss()(ecg, TEXT, y, SCALE), atol=1e-6)
+
+
+def test_findings_sigmoid_loss_by_hand():
+    """Column 0 a class, columns 1 and 2 measured findings: the clip loss over all three,
+    plus 0.5 x the mean sigmoid loss over the four (record, finding) pairs."""
+    got = FindingsSigmoidLoss(MultiLabelCLIPLoss(), n_classes=1, weight=0.5)(
+        ECG, TEXT, Y, SCALE, BIAS).item()
+    y = Y.numpy()
+    pairs = [-_logsig((2 * y[i, c] - 1) * (10 * SIM[i, c] - 2)) for i in range(2)
+             for c in (1, 2)]
+    want = MultiLabelCLIPLoss()(ECG, TEXT, Y, SCALE).item() + 0.5 * np.mean(pairs)
+    assert math.isclose(got, want, rel_tol=1e-5)
+    # without findings columns it is the loss alone; at weight 0 too
+    assert math.isclose(FindingsSigmoidLoss(MultiLabelCLIPLoss(), n_classes=3)(
+        ECG, TEXT, Y, SCALE, BIAS).item(), MultiLabelCLIPLoss()(ECG, TEXT, Y, SCALE).item(),
+        rel_tol=1e-6)
+    assert math.isclose(FindingsSigmoidLoss(MultiLabelCLIPLoss(), 1, weight=0.0)(
+        ECG, TEXT, Y, SCALE, BIAS).item(), MultiLabelCLIPLoss()(ECG, TEXT, Y, SCALE).item(),
+        rel_tol=1e-6)
+
+
+def test_the_findings_sigmoid_pulls_records_by_their_findings_only():
+    """Column 0 a class, columns 1 and 2 findings. What the sigmoid adds to the gradient moves
+    a record towards a finding's text when it has the finding and off it when it has not, and
+    leaves the class's column to the loss (a class-only batch gets nothing added)."""
+    ecg = F.normalize(torch.tensor([[0.6, 0.3, 0.2], [0.6, 0.3, 0.2]]), dim=1)
+    text = torch.eye(3)
+    y = torch.tensor([[1, 0, 1], [1, 0, 0]])                # finding 2: record 0 only
+
+    def descent(loss, labels):
+        e = ecg.clone().requires_grad_()
+        loss(F.normalize(e, dim=1), text, labels, SCALE, BIAS).backward()
+        return -e.grad
+
+    added = descent(FindingsSigmoidLoss(MultiLabelCLIPLoss(), 1), y) \
+        - descent(MultiLabelCLIPLoss(), y)
+    assert (added[0] @ text[2]).item() > 0 > (added[1] @ text[2]).item()
+    classes_only = torch.tensor([[1, 0, 0], [0, 0, 0]])
+    assert torch.allclose(descent(FindingsSigmoidLoss(MultiLabelCLIPLoss(), 3), classes_only),
+                          descent(MultiLabelCLIPLoss(), classes_only))
 
 
 def test_triplet_loss_by_hand():
