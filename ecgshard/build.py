@@ -452,8 +452,7 @@ def measure_shards(shard_dir, workers=0):
     out = Path(shard_dir)
     with shards.exclusive_lock(out, "measure"):
         manifest = shards.load_manifest(out)
-        current = (manifest.get("measurements") or {}).get("version") == measure.VERSION
-        if current:
+        if shards.measured_now(manifest, measure.NAMES):
             return manifest
         path = SignalPath.of(manifest)
         entries = shards.shard_entries(out, manifest)

@@ -459,6 +459,16 @@ def check_shard(f, path=""):
             raise SchemaError(f"{path}: {key} has {f[key].shape[0]} rows, signal has {n}")
 
 
+def measured_now(manifest, names):
+    """Whether a shard set's manifest says its shards carry ``names`` measured at this
+    measurement version (``ecgshard measure`` measures the others again)."""
+    from . import measure
+
+    measured = manifest.get("measurements") or {}
+    return measured.get("version") == measure.VERSION and \
+        set(names) <= set(measured.get("names") or ())
+
+
 def read_measurements(f, names, path="", sel=slice(None)):
     """The shard's measurements as ``{name: (N,) float32}`` for ``names``; a shard without
     them, or of another measurement version, is refused with the way to add them."""

@@ -209,13 +209,7 @@ def _load_records(cfg, trained, manifest, folds, targets, same_set):
 def _measured_statements(trained, manifest):
     """The run's trained statements where the evaluated shards carry the measurements they
     are read from (this version's, all of them); none otherwise."""
-    from . import measure
-
-    measured = manifest.get("measurements") or {}
-    if measured.get("version") != measure.VERSION or \
-            not set(findings.NEEDS) <= set(measured.get("names") or ()):
-        return ()
-    return tuple(trained.finding_codes)
+    return tuple(trained.finding_codes) if shards.measured_now(manifest, findings.NEEDS) else ()
 
 
 def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, excluded):
