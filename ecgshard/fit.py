@@ -553,7 +553,9 @@ class Trainer:
                 "samples_per_s": n_seen / elapsed if elapsed else 0.0,
                 "data_wait_fraction": waited / elapsed if elapsed else 0.0,
                 "lr": self.sched.get_last_lr()[0], "seconds": elapsed,
-                "logit_scale": float(self.model.scale().detach()), "processes": world.size}
+                "logit_scale": float(self.model.scale().detach()), "processes": world.size,
+                # a CPU fit repeats exactly at one thread count; another count can change it
+                "threads": torch.get_num_threads()}
 
     def checkpoint(self, val_auroc, validation):
         p, learned = self.p, self.model.learned_class_emb

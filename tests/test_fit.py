@@ -170,6 +170,7 @@ def test_weight_decay_only_on_weights_and_the_gradient_clipped(demo_data, demo_t
     fit.run(cfg)
     record = json.loads((tmp_path / "wd" / "log.jsonl").read_text().splitlines()[0])
     assert record["grad_norm"] > 1e-3 and record["clipped_share"] == 1.0
+    assert record["threads"] == torch.get_num_threads()     # what a CPU refit must match
     # --log tensorboard: the same figures as event scalars, per epoch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
