@@ -126,7 +126,6 @@ class FindingsSigmoidLoss(nn.Module):
     def __init__(self, loss, n_classes, weight=1.0):
         super().__init__()
         self.loss, self.n_classes, self.weight = loss, n_classes, weight
-        self.calibrated = loss.calibrated
         self.sigmoid = SigmoidLoss()
 
     def forward(self, ecg_emb, class_emb, labels, logit_scale, logit_bias):
