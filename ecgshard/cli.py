@@ -283,6 +283,8 @@ def _fit_options(command):
             _opt(F, "warmup", help="Share of the steps with a linear warm-up."),
             _opt(F, "augment", "--augment/--no-augment"),
             _opt(F, "lead_dropout", help="Augmentation: chance that each lead is zeroed."),
+            _opt(F, "crop", help="Augmentation: cut up to this many seconds off the start of "
+                 "each training record (never more than half of it); 0: off."),
             _opt(F, "width", help="Encoder channel-width multiplier."),
             _opt(F, "train_kinds", help="Train only classes of these statement kinds "
                  "(comma list of diagnostic, form, rhythm; PTB-XL); all by default."),

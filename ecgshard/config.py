@@ -173,6 +173,9 @@ class FitConfig:
     workers: int = 2
     augment: bool = True
     lead_dropout: float = 0.1                # augmentation: chance each lead is zeroed
+    crop: float = 2.0                        # augmentation: up to this many seconds cut off a
+                                             # record's start; chosen by measurement:
+                                             # docs/training.md
     width: float = 1.0                       # encoder channel-width multiplier
     train_kinds: tuple = ()                  # statement kinds trained (form, rhythm...); all
     shard_weights: tuple = ()                # per shard set, its share of each epoch; by size
@@ -213,6 +216,7 @@ class FitConfig:
              "--epochs, --batch-size and --lr must be > 0"),
             (0 <= self.warmup < 1, "--warmup is a fraction of the steps, in [0, 1)"),
             (0 <= self.lead_dropout < 1, "--lead-dropout is a probability, in [0, 1)"),
+            (self.crop >= 0, "--crop is seconds cut off a record's start, >= 0"),
             (self.width > 0, "--width must be > 0"),
             (self.findings_sigmoid >= 0, "--findings-sigmoid must be >= 0"),
             (self.grad_clip >= 0, "--grad-clip is a gradient norm >= 0 (0: off)"),

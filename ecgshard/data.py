@@ -381,13 +381,28 @@ def fits_in_memory(n_bytes, device):
     return n_bytes < 0.3 * avail
 
 
-def augment(x, generator, scale=0.15, noise=0.02, lead_dropout=0.1):
-    """On-device augmentation of a float (B, 12, T) batch: amplitude scale, noise, lead dropout.
+def augment(x, length, generator, scale=0.15, noise=0.02, lead_dropout=0.1, crop=0):
+    """On-device augmentation of a float (B, 12, T) batch whose records hold ``length`` (B,)
+    valid samples: amplitude scale, noise, lead dropout, then a random start. Returns the batch
+    and its new lengths.
 
-    Random numbers come from ``generator`` (on x's device) so that a CPU run is reproducible.
+    The random start cuts 0 to ``crop`` samples (never more than half a record) off the front
+    and moves the rest forward, zero-padded: the encoder then sees a record at any phase of its
+    beats and over 8 to 10 s, not only the one window that validation and scoring see.
+    Random numbers come from ``generator`` (on x's device) so that a CPU run is reproducible;
+    without a crop it draws none, so runs from before the crop repeat exactly.
     """
     b = x.shape[0]
     amp = 1 + scale * (2 * torch.rand(b, 1, 1, generator=generator, device=x.device) - 1)
     keep = (torch.rand(b, 12, 1, generator=generator, device=x.device) >= lead_dropout)
     jitter = noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (x * amp + jitter) * keep.to(x.dtype)
+    x = (x * amp + jitter) * keep.to(x.dtype)
+    if not crop:
+        return x, length
+    length = length.to(x.device)
+    cut = torch.randint(0, crop + 1, (b,), generator=generator, device=x.device)
+    cut = torch.minimum(cut, length // 2)
+    index = torch.arange(x.shape[-1], device=x.device)[None, :] + cut[:, None]   # (B, T)
+    inside = (index < length[:, None]).to(x.dtype)
+    x = torch.gather(x, 2, index.clamp(max=x.shape[-1] - 1)[:, None, :].expand_as(x))
+    return x * inside[:, None, :], length - cut

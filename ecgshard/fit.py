@@ -518,11 +518,12 @@ class Trainer:
             waited += time.perf_counter() - tw
             if batch is None:
                 break
-            x = batch["signal"].float()
+            x, length = batch["signal"].float(), batch["length"]
             if cfg.augment:
-                x = augment(x, gen, lead_dropout=cfg.lead_dropout)
+                x, length = augment(x, length, gen, lead_dropout=cfg.lead_dropout,
+                                    crop=round(cfg.crop * self.p.manifest["fs"]))
             with autocast(self.device, cfg.amp):
-                emb, class_emb, scale, bias = self.forward(x, batch["length"])
+                emb, class_emb, scale, bias = self.forward(x, length)
             # The loss sees the global batch: every rank's embeddings (gradient to its own).
             loss = self.loss_fn(distributed.gather_with_grad(emb, world), class_emb,
                                 distributed.gather(batch["labels"], world), scale, bias)
@@ -606,7 +607,7 @@ def _trim_log(path, epochs_done):
 RESUME_MAY_CHANGE = ("resume", "device", "workers", "data", "compile", "max_steps", "shards",
                      "text", "out")
 # Settings added since runs were first trained: what a run that does not record one did.
-BEFORE_RECORDED = {"findings_sigmoid": 0.0}
+BEFORE_RECORDED = {"findings_sigmoid": 0.0, "crop": 0.0}
 
 
 def _check_same_config(out, stored, cfg, at_epoch):

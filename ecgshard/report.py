@@ -593,7 +593,8 @@ def _wrong_cells(c):
 
 def recipe_text(fc):
     """The training recipe of a fit config, in one sentence."""
-    aug = f"augmentation on (lead dropout {fc.lead_dropout})" if fc.augment else \
+    aug = (f"augmentation on (lead dropout {fc.lead_dropout}"
+           + (f", random start up to {fc.crop:g} s" if fc.crop else "") + ")") if fc.augment else \
         "no augmentation"
     kinds = f"; trained kinds: {', '.join(fc.train_kinds)}" if fc.train_kinds else ""
     width = f" (width x{fc.width:g})" if fc.width != 1 else ""

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from ecgshard import concepts, data, experiments, shards
+from ecgshard import concepts, data, experiments, fit, shards
 from ecgshard.config import FitConfig, TextConfig, ZeroShotConfig
 from ecgshard.errors import ECGShardError
 
@@ -168,21 +168,22 @@ def test_experiment_c_places_statement_trained_concepts_as_seen(demo_data, tmp_p
     assert group["IMI"] == ("related", "inferior infarct age undetermined")
 
 
-def test_settings_added_since_leave_older_runs_reusable_and_resumable(demo_data, demo_text,
-                                                                      tmp_path):
-    """A run trained before findings_sigmoid existed did what findings_sigmoid=0 does: its
-    key is the same, a resume with 0 goes on, and one with another weight is refused."""
+@pytest.mark.parametrize("setting", sorted(fit.BEFORE_RECORDED))
+def test_settings_added_since_leave_older_runs_reusable_and_resumable(setting, demo_data,
+                                                                      demo_text, tmp_path):
+    """A run trained before a setting existed did what its BEFORE_RECORDED value does (no
+    findings sigmoid, no random start): its key is the same, a resume with that value goes
+    on, and one with another value is refused."""
     from dataclasses import asdict, replace
 
-    from ecgshard import fit
-
-    now = FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
-                    out=str(tmp_path / "r"), findings_sigmoid=1.0)
-    before = replace(now, findings_sigmoid=0.0)
+    before = FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
+                       out=str(tmp_path / "r"), **fit.BEFORE_RECORDED)
+    old, other = fit.BEFORE_RECORDED[setting], fit.BEFORE_RECORDED[setting] + 1.0
+    now = replace(before, **{setting: other})
     key = experiments.run_key(before)["config"]
-    assert "findings_sigmoid" not in key
-    assert experiments.run_key(now)["config"] == {**key, "findings_sigmoid": 1.0}
-    stored = {k: v for k, v in asdict(before).items() if k != "findings_sigmoid"}
+    assert not set(fit.BEFORE_RECORDED) & set(key)
+    assert experiments.run_key(now)["config"] == {**key, setting: other}
+    stored = {k: v for k, v in asdict(before).items() if k not in fit.BEFORE_RECORDED}
     fit._check_same_config(tmp_path, stored, before, at_epoch=3)
-    with pytest.raises(ECGShardError, match="findings_sigmoid: 0.0 vs 1.0"):
+    with pytest.raises(ECGShardError, match=f"{setting}: {old!r} vs {other!r}"):
         fit._check_same_config(tmp_path, stored, now, at_epoch=3)

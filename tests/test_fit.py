@@ -220,26 +220,26 @@ def test_resume_refuses_another_shard_set(demo_data, demo_text, tmp_path):
 
 def test_recipe_options_reach_the_model_and_the_batches(demo_data, demo_text, tmp_path,
                                                        monkeypatch):
-    """--width scales the encoder, --lead-dropout reaches the augmentation, --train-kinds
-    keeps only classes of those statement kinds."""
+    """--width scales the encoder, --lead-dropout and --crop reach the augmentation,
+    --train-kinds keeps only classes of those statement kinds."""
     from ecgshard.models import ZeroShotModel
 
     seen = []
     original = fit.augment
 
-    def spy(x, generator, **kw):
-        seen.append(kw.get("lead_dropout"))
-        return original(x, generator, **kw)
+    def spy(x, length, generator, **kw):
+        seen.append((kw.get("lead_dropout"), kw.get("crop")))
+        return original(x, length, generator, **kw)
 
     monkeypatch.setattr(fit, "augment", spy)
     out = tmp_path / "r"
     fit.run(fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), out=str(out),
                           epochs=1, batch_size=64, device="cpu", min_positives=3, max_steps=2,
-                          width=0.5, lead_dropout=0.3, train_kinds=("rhythm",)))
+                          width=0.5, lead_dropout=0.3, crop=1.5, train_kinds=("rhythm",)))
     ck = shards.load_checkpoint(out / "checkpoint-last.pt")
     model = ZeroShotModel.from_checkpoint(ck)
     assert ck["model_config"]["width"] == 0.5 and model.encoder.backbone.out_dim == 2 * 128
-    assert seen == [0.3, 0.3]
+    assert seen == [(0.3, 150), (0.3, 150)]                    # seconds at the shards' 100 Hz
     manifest = shards.load_manifest(demo_data / "s-ptbxl")
     kinds = {c["code"]: c["kind"] for c in manifest["classes"]}
     assert ck["train_codes"] and all(kinds[c] == ["rhythm"] for c in ck["train_codes"])
@@ -250,11 +250,31 @@ def test_recipe_options_reach_the_model_and_the_batches(demo_data, demo_text, tm
 
 def test_lead_dropout_zeroes_whole_leads_at_its_rate():
     x = torch.ones(2000, 12, 50)
-    y = data.augment(x, torch.Generator().manual_seed(0), scale=0.0, noise=0.0,
-                     lead_dropout=0.3)
+    y, _ = data.augment(x, torch.full((2000,), 50), torch.Generator().manual_seed(0),
+                        scale=0.0, noise=0.0, lead_dropout=0.3)
     zeroed = (y.abs().sum(-1) == 0).float()
     assert torch.all((y == 0) | (y == 1))                      # whole leads, nothing partial
     assert abs(zeroed.mean().item() - 0.3) < 0.01
+
+
+def test_random_start_moves_each_record_forward_and_shortens_it():
+    """Each record loses 0 to crop samples (at most half of it) off its front; the rest moves
+    to the start, the freed tail is zero, and the length says where the record now ends."""
+    t, crop = 100, 30
+    length = torch.tensor([100] * 300 + [40] * 100)
+    x = torch.arange(1.0, t + 1).repeat(400, 12, 1) * (torch.arange(t) < length[:, None])[:, None]
+    y, cut_length = data.augment(x, length, torch.Generator().manual_seed(0), scale=0.0,
+                                 noise=0.0, lead_dropout=0.0, crop=crop)
+    cut = length - cut_length
+    assert cut.min() == 0 and cut[:300].max() == crop and cut[300:].max() == 20
+    assert len(set(cut[:300].tolist())) > 20                   # starts spread over the range
+    for i in range(400):
+        n = int(cut_length[i])
+        assert torch.equal(y[i, :, :n], x[i, :, int(cut[i]):int(length[i])])
+        assert not y[i, :, n:].any()
+    same, same_length = data.augment(x, length, torch.Generator().manual_seed(0), scale=0.0,
+                                     noise=0.0, lead_dropout=0.0)
+    assert torch.equal(same, x) and torch.equal(same_length, length)
 
 
 def _train_records_carrying(shard_dir, folds, codes):
