@@ -388,7 +388,8 @@ def augment(x, length, generator, scale=0.15, noise=0.02, lead_dropout=0.1, crop
 
     The random start cuts 0 to ``crop`` samples (never more than half a record) off the front
     and moves the rest forward, zero-padded: the encoder then sees a record at any phase of its
-    beats and over 8 to 10 s, not only the one window that validation and scoring see.
+    beats and over windows of several lengths, not only the one that validation and scoring
+    see.
     Random numbers come from ``generator`` (on x's device) so that a CPU run is reproducible;
     without a crop it draws none, so runs from before the crop repeat exactly.
     """
