@@ -593,8 +593,8 @@ def _wrong_cells(c):
 
 def recipe_text(fc):
     """The training recipe of a fit config, in one sentence."""
-    aug = (f"augmentation on (lead dropout {fc.lead_dropout}"
-           + (f", random start up to {fc.crop:g} s" if fc.crop else "") + ")") if fc.augment else \
+    crop = f", random start up to {fc.crop:g} s" if fc.crop else ""
+    aug = f"augmentation on (lead dropout {fc.lead_dropout}{crop})" if fc.augment else \
         "no augmentation"
     kinds = f"; trained kinds: {', '.join(fc.train_kinds)}" if fc.train_kinds else ""
     width = f" (width x{fc.width:g})" if fc.width != 1 else ""

@@ -89,7 +89,7 @@ def test_runs_are_reused_only_for_identical_settings(demo_data, tmp_path):
 
 def _spy_everywhere(monkeypatch, name, spy):
     """Replace ``data.NAME`` and every module's imported copy of it."""
-    from ecgshard import embed, fit, zeroshot
+    from ecgshard import embed, zeroshot
 
     for module in (data, embed, experiments, fit, zeroshot):
         if hasattr(module, name):
