@@ -74,10 +74,15 @@ class _Columns:
         self.watch = np.asarray([index[c] for c in sel.watch_codes if c in index], np.int64)
         self.folds = np.asarray(sel.folds, dtype=np.int64)
         self.findings = sel.findings
-        if self.findings and not (manifest.get("measurements") or {}).get("names"):
-            raise ECGShardError(f"{sel.shard_dir} holds no measurements, which measured "
-                                f"findings are read from; add them with `ecgshard measure "
-                                f"{sel.shard_dir}`")
+        if self.findings:
+            entry = manifest.get("measurements") or {}
+            if not entry.get("names"):
+                raise ECGShardError(f"{sel.shard_dir} holds no measurements, which measured "
+                                    f"findings are read from; add them with `ecgshard measure "
+                                    f"{sel.shard_dir}`")
+            # refused here, before training starts, rather than at the first shard read
+            shards.check_measurements(entry.get("version"), entry["names"], findings.NEEDS,
+                                      Path(sel.shard_dir) / shards.MANIFEST, sel.shard_dir)
 
     def measured(self, f, path, rows=slice(None)):
         """The measurements the finding columns read, or None without findings."""

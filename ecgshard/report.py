@@ -209,10 +209,10 @@ def summary_lines(report):
                                                  "on 12-lead validation records)"),
              f"  macros over classes with >= {p['min_positives_for_macro']} positives; 95% CIs "
              f"resample patients"]
-    for name in concepts.GROUPS + ("all",):
-        g = report["groups"].get(name)
-        if g is None:
-            continue
+    present = [name for name in concepts.GROUPS if name in report["groups"]]
+    # With one group present "all" is the same classes: one block, not two identical ones.
+    for name in present + (["all"] if len(present) > 1 else []):
+        g = report["groups"][name]
         lines.append(f"  {name:>7}: {g['n_classes']:3d} classes  macro AUROC "
                      f"{num(g['macro_auroc'])}{interval(g.get('macro_auroc_ci'))}  macro AP "
                      f"{num(g['macro_ap'])}  "

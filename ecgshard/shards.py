@@ -469,20 +469,27 @@ def measured_now(manifest, names):
         set(names) <= set(measured.get("names") or ())
 
 
-def read_measurements(f, names, path="", sel=slice(None)):
-    """The shard's measurements as ``{name: (N,) float32}`` for ``names``; a shard without
-    them, or of another measurement version, is refused with the way to add them."""
+def check_measurements(version, stored, names, path, shard_dir):
+    """Measurements of this ecgshard's version that hold ``names``, else the way to add them:
+    a shard's (attributes) or a whole shard set's (its manifest's entry)."""
     from . import measure
 
-    fix = f"add them with `ecgshard measure {Path(path).parent}`"
-    if MEASUREMENTS not in f:
-        raise SchemaError(f"{path}: no measurements in this shard; {fix}")
-    check_version(f.attrs.get("measurements_version"), measure.VERSION, "measurements", path,
-                  fix)
-    stored = json.loads(f.attrs["measurement_names"])
+    fix = f"add them with `ecgshard measure {shard_dir}`"
+    check_version(version, measure.VERSION, "measurements", path, fix)
     missing = [n for n in names if n not in stored]
     if missing:
         raise SchemaError(f"{path}: measurements lack {missing}; {fix}")
+
+
+def read_measurements(f, names, path="", sel=slice(None)):
+    """The shard's measurements as ``{name: (N,) float32}`` for ``names``; a shard without
+    them, or of another measurement version, is refused with the way to add them."""
+    if MEASUREMENTS not in f:
+        raise SchemaError(f"{path}: no measurements in this shard; add them with "
+                          f"`ecgshard measure {Path(path).parent}`")
+    stored = json.loads(f.attrs["measurement_names"])
+    check_measurements(f.attrs.get("measurements_version"), stored, names, path,
+                       Path(path).parent)
     data = f[MEASUREMENTS][sel]
     return {n: data[:, stored.index(n)] for n in names}
 

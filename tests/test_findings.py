@@ -218,7 +218,17 @@ def test_fit_with_findings_refuses_shards_without_measurements(demo_data, demo_t
     plain = tmp_path / "plain"
     build.run(build.BuildConfig(source_dir=str(demo_data / "ptbxl"), out_dir=str(plain),
                                 workers=1, measure=False, limit=300))
+    cfg = fit.FitConfig(shards=str(plain), text=str(demo_text), out=str(tmp_path / "r"),
+                        epochs=1, batch_size=32, device="cpu", findings=True,
+                        train_folds=(1, 2, 3), val_folds=(4,), test_folds=(5,))
     with pytest.raises(ECGShardError, match="ecgshard measure"):
-        fit.run(fit.FitConfig(shards=str(plain), text=str(demo_text), out=str(tmp_path / "r"),
-                              epochs=1, batch_size=32, device="cpu", findings=True,
-                              train_folds=(1, 2, 3), val_folds=(4,), test_folds=(5,)))
+        fit.run(cfg)
+    # measurements of another version are refused before training, naming both versions
+    build.measure_shards(str(plain), workers=1)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    manifest["measurements"]["version"] = measure.VERSION - 1
+    (plain / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ECGShardError, match=f"measurements schema version {measure.VERSION - 1}, "
+                                            f"this ecgshard reads {measure.VERSION}"):
+        fit.run(cfg)
+    assert not list((tmp_path / "r").glob("checkpoint-*.pt"))

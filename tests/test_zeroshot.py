@@ -19,6 +19,14 @@ def _zs(demo_data, demo_run, demo_text, out, **kw):
                                                 out=str(out), device="cpu", **kw))
 
 
+def _summary_blocks(report):
+    """The groups the terminal summary gives a macro block, in order."""
+    from ecgshard import report as present
+
+    return [line.split(":")[0].strip() for line in present.summary_lines(report)
+            if "classes  macro AUROC" in line]
+
+
 def test_heldout_classes_on_the_test_fold(demo_data, demo_run, demo_text, tmp_path):
     report = _zs(demo_data, demo_run, demo_text, tmp_path / "a",
                  shards=str(demo_data / "s-ptbxl"))
@@ -27,6 +35,8 @@ def test_heldout_classes_on_the_test_fold(demo_data, demo_run, demo_text, tmp_pa
     assert "all-MiniLM-L6-v2" in p["text_model"] and "validation folds [9]" in p["threshold_rule"]
     assert [c["code"] for c in report["classes"]] == ["LVOLT"]
     assert report["classes"][0]["group"] == "unseen"
+    # every class is unseen: the terminal shows that block once, not again as "all"
+    assert _summary_blocks(report) == ["unseen"]
     unseen = report["groups"]["unseen"]
     assert unseen["macro_auroc_ci"][0] <= unseen["macro_auroc"] <= unseen["macro_auroc_ci"][1]
     assert report["references"]["trained_classes_same_folds"]["macro_auroc"] > 0.7
@@ -65,6 +75,7 @@ def test_experiment_b_groups_classes_by_concept(demo_data, demo_run, demo_text, 
     assert brady["group"] == "seen" and brady["via"].startswith("finding:rate_")
     assert "restates 426627000" in brady["why"]
     assert set(report["groups"]) == {"all", "seen", "related", "unseen"}
+    assert _summary_blocks(report) == ["seen", "related", "unseen", "all"]
     assert report["groups"]["unseen"]["classes"] == ["251146004"]
     assert report["groups"]["seen"]["macro_auroc"] > 0.7
     # the Challenge's PTB-XL records are the training database itself: not scored
