@@ -574,6 +574,8 @@ E = C.ExperimentConfig
 @_zeroshot_options("--min-macro-positives")
 @_opt(E, "splits", help="Holdout splits (a).")
 @_opt(E, "holdout_size", help="Classes drawn per random split, before closure (a).")
+@_opt(E, "split_seed", type=int, help="Seed of the random splits' draw (a; default: "
+      "--seed), so that fits with other seeds can be run on the same splits.")
 @_opt(E, "min_val_positives", help="A class may be held out with this many validation "
       "positives (a).")
 @_opt(E, "max_excluded", help="A random split may exclude at most this share of the training "

@@ -377,8 +377,9 @@ class ExperimentConfig:
     text: TextConfig = field(default_factory=lambda: TextConfig(vocab=(), out=""))
     zeroshot: ZeroShotConfig = field(
         default_factory=lambda: ZeroShotConfig(run="", shards="", text="", out=""))
-    splits: int = 3
+    splits: int = 6                     # holdout splits; the headline aim is read on six
     holdout_size: int = 4              # classes drawn per random split (before expansion)
+    split_seed: int | None = None      # the random splits' draw; None: the fit's --seed
     min_val_positives: int = 5         # a class is drawn only with this many in the val folds
     max_excluded: float = 0.25         # a random split may exclude at most this share of records
     build_workers: int = 0

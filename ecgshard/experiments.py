@@ -147,7 +147,7 @@ def holdout_splits(cfg, shard_dir, manifest):
         # the table states the share of training records each split excluded.
         splits.append(default)
         closures.append(concepts.resolve_holdout(default, classes, expand=True))
-    rng = np.random.default_rng(cfg.fit.seed)
+    rng = np.random.default_rng(cfg.fit.seed if cfg.split_seed is None else cfg.split_seed)
     tries = 0
     while len(splits) < cfg.splits and tries < 200 and eligible:
         tries += 1

@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,24 @@ def test_holdout_choice_never_reads_the_test_fold_and_keeps_most_training_record
         assert dropped / n_train <= 0.2
 
 
+def test_split_seed_draws_the_splits_apart_from_the_fit_seed(demo_data, tmp_path):
+    """--split-seed fixes the draw, so that other fit seeds train on the same splits; without it
+    the fit's seed draws them (the draws published before the option)."""
+    shard_dir = demo_data / "s-ptbxl"
+    manifest = shards.load_manifest(shard_dir)
+    cfg = _cfg(demo_data, tmp_path, splits=4, holdout_size=2, max_excluded=0.2)
+
+    def draw(seed, split_seed=None):
+        return experiments.holdout_splits(
+            replace(cfg, fit=replace(cfg.fit, seed=seed), split_seed=split_seed), shard_dir,
+            manifest)
+
+    seed0, seed1 = draw(0), draw(1)
+    assert seed0 != seed1                   # the random splits differ between fit seeds
+    assert draw(1, split_seed=0) == seed0
+    assert draw(0, split_seed=1) == seed1
+
+
 def test_scoring_on_validation_never_reads_the_test_fold(demo_data, tmp_path, monkeypatch):
     """--score val chooses a recipe: held-out classes are scored on the validation fold and no
     stage (holdout choice, fit, scoring) reads a test-fold record."""
@@ -174,8 +193,6 @@ def test_settings_added_since_leave_older_runs_reusable_and_resumable(setting, d
     """A run trained before a setting existed did what its BEFORE_RECORDED value does (no
     findings sigmoid, no random start): its key is the same, a resume with that value goes
     on, and one with another value is refused."""
-    from dataclasses import asdict, replace
-
     before = FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
                        out=str(tmp_path / "r"), **fit.BEFORE_RECORDED)
     old, other = fit.BEFORE_RECORDED[setting], fit.BEFORE_RECORDED[setting] + 1.0
