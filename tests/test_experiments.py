@@ -47,6 +47,13 @@ def test_experiment_a_writes_and_replaces_its_section(demo_data, tmp_path):
     assert pooled["same_records_every_split"]
     assert 0 < pooled["wrong_text"]["p"] <= 1 and "verdict" in pooled
     assert f"| **verdict** | {pooled['verdict']} |" in text
+    # the split counts are over the splits with an unseen macro, and name those without one
+    macros = [r["groups"].get("unseen", {}).get("macro_auroc") for r in reports]
+    judged = sum(m is not None for m in macros)
+    specific = sum(bool(r["groups"].get("unseen", {}).get("class_specific")) for r in reports)
+    without = f" ({len(macros) - judged} without)" if judged < len(macros) else ""
+    assert f"(beats the wrong-text null) | {specific} of {judged} with a macro{without} |" \
+        in text
     assert "wrong-text null" in text and "published" not in text
     assert "Command: `bin/experiment-a tiny`" in text
     # how unseen classes were scored, and what each was read through
