@@ -472,6 +472,19 @@ def export(**options):
     click.echo(f"model written to {out}: ZeroShotClassifier.from_pretrained({str(out)!r})")
 
 
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run directory to write (replaced as a whole).")
+def ensemble(runs, out):
+    """Write several runs of one recipe and holdout (fits of other seeds: `fit --seed`) as one
+    run whose encoder averages theirs; every stage reads it like a run."""
+    from . import ensemble as stage
+
+    out = stage.run(C.EnsembleConfig(runs=tuple(runs), out=out))
+    click.echo(f"{len(runs)} runs averaged into {out}")
+
+
 EM, PR = C.EmbedConfig, C.ProbeConfig
 
 
@@ -576,6 +589,8 @@ E = C.ExperimentConfig
 @_opt(E, "holdout_size", help="Classes drawn per random split, before closure (a).")
 @_opt(E, "split_seed", type=int, help="Seed of the random splits' draw (a; default: "
       "--seed), so that fits with other seeds can be run on the same splits.")
+@_opt(E, "members", help="Fits per run averaged into one (seeds --seed, --seed + 1, ...; "
+      "`ecgshard ensemble`).")
 @_opt(E, "min_val_positives", help="A class may be held out with this many validation "
       "positives (a).")
 @_opt(E, "max_excluded", help="A random split may exclude at most this share of the training "

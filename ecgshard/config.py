@@ -8,6 +8,7 @@ module re-exports its own config (``fit.FitConfig``...).
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import MISSING, dataclass, field
 from typing import ClassVar
 
@@ -303,6 +304,17 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class EnsembleConfig:
+    runs: tuple                         # run directories of one recipe and holdout
+    out: str
+
+    def __post_init__(self):
+        check(self, (len(self.runs) >= 2, "give at least two runs to average"),
+              (len({os.path.realpath(r) for r in self.runs}) == len(self.runs),
+               "a run is given twice"))
+
+
+@dataclass(frozen=True)
 class EmbedConfig:
     run: str
     shards: str
@@ -380,6 +392,7 @@ class ExperimentConfig:
     splits: int = 6                     # holdout splits; the headline aim is read on six
     holdout_size: int = 4              # classes drawn per random split (before expansion)
     split_seed: int | None = None      # the random splits' draw; None: the fit's --seed
+    members: int = 1                   # fits per split averaged into one (seeds --seed, +1, ...)
     min_val_positives: int = 5         # a class is drawn only with this many in the val folds
     max_excluded: float = 0.25         # a random split may exclude at most this share of records
     build_workers: int = 0
@@ -393,5 +406,6 @@ class ExperimentConfig:
     def __post_init__(self):
         check(self, (self.splits > 0 and self.holdout_size > 0,
                      "--splits and --holdout-size must be > 0"),
+              (self.members > 0, "--members must be > 0"),
               (0 < self.max_excluded <= 1, "--max-excluded is a share in (0, 1]"),
               (self.min_count > 0, "--min-count must be > 0"))

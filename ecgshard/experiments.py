@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build, concepts, fit, metrics, report, text, zeroshot
+from . import build, concepts, ensemble, fit, metrics, report, text, zeroshot
 from . import controls as specificity
 from . import shards
-from .config import ExperimentConfig, ZeroShotConfig, default
+from .config import EnsembleConfig, ExperimentConfig, ZeroShotConfig, default
 from .data import Selection, count_selection
 from .run import checkpoint_path
 from .errors import ECGShardError
@@ -92,6 +92,18 @@ def _fit(cfg, shard_dir, text_file, runs, name, holdout):
     summary = fit.run(replace(fc, out=str(out), resume=checkpoint_path(out, "last").exists()))
     shards.write_json(summary_file, dict(summary, key=key))
     return out
+
+
+def _fitted(cfg, shard_dir, text_file, runs, name, holdout):
+    """The run to score: the fit of ``name``, or with ``--members K`` K fits of it (seeds
+    ``--seed`` to ``--seed`` + K - 1) averaged into one run (``ecgshard.ensemble``)."""
+    dirs = [_fit(replace(cfg, fit=replace(cfg.fit, seed=cfg.fit.seed + k)), shard_dir,
+                 text_file, runs, name, holdout) for k in range(cfg.members)]
+    if cfg.members == 1:
+        return dirs[0]
+    # the members follow from the first's settings and seed, so its name names them all
+    out = dirs[0].with_name(f"{dirs[0].name}-x{cfg.members}")
+    return ensemble.run(EnsembleConfig(runs=tuple(map(str, dirs)), out=str(out)))
 
 
 def run_key(fc):
@@ -179,7 +191,8 @@ def run_a(cfg: ExperimentConfig):
     folds = {"folds": tuple(cfg.fit.val_folds)} if cfg.score == "val" else {}
     reports, outs = [], []
     for i, holdout in enumerate(splits):
-        run_dir = _fit(cfg, shard_dir, text_file, work / "runs", f"a-split{i}{variant}", holdout)
+        run_dir = _fitted(cfg, shard_dir, text_file, work / "runs", f"a-split{i}{variant}",
+                          holdout)
         outs.append(work / "reports" / (run_dir.name + _report_suffix(cfg)))
         reports.append(_zeroshot(cfg, run_dir, shard_dir, text_file, outs[-1], **folds))
         info = shards.read_run_info(run_dir)
@@ -281,8 +294,8 @@ def _transfer(cfg, which, trained, scored):
     """Fit on every class of the ``trained`` set; score every class of each ``scored`` set
     zero-shot (all folds: another dataset), as seen, related and unseen concepts."""
     work, text_file, variant = _prepare(cfg, which, [trained] + scored)
-    run_dir = _fit(cfg, work / "shards" / trained, text_file, work / "runs",
-                   f"{which}-all-{trained}{variant}", ())
+    run_dir = _fitted(cfg, work / "shards" / trained, text_file, work / "runs",
+                      f"{which}-all-{trained}{variant}", ())
     sections, outs = [], []
     for name in scored:
         outs.append(work / "reports" / f"{which}-{name}-{run_dir.name}{_report_suffix(cfg)}")

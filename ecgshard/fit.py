@@ -345,6 +345,9 @@ def _train(cfg, out, world, device):
     val_set = np.repeat(np.arange(len(val_parts)), [len(part["labels"]) for part in val_parts])
     if cfg.resume and checkpoint_path(out, "last").exists():
         ck = shards.load_checkpoint(checkpoint_path(out, "last"), map_location=device)
+        if "ensemble" in ck:
+            raise ECGShardError(f"{out} holds runs averaged by `ecgshard ensemble`, not a fit "
+                                f"to resume; give a new --out")
         if ck["text_sha256"] != p.text.sha256 or ck["train_codes"] != p.train_codes:
             raise ECGShardError(f"{out} was trained against another text matrix or class list; "
                                 f"resume it with the same --text and holdout, or use a new --out")

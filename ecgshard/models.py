@@ -14,7 +14,7 @@ checkpoint holds: the encoder, the class vectors, and the logit scale and bias.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import numpy as np
@@ -115,10 +115,13 @@ class EncoderConfig:
     proj_hidden: int = 512
     input_scale: float = 1.0      # 1/mV: millivolt and z-scored shards both arrive near unit
     width: float = 1.0            # channel-width multiplier of the backbone
+    members: int = 1              # fits whose encoders are averaged (`ecgshard ensemble`)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"unknown architecture {self.arch!r}; choose from {sorted(ARCHS)}")
+        if self.members < 1:
+            raise ValueError(f"an encoder has at least one member, not {self.members}")
 
     @classmethod
     def from_dict(cls, stored):
@@ -128,21 +131,10 @@ class EncoderConfig:
         return cls(**{k: v for k, v in stored.items() if k in known})
 
 
-class ECGEncoder(nn.Module):
-    """Backbone + projection head; outputs unit vectors comparable with text embeddings."""
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.config = config
-        arch = ARCHS[config.arch]
-        self.backbone = arch.build(config, tuple(max(8, round(w * config.width))
-                                                 for w in arch.widths))
-        self.head = nn.Sequential(nn.Linear(self.backbone.out_dim, config.proj_hidden),
-                                  nn.ReLU(inplace=True),
-                                  nn.Linear(config.proj_hidden, config.text_dim))
-
-    def forward(self, x, length=None):         # (B, 12, T), (B,) -> (B, D), unit norm
-        z = self.head(self.backbone(x * self.config.input_scale, length))
-        return F.normalize(z.float(), dim=-1)
+class Encoder(nn.Module):
+    """What every encoder shares: ``forward`` gives unit vectors in text space, ``encode`` a
+    whole numpy array of them."""
+    config: EncoderConfig
 
     def encode(self, signal, length=None, batch_size=512, device="cpu", amp=True,
                desc="embed"):
@@ -166,6 +158,41 @@ class ECGEncoder(nn.Module):
         return np.concatenate(out)
 
 
+class ECGEncoder(Encoder):
+    """Backbone + projection head; outputs unit vectors comparable with text embeddings."""
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        arch = ARCHS[config.arch]
+        self.backbone = arch.build(config, tuple(max(8, round(w * config.width))
+                                                 for w in arch.widths))
+        self.head = nn.Sequential(nn.Linear(self.backbone.out_dim, config.proj_hidden),
+                                  nn.ReLU(inplace=True),
+                                  nn.Linear(config.proj_hidden, config.text_dim))
+
+    def forward(self, x, length=None):         # (B, 12, T), (B,) -> (B, D), unit norm
+        z = self.head(self.backbone(x * self.config.input_scale, length))
+        return F.normalize(z.float(), dim=-1)
+
+
+class EncoderEnsemble(Encoder):
+    """Several fits' encoders as one: the mean of their unit vectors, renormalised. Fits of
+    other seeds differ by as much as most settings do (docs/findings.md); their mean keeps what
+    they share."""
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        one = replace(config, members=1)
+        self.members = nn.ModuleList(ECGEncoder(one) for _ in range(config.members))
+
+    def forward(self, x, length=None):
+        return F.normalize(torch.stack([m(x, length) for m in self.members]).mean(0), dim=-1)
+
+
+def build_encoder(config: EncoderConfig) -> Encoder:
+    return ECGEncoder(config) if config.members == 1 else EncoderEnsemble(config)
+
+
 class ZeroShotModel(nn.Module):
     """The trained model: the encoder, the class vectors it is compared with (the frozen text
     embeddings, or learned ones for the supervised reference) and the logit scale and bias the
@@ -173,7 +200,7 @@ class ZeroShotModel(nn.Module):
     def __init__(self, config: EncoderConfig, class_emb, learn_class_emb=False,
                  init_scale=10.0, init_bias=-5.0, max_scale=100.0):
         super().__init__()
-        self.encoder = ECGEncoder(config)
+        self.encoder = build_encoder(config)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
         # The bias starts negative because most (record, class) pairs are negatives.
         self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))

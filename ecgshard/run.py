@@ -16,7 +16,7 @@ import torch
 from . import concepts, findings, shards
 from .errors import ECGShardError
 from .losses import LOSSES
-from .models import ECGEncoder, EncoderConfig, ZeroShotModel
+from .models import EncoderConfig, ZeroShotModel, build_encoder
 
 def checkpoint_path(run_dir, which):
     """``RUN/checkpoint-{best,last}.pt``: the best by validation macro AUROC, and the latest."""
@@ -101,10 +101,10 @@ class Run:
         return self.model(device).encoder
 
     def untrained(self, seed, device="cpu"):
-        """An encoder of the run's architecture at its seeded initialisation: the random
-        baseline every zero-shot figure is placed against."""
+        """An encoder of the run's architecture (as many members as it averages) at its
+        seeded initialisation: the random baseline every zero-shot figure is placed against."""
         torch.manual_seed(seed)
-        return ECGEncoder(EncoderConfig.from_dict(self.ck["model_config"])).to(device)
+        return build_encoder(EncoderConfig.from_dict(self.ck["model_config"])).to(device)
 
     @property
     def text_path(self):

@@ -217,6 +217,7 @@ def _provenance(cfg, trained, manifest, text, same_set, folds, data, rule, exclu
     return {
         "run": str(trained.dir.resolve()), "checkpoint": str(trained.path.resolve()),
         "checkpoint_val_macro_auroc": trained.ck.get("val_macro_auroc"),
+        "ensemble": trained.ck.get("ensemble"),         # the runs averaged (ecgshard ensemble)
         "shards": str(Path(cfg.shards).resolve()), "shards_fingerprint": manifest["fingerprint"],
         "same_shard_set_as_training": same_set, "folds": list(folds),
         "n_records": int(len(data["labels"])), "n_patients": int(len(set(data["patient"]))),

@@ -95,6 +95,24 @@ def test_runs_are_reused_only_for_identical_settings(demo_data, tmp_path):
         experiments.run_a(_cfg(demo_data, tmp_path, splits=1, loss=loss))
 
 
+def test_members_score_each_split_with_its_fits_averaged(demo_data, tmp_path):
+    """--members K fits each split K times (seeds --seed upwards, each a run reused like any)
+    and scores their average, the run `ecgshard ensemble` writes."""
+    from ecgshard.run import Run
+
+    cfg = _cfg(demo_data, tmp_path, splits=1, members=2)
+    out = experiments.run_a(cfg)
+    scored = json.loads((Path(out["reports"][0]) / "report.json").read_text())
+    averaged = Run.load(scored["provenance"]["run"])
+    assert [m["seed"] for m in averaged.ck["ensemble"]] == [0, 1]
+    fits = sorted(p for p in (tmp_path / "work" / "runs").iterdir()
+                  if (p / "summary.json").exists())
+    assert len(fits) == 2
+    seed0 = [f for f in fits if json.loads((f / "config.json").read_text())["config"]["seed"] == 0]
+    assert averaged.dir.name == f"{seed0[0].name}-x2"      # named by its first member
+    assert {m["run"] for m in averaged.ck["ensemble"]} == {str(f.resolve()) for f in fits}
+
+
 def _spy_everywhere(monkeypatch, name, spy):
     """Replace ``data.NAME`` and every module's imported copy of it."""
     from ecgshard import embed, zeroshot
