@@ -56,8 +56,10 @@ def _check_alike(members):
         a, b = asdict(first.info), asdict(m.info)
         differs = [f"{k}: {a[k]!r} ({first.dir}) vs {b[k]!r} ({m.dir})" for k in SAME_RECORD
                    if a[k] != b[k]]
-        if first.ck["model_config"] != m.ck["model_config"]:
-            differs.append(f"encoder: {first.ck['model_config']} vs {m.ck['model_config']}")
+        # read as configs: a run from before a field holds its default
+        encoders = [EncoderConfig.from_dict(r.ck["model_config"]) for r in (first, m)]
+        if encoders[0] != encoders[1]:
+            differs.append(f"encoder: {encoders[0]} vs {encoders[1]}")
         if first.ck["loss_name"] != m.ck["loss_name"]:
             differs.append(f"loss: {first.ck['loss_name']} vs {m.ck['loss_name']}")
         if not np.array_equal(first.ck["validation"]["labels"], m.ck["validation"]["labels"]):

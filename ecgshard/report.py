@@ -418,7 +418,7 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"Data: {manifest['n_records']} records from `{_where(manifest['source_dir'])}` "
         f"({manifest['fs']} Hz, {manifest['n_skipped']} skipped). Text model: "
         f"`{p0['text_model']}` ({p0['text_pooling']}; texts: {cfg.text.texts}, templates "
-        f"{list(cfg.text.templates)}). {recipe_text(cfg.fit)}. Train folds "
+        f"{list(cfg.text.templates)}). {recipe_text(cfg.fit)}{members_text(cfg)}. Train folds "
         f"{fold_ranges(cfg.fit.train_folds)}, validation fold {fold_ranges(cfg.fit.val_folds)} "
         f"(checkpoint, threshold, and which classes may be held out: at least "
         f"{cfg.min_val_positives} validation positives; random splits exclude at "
@@ -595,6 +595,14 @@ def _wrong_cells(c):
             f"{num(c.get('abnormality_auroc'))} |")
 
 
+def members_text(cfg):
+    """'; each run the average of K fits ...' where an experiment averages fits."""
+    if cfg.members == 1:
+        return ""
+    return (f"; each run the average of {cfg.members} fits (seeds {cfg.fit.seed} to "
+            f"{cfg.fit.seed + cfg.members - 1}, `ecgshard ensemble`)")
+
+
 def recipe_text(fc):
     """The training recipe of a fit config, in one sentence."""
     crop = f", random start up to {fc.crop:g} s" if fc.crop else ""
@@ -665,7 +673,7 @@ def markdown_transfer(cfg, which, trained, manifest, report):
         "",
         f"Model trained on {what.format(min_count=cfg.min_count)} (folds "
         f"{fold_ranges(cfg.fit.train_folds)}, checkpoint by fold "
-        f"{fold_ranges(cfg.fit.val_folds)}); scored on {p['n_records']} records "
+        f"{fold_ranges(cfg.fit.val_folds)}{members_text(cfg)}); scored on {p['n_records']} records "
         f"({p['n_patients']} patients) of `{_where(manifest['source_dir'])}` (all folds). "
         f"Text model `{p['text_model']}`. Every class is *seen* ({seen_means}), *related* (a "
         f"parent, child or near-sibling was, or a trained statement names a finding of it) or "

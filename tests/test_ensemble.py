@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from ecgshard import ZeroShotClassifier, ensemble, export, fit, zeroshot
+from ecgshard import ZeroShotClassifier, ensemble, export, fit, shards, zeroshot
 from ecgshard.config import EnsembleConfig, ExportConfig, FitConfig, ZeroShotConfig
 from ecgshard.errors import ECGShardError
 from ecgshard.models import EncoderEnsemble
-from ecgshard.run import Run
+from ecgshard.run import Run, checkpoint_path
 
 
 def _fit(demo_data, demo_text, out, seed, holdout=("LVOLT",)):
@@ -61,6 +61,18 @@ def test_fits_averaged_are_one_run_that_every_stage_reads(demo_data, demo_text, 
         fit.run(FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text), out=str(out),
                           holdout=("LVOLT",), epochs=1, batch_size=64, device="cpu",
                           min_positives=3, resume=True))
+
+
+def test_a_run_from_before_the_members_field_is_averaged(demo_data, demo_text, demo_run,
+                                                         tmp_path):
+    other = _fit(demo_data, demo_text, tmp_path / "old", seed=1)
+    for which in ("best", "last"):             # as fit wrote it before EncoderConfig.members
+        path = checkpoint_path(other, which)
+        ck = shards.load_checkpoint(path)
+        del ck["model_config"]["members"]
+        shards.save_checkpoint(path, ck)
+    out = ensemble.run(EnsembleConfig(runs=(str(demo_run), str(other)), out=str(tmp_path / "e")))
+    assert len(Run.load(out).encoder().members) == 2
 
 
 def test_runs_of_another_holdout_are_refused(demo_data, demo_text, demo_run, tmp_path):

@@ -111,6 +111,8 @@ def test_members_score_each_split_with_its_fits_averaged(demo_data, tmp_path):
     seed0 = [f for f in fits if json.loads((f / "config.json").read_text())["config"]["seed"] == 0]
     assert averaged.dir.name == f"{seed0[0].name}-x2"      # named by its first member
     assert {m["run"] for m in averaged.ck["ensemble"]} == {str(f.resolve()) for f in fits}
+    assert "each run the average of 2 fits (seeds 0 to 1, `ecgshard ensemble`)" in \
+        (tmp_path / "results.md").read_text()
 
 
 def _spy_everywhere(monkeypatch, name, spy):
