@@ -15,7 +15,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,9 @@ def run(cfg: BuildConfig):
     source = Path(cfg.source_dir)
     if not source.is_dir():
         raise ECGShardError(f"source directory {source} does not exist")
+    # One directory, one fingerprint: spelled relative to another working directory or through
+    # a link, the same records would otherwise be rebuilt, and every run on them trained anew.
+    cfg = replace(cfg, source_dir=str(source.resolve()))
     out = Path(cfg.out_dir)
     with shards.exclusive_lock(out, "build"):
         return _build(cfg, database, out)

@@ -255,6 +255,22 @@ def test_implausible_units_rates_and_damaged_samples_are_named_skips(tmp_path):
     assert "header" in by_id["4"]["detail"] and manifest["n_records"] == 4
 
 
+def test_the_same_source_spelled_otherwise_is_not_rebuilt(tmp_path, monkeypatch):
+    """A relative path from another working directory, or a link, names the same records:
+    the shards are kept and the fingerprint (what runs are keyed and resumed on) is the same."""
+    write_ptbxl_tree(tmp_path / "data" / "src", n=12)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    first = build.run(_cfg(tmp_path / "data" / "src", tmp_path / "out", shard_size=8))
+    real, built = build.build_shard, []
+    monkeypatch.setattr(build, "build_shard", lambda i, *a: built.append(i) or real(i, *a))
+    monkeypatch.chdir(tmp_path / "data")
+    again = build.run(_cfg("src", tmp_path / "out", shard_size=8))
+    linked = build.run(_cfg(tmp_path / "link" / "src", tmp_path / "out", shard_size=8))
+    assert built == []
+    assert again["fingerprint"] == linked["fingerprint"] == first["fingerprint"]
+    assert again["params"]["source_dir"] == str((tmp_path / "data" / "src").resolve())
+
+
 def test_a_rebuild_and_duplicate_files_leave_nothing_behind(tmp_path, caplog):
     """Low group: two ids naming one file are kept once (not in two folds); a rebuild with
     fewer records removes the shard files its manifest no longer lists; --limit > 0."""
