@@ -38,11 +38,16 @@ def _concepts(codes, graph, root):
     return [c for c in codes if graph.concept(c) == graph.concept(root)]
 
 
-def normal_text_code(text_codes, graph, prefer=()):
+def normal_text_code(text_codes, graph, prefer=(), trained=None):
     """The text that stands for "normal": a NORM-concept code (those of ``prefer`` first), else
-    a sinus-rhythm one; None when the text matrix has neither."""
+    a sinus-rhythm one; None when the text matrix has neither. With ``trained`` (a run's
+    training classes) only a concept the run trained counts: the cosine to a text it never
+    trained against is no direction the encoder learned, and "minus" it scores nothing."""
     ordered = list(dict.fromkeys(list(prefer) + list(text_codes)))
     available = set(text_codes)
+    if trained is not None:
+        learned = {graph.concept(c) for c in trained}
+        available = {c for c in available if graph.concept(c) in learned}
     for root in (NORMAL, SINUS):
         found = [c for c in _concepts(ordered, graph, root) if c in available]
         if found:

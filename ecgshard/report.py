@@ -442,8 +442,8 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"null** scores each class with every other class text of the vocabulary "
         f"({len(p0.get('wrong_text_pool') or [])} candidates, normal texts excluded) and asks "
         f"how often texts reassigned at random do as well; the **abnormality baseline** scores "
-        f"every class with one class-agnostic score (minus the cosine to the "
-        f"`{p0.get('normal_text')}` text); **within-abnormal** AUROC removes the normal "
+        f"every class with one class-agnostic score ({_baseline_text(p0)}); "
+        f"**within-abnormal** AUROC removes the normal "
         f"records. A figure is called class-specific only when it beats the wrong-text null "
         f"(p < 0.05). Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
         f"pipeline, other seeds) and {p0['permutations']} label permutations.",
@@ -689,8 +689,8 @@ def markdown_transfer(cfg, which, trained, manifest, report):
           if p.get("excluded_sources_same_as_training") else []),
         "Controls per group (`docs/zeroshot.md`): the wrong-text null (each class scored with "
         "the other classes' texts; p of the macro against texts reassigned at random), the "
-        f"class-agnostic abnormality score (minus the cosine to the `{p.get('normal_text')}` "
-        "text) and the AUROC within abnormal records; a figure is class-specific only when it "
+        f"class-agnostic abnormality score ({_baseline_text(p)}) and the AUROC within "
+        "abnormal records; a figure is class-specific only when it "
         "beats the wrong-text null. *Within source*: each class scored among the records of "
         "the sources that carry it, so that a label one database alone uses is not scored by "
         f"telling that database apart. Published figures: {NOT_COMPARABLE}.",
@@ -751,3 +751,11 @@ def markdown_transfer(cfg, which, trained, manifest, report):
                      f"{_ctrl_range(c)} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _baseline_text(provenance):
+    code = provenance.get("normal_text")
+    if code is None:
+        return "none here: the run trained no normal text to take the cosine to"
+    return f"minus the cosine to the `{code}` text"
+

@@ -85,7 +85,7 @@ def _run(cfg):
                                  through, sentences)
     controls = _control_scores(trained, data, text_rows, device, cfg, score, through,
                                sentences) if cfg.control else None
-    against = _specificity_inputs(emb, text, vocab, data, score, through)
+    against = _specificity_inputs(emb, text, vocab, data, score, through, trained.train_codes)
 
     report = {"provenance": _provenance(cfg, trained, manifest, text, same_set, folds, data,
                                         rule, excluded)}
@@ -303,14 +303,17 @@ def _write_set(out, cfg, report, emb, scores, data, targets, replicates):
 REPLICATES = "replicates.npz"
 
 
-def _specificity_inputs(emb, text, vocab, data, score, through):
+def _specificity_inputs(emb, text, vocab, data, score, through, trained_codes):
     """What the class-specificity controls score with: every wrong-text candidate's scores,
-    and the class-agnostic abnormality score (minus the cosine to the normal text). The wrong
-    texts are scored as the own text is: read through the statements, too, for a class
-    ``through`` marks (``pool_scores_through``)."""
+    and the class-agnostic abnormality score (minus the cosine to the normal text, where the
+    run trained one). The wrong texts are scored as the own text is: read through the
+    statements, too, for a class ``through`` marks (``pool_scores_through``)."""
     graph = concepts.load()
     pool = specificity.wrong_text_pool(vocab, graph)
-    normal_code = specificity.normal_text_code(text.codes, graph, prefer=vocab)
+    normal_code = specificity.normal_text_code(text.codes, graph, vocab, trained_codes)
+    if normal_code is None and specificity.normal_text_code(text.codes, graph, vocab):
+        log.warning("no abnormality baseline: the run trained no normal text (NORM or sinus "
+                    "rhythm), so the cosine to one would be no learned direction")
     baseline = None if normal_code is None else -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
     rows, sentences = (text.emb[text.rows(pool)], text.sentences(pool)) if pool else (None, None)
     return {"pool": pool, "pool_scores": score(emb, rows, sentences=sentences) if pool else None,

@@ -275,6 +275,31 @@ def test_scoring_needs_the_run_not_its_training_shards(demo_data, demo_text, tmp
         assert "validation folds [9]" in report["provenance"]["threshold_rule"]
 
 
+def test_no_abnormality_baseline_from_a_normal_text_the_run_never_trained(demo_data, demo_text,
+                                                                          tmp_path, caplog):
+    """A run trained on no normal concept (here: form statements only, NORM and sinus rhythm
+    left out) learned no direction for "normal": minus the cosine to NORM's text would score
+    an arbitrary axis and a margin over it would mean nothing, so there is no baseline."""
+    from ecgshard import concepts, controls, fit
+    from ecgshard import report as present
+
+    fit.run(fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
+                          out=str(tmp_path / "run"), holdout=("LVOLT",), epochs=1, max_steps=3,
+                          batch_size=64, device="cpu", min_positives=3, train_kinds=("form",)))
+    with caplog.at_level("WARNING"):
+        report = zeroshot.run(zeroshot.ZeroShotConfig(
+            run=str(tmp_path / "run"), shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
+            out=str(tmp_path / "z"),
+            bootstrap=20, control=False, permutations=0, min_positives=3, device="cpu"))
+    assert "trained no normal text" in caplog.text
+    assert report["provenance"]["normal_text"] is None
+    assert "abnormality_baseline" not in report["groups"]["unseen"]
+    assert "trained no normal text" in present._baseline_text(report["provenance"])
+    graph = concepts.load()
+    assert controls.normal_text_code(["NORM", "PVC"], graph, trained=["PVC", "INVT"]) is None
+    assert controls.normal_text_code(["NORM", "426783006"], graph, trained=["SR"]) == "426783006"
+
+
 def test_fewer_leads_are_scored_with_the_others_zeroed(demo_data, demo_run, demo_text, tmp_path):
     import h5py
     import numpy as np
