@@ -758,4 +758,3 @@ def _baseline_text(provenance):
     if code is None:
         return "none here: the run trained no normal text to take the cosine to"
     return f"minus the cosine to the `{code}` text"
-
