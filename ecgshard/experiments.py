@@ -80,10 +80,14 @@ def _fit(cfg, shard_dir, text_file, runs, name, holdout):
                  holdout_expand=True)
     key = run_key(fc)
     out = Path(runs) / f"{name}-{shards.fingerprint(key)[:10]}"
+    if not (out / "summary.json").exists():
+        # a run keyed by where its working directory was (as runs were before 2026-12-04)
+        out = next((d for d in sorted(Path(runs).glob(f"{name}-*"))
+                    if _keyed_as(d / "summary.json", key)), out)
     summary_file = out / "summary.json"
     if summary_file.exists():
         done = json.loads(summary_file.read_text())
-        differs = [k for k in key if done.get("key", {}).get(k) != key[k]]
+        differs = [k for k in key if _without_paths(done.get("key", {})).get(k) != key[k]]
         if differs:
             raise ECGShardError(f"{out} holds a run of other settings ({', '.join(differs)} "
                                 f"differ); remove it or choose another --work")
@@ -107,14 +111,14 @@ def _fitted(cfg, shard_dir, text_file, runs, name, holdout):
 
 
 def run_key(fc):
-    """What makes two runs the same: the fit config (but where it is written and whether it
-    resumed), the shards' fingerprint, the text matrix's content hash and the checkpoint
-    format (a run this ecgshard cannot load is no run to reuse)."""
-    config = {k: v for k, v in asdict(fc).items() if k not in ("out", "resume")}
-    # An experiment trains on one shard set: keyed by it, without per-set weights, as before
-    # fits over several sets existed (so runs trained then are still reused).
+    """What makes two runs the same: the fit config (but where it is written, where its
+    shards and text matrix lie, and whether it resumed), the shards' fingerprint, the text
+    matrix's content hash and the checkpoint format (a run this ecgshard cannot load is no
+    run to reuse). A working directory moved or copied elsewhere keeps its runs."""
     (shard_dir,) = fc.shards
-    config["shards"] = shard_dir
+    config = {k: v for k, v in asdict(fc).items() if k not in ("out", "resume") + PATHS}
+    # An experiment trains on one shard set: keyed without per-set weights, as before fits
+    # over several sets existed (so runs trained then are still reused).
     del config["shard_weights"]
     # Settings added since are keyed only where they differ from what runs did before them
     # (fit.BEFORE_RECORDED), so that runs trained then are still reused.
@@ -125,6 +129,20 @@ def run_key(fc):
             "checkpoint_schema": shards.CHECKPOINT_SCHEMA_VERSION,
             "shards_fingerprint": shards.load_manifest(shard_dir)["fingerprint"],
             "text_sha256": shards.read_text_matrix(fc.text).sha256}
+
+
+PATHS = ("shards", "text")
+
+
+def _without_paths(key):
+    """A stored run key less the paths that keys held before 2026-12-04."""
+    return dict(key, config={k: v for k, v in key.get("config", {}).items() if k not in PATHS})
+
+
+def _keyed_as(summary_file, key):
+    if not summary_file.exists():
+        return False
+    return _without_paths(json.loads(summary_file.read_text()).get("key", {})) == key
 
 
 def holdout_splits(cfg, shard_dir, manifest):
@@ -254,7 +272,8 @@ def pool_unseen(reports, report_dirs, seed=0):
     if all(b is not None for b in base):
         out["abnormality_baseline"] = {"macro_auroc": round(float(np.mean(base)), 6),
                                        "margin": round(auroc - float(np.mean(base)), 6),
-                                       "margin_ci": margin_ci}
+                                       "margin_ci": margin_ci,
+                                       **specificity.baseline_choice(inst)}
     wrong = [c["wrong_text"] for c in inst]
     if all(wrong):
         out["wrong_text"] = specificity.wrong_text_null(auroc, wrong, seed=seed)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import concepts, shards
 from .config import fold_ranges
-from .controls import p_text
+from .controls import BASELINES, p_text
 from .errors import ECGShardError
 
 # Published figures of related designs, shown only where the experiment matches theirs in
@@ -265,8 +265,8 @@ def controls_text(group):
                      f"p {p_text(wrong['p'])})")
     base = group.get("abnormality_baseline")
     if base and base.get("macro_auroc") is not None:
-        parts.append(f"class-agnostic abnormality score ({base['text']}) "
-                     f"{num(base['macro_auroc'])} (margin {base['margin']:+.3f}"
+        parts.append(f"class-agnostic abnormality score {num(base['macro_auroc'])} "
+                     f"({_chosen_text(base)}; margin {base['margin']:+.3f}"
                      f"{signed_interval(base.get('margin_ci'))})")
     within = group.get("within_abnormal") or {}
     if within.get("macro_auroc") is not None:
@@ -387,12 +387,13 @@ def _pooled_rows(pooled, scored):
         f"| wrong-text null: the same instances scored with other classes' texts | "
         f"{num(wrong.get('null_mean'))} (95th percentile {num(wrong.get('q95'))}) | own text "
         f"p {p_text(wrong.get('p'))}; {_own_rank_text(wrong)} |",
-        f"| class-agnostic abnormality score (minus cosine to the normal text) | "
+        f"| class-agnostic abnormality score, per class the stronger candidate | "
         f"{num(base.get('macro_auroc'))} | own text's margin "
-        f"{num(base.get('margin'))}{signed_interval(base.get('margin_ci'))} |",
+        f"{num(base.get('margin'))}{signed_interval(base.get('margin_ci'))}; "
+        f"{_candidates_text(base)} |",
         f"| within abnormal records (normal records removed): own text / abnormality score | "
         f"{num(within.get('macro_auroc'))} / {num(within.get('abnormality_macro_auroc'))} | "
-        f"the abnormality axis cannot score here |",
+        f"normal records cannot carry a score here |",
         f"| untrained encoders, same instances ({ctrl.get('n_seeds', 0)} seeds, pooled per "
         f"seed) | {num(ctrl.get('mean'))} [{num(ctrl.get('min'))}, {num(ctrl.get('max'))}] | |",
         f"| **verdict** | {pooled['verdict']} | |"]
@@ -442,7 +443,7 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"null** scores each class with every other class text of the vocabulary "
         f"({len(p0.get('wrong_text_pool') or [])} candidates, normal texts excluded) and asks "
         f"how often texts reassigned at random do as well; the **abnormality baseline** scores "
-        f"every class with one class-agnostic score ({_baseline_text(p0)}); "
+        f"each class with a score that is the same for every class ({_baseline_text(p0)}); "
         f"**within-abnormal** AUROC removes the normal "
         f"records. A figure is called class-specific only when it beats the wrong-text null "
         f"(p < 0.05). Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
@@ -754,7 +755,33 @@ def markdown_transfer(cfg, which, trained, manifest, report):
 
 
 def _baseline_text(provenance):
-    code = provenance.get("normal_text")
-    if code is None:
-        return "none here: the run trained no normal text to take the cosine to"
-    return f"minus the cosine to the `{code}` text"
+    """How the abnormality baseline was formed, from a report's provenance."""
+    code, names = provenance.get("normal_text"), provenance.get("abnormality_baselines")
+    if names is None:                      # a report from before the mean over the texts
+        return "none here: the run trained no normal text to take the cosine to" \
+            if code is None else f"minus the cosine to the `{code}` text"
+    if not names:
+        return "none here: no normal text trained and no wrong-text candidate"
+    said = [_baseline_name(n, code) for n in names]
+    return said[0] if len(said) == 1 else \
+        f"per class the stronger of {' and '.join(said)}, chosen on the evaluated labels"
+
+
+def _baseline_name(name, code=None):
+    if name == "minus_normal_text" and code:
+        return f"minus the cosine to the `{code}` text"
+    return BASELINES.get(name, name)
+
+
+def _chosen_text(base):
+    """Which candidate each class was held to: '<candidate> for 3, <candidate> for 1'."""
+    chosen = {n: k for n, k in (base.get("chosen") or {}).items() if k}
+    if not chosen:
+        return f"minus the cosine to the `{base.get('text')}` text"
+    return ", ".join(f"{BASELINES.get(n, n)} for {k}" for n, k in chosen.items())
+
+
+def _candidates_text(base):
+    """Each candidate's macro: '<candidate> 0.717, <candidate> 0.796'."""
+    macros = base.get("candidates_macro_auroc") or {}
+    return ", ".join(f"{BASELINES.get(n, n)} {num(v)}" for n, v in macros.items())

@@ -91,6 +91,7 @@ def _run(cfg):
                                         rule, excluded)}
     report["provenance"]["classes_without_text"] = no_text
     report["provenance"]["normal_text"] = against["normal_code"]
+    report["provenance"]["abnormality_baselines"] = list(against["baselines"])
     report["provenance"]["wrong_text_pool"] = against["pool"]
     classes, groups, replicates = _evaluate(scores, data["labels"], targets, status,
                                             dict(zip(text.codes, text.names)), threshold, cfg,
@@ -305,22 +306,27 @@ REPLICATES = "replicates.npz"
 
 def _specificity_inputs(emb, text, vocab, data, score, through, trained_codes):
     """What the class-specificity controls score with: every wrong-text candidate's scores,
-    and the class-agnostic abnormality score (minus the cosine to the normal text, where the
-    run trained one). The wrong texts are scored as the own text is: read through the
-    statements, too, for a class ``through`` marks (``pool_scores_through``)."""
+    and the class-agnostic abnormality scores (``controls.abnormality_scores``; minus the
+    cosine to the normal text only where the run trained one). The wrong texts are scored as
+    the own text is: read through the statements, too, for a class ``through`` marks."""
     graph = concepts.load()
     pool = specificity.wrong_text_pool(vocab, graph)
     normal_code = specificity.normal_text_code(text.codes, graph, vocab, trained_codes)
     if normal_code is None and specificity.normal_text_code(text.codes, graph, vocab):
-        log.warning("no abnormality baseline: the run trained no normal text (NORM or sinus "
-                    "rhythm), so the cosine to one would be no learned direction")
-    baseline = None if normal_code is None else -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
+        log.warning("the run trained no normal text (NORM or sinus rhythm), so the cosine to "
+                    "one would be no learned direction: the abnormality baseline is the mean "
+                    "over the wrong-text candidates alone")
+    normal_score = None if normal_code is None else \
+        -(emb @ text.emb[text.rows([normal_code])].T)[:, 0]
     rows, sentences = (text.emb[text.rows(pool)], text.sentences(pool)) if pool else (None, None)
-    return {"pool": pool, "pool_scores": score(emb, rows, sentences=sentences) if pool else None,
-            "pool_scores_through": score(emb, rows, np.ones(len(pool), bool), sentences)
-            if pool and score.reads_through and through.any() else None, "through": through,
-            "normal_code": normal_code, "baseline": baseline, "normal": data["normal"],
-            "source": data["source"], "graph": graph}
+    pool_scores = score(emb, rows, sentences=sentences) if pool else None
+    pool_scores_through = score(emb, rows, np.ones(len(pool), bool), sentences) \
+        if pool and score.reads_through and through.any() else None
+    return {"pool": pool, "pool_scores": pool_scores, "pool_scores_through": pool_scores_through,
+            "through": through, "normal_code": normal_code,
+            "baselines": specificity.abnormality_scores(normal_score, pool_scores,
+                                                        pool_scores_through, through),
+            "normal": data["normal"], "source": data["source"], "graph": graph}
 
 
 def _train_sentences(trained, score):
@@ -455,8 +461,8 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
     auroc, ap = metrics.per_class(scores, labels)
     sens, spec, f1 = metrics.at_threshold(scores, labels, threshold)
     n_classes = len(targets)
-    baseline = against["baseline"]
-    base_scores = None if baseline is None else np.repeat(baseline[:, None], n_classes, axis=1)
+    base_scores, base_names, base_candidates = specificity.strongest_baseline(
+        against["baselines"], labels)
     boot = None
     if cfg.bootstrap > 0:
         # one resampling for the own text and the baseline: the margin's interval is paired
@@ -478,7 +484,7 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
         wrong = specificity.own_vs_wrong(auroc, cross, against["pool"], targets, graph)
     else:
         wrong = [None] * n_classes
-    base_auroc = metrics.cross_auroc(baseline[:, None], labels)[0] if baseline is not None \
+    base_auroc = metrics.per_class_fast(base_scores, labels)[0] if base_scores is not None \
         else np.full(n_classes, np.nan)
     within = specificity.within_abnormal(scores, labels, against["normal"])
     within_base = specificity.within_abnormal(base_scores, labels, against["normal"]) \
@@ -503,6 +509,7 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
             "sensitivity": _num(sens[i]), "specificity": _num(spec[i]), "f1": _num(f1[i]),
             "threshold": _num(np.broadcast_to(threshold, (len(targets),))[i]),
             "wrong_text": wrong[i], "abnormality_auroc": _num(base_auroc[i]),
+            "abnormality_score": base_names[i], "abnormality_candidates": base_candidates[i],
             "within_abnormal_auroc": _num(within[i]),
             "within_abnormal_abnormality_auroc": _num(within_base[i]),
             "positive_sources": carriers[i],
@@ -580,7 +587,7 @@ def _place_in_controls(group, rows, boot, cols, against, cfg):
             specificity.wrong_text_null(value, wrong, seed=cfg.seed),
             best_single_text=specificity.best_single_text([w["aurocs"] for w in wrong]))
         group["class_specific"] = bool(group["wrong_text"]["p"] < specificity.ALPHA)
-    if against["baseline"] is not None:
+    if against["baselines"]:
         base = _num(np.mean([r["abnormality_auroc"] for r in rows]))
         margin_ci = None
         if boot is not None:
@@ -589,7 +596,8 @@ def _place_in_controls(group, rows, boot, cols, against, cfg):
                                                                                           cols]))
         group["abnormality_baseline"] = {
             "text": against["normal_code"], "macro_auroc": base,
-            "margin": _num(value - base) if base is not None else None, "margin_ci": margin_ci}
+            "margin": _num(value - base) if base is not None else None, "margin_ci": margin_ci,
+            **specificity.baseline_choice(rows)}
     group["within_abnormal"] = {
         "macro_auroc": _num(metrics.macro(_values(rows, "within_abnormal_auroc"))),
         "abnormality_macro_auroc": _num(metrics.macro(

@@ -12,10 +12,11 @@ CLASSES = ["AMI", "LAFB/LPFB", "1AVB", "WPW", "LNGQT", "DIG"]
 VOCAB = ["NORM", "SR"] + CLASSES
 
 
-def _world(class_specific, n=600, dim=32, seed=0):
+def _world(class_specific, n=600, dim=32, seed=0, normal_told=True):
     """Records that are normal (NORM + SR) or carry one abnormal class; embeddings with a
     shared "abnormal" direction u, plus each class's own direction v_c when
-    ``class_specific``. Class texts are u + v_c; the normal text is -u."""
+    ``class_specific``. Class texts are u + v_c; the normal text is -u, or with
+    ``normal_told=False`` a direction the records do not vary along."""
     rng = np.random.default_rng(seed)
     basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
     u, v = basis[0], basis[1:1 + len(CLASSES)]
@@ -29,21 +30,23 @@ def _world(class_specific, n=600, dim=32, seed=0):
     if class_specific:
         emb[kind >= 0] += 1.0 * v[kind[kind >= 0]]
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    text = {"NORM": -u, "SR": -u}
+    text = {"NORM": -u if normal_told else basis[-1], "SR": -u}
     for i, c in enumerate(CLASSES):
         t = u + v[i]
         text[c] = t / np.linalg.norm(t)
     return emb, labels_all, text
 
 
-def _evaluate(class_specific, n=600, min_positives=10):
-    emb, labels_all, text = _world(class_specific, n=n)
+def _evaluate(class_specific, n=600, min_positives=10, normal_told=True):
+    emb, labels_all, text = _world(class_specific, n=n, normal_told=normal_told)
     graph = concepts.load()
     labels = labels_all[:, 2:]
     scores = emb @ np.stack([text[c] for c in CLASSES]).T
     pool = controls.wrong_text_pool(VOCAB, graph)
-    against = {"pool": pool, "pool_scores": emb @ np.stack([text[c] for c in pool]).T,
-               "normal_code": "NORM", "baseline": -(emb @ text["NORM"]),
+    pool_scores = emb @ np.stack([text[c] for c in pool]).T
+    against = {"pool": pool, "pool_scores": pool_scores, "normal_code": "NORM",
+               "baselines": controls.abnormality_scores(-(emb @ text["NORM"]), pool_scores, None,
+                                                        np.zeros(len(CLASSES), bool)),
                "normal": controls.normal_records(labels_all, VOCAB, graph),
                "source": np.full(len(labels), "one database"), "graph": graph}
     cfg = ZeroShotConfig(run="", shards="", text="", out="", bootstrap=50, control_seeds=0,
@@ -95,6 +98,39 @@ def test_a_score_that_follows_the_text_is_class_specific():
         assert c["code"] not in c["wrong_text"]["aurocs"]
         assert not {"NORM", "SR"} & set(c["wrong_text"]["aurocs"])
         assert c["wrong_text"]["n_texts"] == len(CLASSES)
+
+
+def test_an_abnormality_axis_the_normal_text_misses_is_still_a_baseline():
+    """A normal text the encoder did not learn (here: a direction the records do not vary
+    along) makes "minus its cosine" a chance baseline, and a margin over it alone would call
+    an abnormality axis class-specific. The record's mean over the wrong texts reads the axis
+    without any normal text, and each class is held to the stronger of the two."""
+    classes, groups, _ = _evaluate(class_specific=False, normal_told=False)
+    base = groups["unseen"]["abnormality_baseline"]
+    assert base["chosen"] == {"minus_normal_text": 0, "mean_over_texts": len(CLASSES)}
+    # held to the normal text alone, the axis would seem to lead it by a wide margin
+    assert abs(base["candidates_macro_auroc"]["minus_normal_text"] - 0.5) < 0.1
+    assert groups["unseen"]["macro_auroc"] > 0.7
+    assert base["margin_ci"][0] < 0
+    for c in classes:
+        assert c["abnormality_auroc"] == max(c["abnormality_candidates"].values())
+    # with the normal text the axis's own direction, it is at least as strong and is chosen
+    # for some classes; the baseline is never below either candidate's macro
+    classes, groups, _ = _evaluate(class_specific=False)
+    base = groups["unseen"]["abnormality_baseline"]
+    assert base["macro_auroc"] >= max(base["candidates_macro_auroc"].values())
+
+
+def test_the_mean_over_the_texts_is_read_as_the_class_is_read():
+    pool = np.array([[1.0, 3.0], [0.0, 2.0]])
+    through = np.array([[5.0, 7.0], [4.0, 4.0]])
+    out = controls.abnormality_scores(None, pool, through, np.array([True, False]))
+    assert list(out) == ["mean_over_texts"]
+    np.testing.assert_allclose(out["mean_over_texts"], [[6.0, 2.0], [4.0, 1.0]])
+    normal = controls.abnormality_scores(np.array([0.5, -0.5]), pool, None,
+                                         np.array([True, False]))
+    np.testing.assert_allclose(normal["minus_normal_text"], [[0.5, 0.5], [-0.5, -0.5]])
+    np.testing.assert_allclose(normal["mean_over_texts"], [[2.0, 2.0], [1.0, 1.0]])
 
 
 def test_normal_records_without_a_normal_statement_are_sinus_rhythm_alone():

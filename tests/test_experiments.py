@@ -95,6 +95,36 @@ def test_runs_are_reused_only_for_identical_settings(demo_data, tmp_path):
         experiments.run_a(_cfg(demo_data, tmp_path, splits=1, loss=loss))
 
 
+def test_a_moved_working_directory_keeps_its_runs(demo_data, tmp_path, monkeypatch):
+    """Runs are keyed by what they trained on (the shards' fingerprint, the text's hash), not
+    by where the working directory lies: a copy elsewhere scores the same runs without
+    training, as does a run keyed, as before, with its shard and text paths."""
+    import shutil
+
+    experiments.run_a(_cfg(demo_data, tmp_path, splits=1))
+    (run,) = [p for p in (tmp_path / "work" / "runs").iterdir()]
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "work", moved)
+    summary = moved / "runs" / run.name / "summary.json"
+    done = json.loads(summary.read_text())
+    assert not {"shards", "text"} & set(done["key"]["config"])
+    # as keys were before: with the paths, under the name they made
+    done["key"]["config"].update(shards=str(tmp_path / "work" / "shards" / "x"),
+                                 text=str(tmp_path / "work" / "text" / "y.h5"))
+    summary.write_text(json.dumps(done))
+    legacy = run.with_name(run.name[:-10] + "0123456789").name
+    (moved / "runs" / run.name).rename(moved / "runs" / legacy)
+
+    def no_training(*a, **k):
+        raise AssertionError("a moved working directory trained again")
+
+    monkeypatch.setattr(fit, "run", no_training)
+    out = experiments.run_a(_cfg(demo_data, tmp_path, splits=1, work=str(moved)))
+    assert [p.name for p in (moved / "runs").iterdir()] == [legacy]
+    scored = json.loads((Path(out["reports"][0]) / "report.json").read_text())
+    assert Path(scored["provenance"]["run"]).name == legacy
+
+
 def test_members_score_each_split_with_its_fits_averaged(demo_data, tmp_path):
     """--members K fits each split K times (seeds --seed upwards, each a run reused like any)
     and scores their average, the run `ecgshard ensemble` writes."""

@@ -279,7 +279,8 @@ def test_no_abnormality_baseline_from_a_normal_text_the_run_never_trained(demo_d
                                                                           tmp_path, caplog):
     """A run trained on no normal concept (here: form statements only, NORM and sinus rhythm
     left out) learned no direction for "normal": minus the cosine to NORM's text would score
-    an arbitrary axis and a margin over it would mean nothing, so there is no baseline."""
+    an arbitrary axis and a margin over it would mean nothing, so the baseline is the mean
+    over the wrong-text candidates alone."""
     from ecgshard import concepts, controls, fit
     from ecgshard import report as present
 
@@ -293,8 +294,13 @@ def test_no_abnormality_baseline_from_a_normal_text_the_run_never_trained(demo_d
             bootstrap=20, control=False, permutations=0, min_positives=3, device="cpu"))
     assert "trained no normal text" in caplog.text
     assert report["provenance"]["normal_text"] is None
-    assert "abnormality_baseline" not in report["groups"]["unseen"]
-    assert "trained no normal text" in present._baseline_text(report["provenance"])
+    assert report["provenance"]["abnormality_baselines"] == ["mean_over_texts"]
+    base = report["groups"]["unseen"]["abnormality_baseline"]
+    assert set(base["candidates_macro_auroc"]) == {"mean_over_texts"}
+    assert all(c["abnormality_score"] == "mean_over_texts" for c in report["classes"])
+    assert present._baseline_text(report["provenance"]) == \
+        "the mean score over the wrong-text candidates"
+    assert present._baseline_text({"normal_text": None}).startswith("none here")
     graph = concepts.load()
     assert controls.normal_text_code(["NORM", "PVC"], graph, trained=["PVC", "INVT"]) is None
     assert controls.normal_text_code(["NORM", "426783006"], graph, trained=["SR"]) == "426783006"
