@@ -389,7 +389,7 @@ def _pooled_rows(pooled, scored):
         f"p {p_text(wrong.get('p'))}; {_own_rank_text(wrong)} |",
         f"| class-agnostic abnormality score, per class the stronger candidate | "
         f"{num(base.get('macro_auroc'))} | own text's margin "
-        f"{num(base.get('margin'))}{signed_interval(base.get('margin_ci'))}; "
+        f"{num(base.get('margin'))}{signed_interval(base.get('margin_ci'))}"
         f"{_candidates_text(base)} |",
         f"| within abnormal records (normal records removed): own text / abnormality score | "
         f"{num(within.get('macro_auroc'))} / {num(within.get('abnormality_macro_auroc'))} | "
@@ -782,6 +782,7 @@ def _chosen_text(base):
 
 
 def _candidates_text(base):
-    """Each candidate's macro: '<candidate> 0.717, <candidate> 0.796'."""
+    """Each candidate's macro: '; <candidate> 0.717, <candidate> 0.796' ('' without)."""
     macros = base.get("candidates_macro_auroc") or {}
-    return ", ".join(f"{BASELINES.get(n, n)} {num(v)}" for n, v in macros.items())
+    return "".join(f"{'; ' if i == 0 else ', '}{BASELINES.get(n, n)} {num(v)}"
+                   for i, (n, v) in enumerate(macros.items()))
