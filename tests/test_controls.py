@@ -114,8 +114,8 @@ def test_an_abnormality_axis_the_normal_text_misses_is_still_a_baseline():
     assert base["margin_ci"][0] < 0
     for c in classes:
         assert c["abnormality_auroc"] == max(c["abnormality_candidates"].values())
-    # with the normal text the axis's own direction, it is at least as strong and is chosen
-    # for some classes; the baseline is never below either candidate's macro
+    # with the normal text the axis's own direction too, the baseline (each class's stronger
+    # candidate) is never below either candidate's macro
     classes, groups, _ = _evaluate(class_specific=False)
     base = groups["unseen"]["abnormality_baseline"]
     assert base["macro_auroc"] >= max(base["candidates_macro_auroc"].values())
