@@ -97,19 +97,21 @@ def abnormality_scores(normal_score, pool_scores, pool_scores_through, through):
 def strongest_baseline(candidates, labels):
     """Each class's abnormality baseline: of the ``candidates`` ({name: (N, C)}), the one whose
     AUROC on the class's labels is higher. Chosen on the evaluated labels, so the baseline is
-    at its best and the margin over it errs low. Returns the chosen scores (N, C) (None
-    without candidates), and per class the name chosen and every candidate's AUROC."""
+    at its best and the margin over it errs low. Returns the chosen scores (N, C) and their
+    AUROCs (C,) (None and NaN without candidates), and per class the name chosen and every
+    candidate's AUROC."""
+    n_classes = labels.shape[1]
+    columns = np.arange(n_classes)
     names = list(candidates)
     if not names:
-        return None, [None] * labels.shape[1], [{} for _ in range(labels.shape[1])]
+        return None, np.full(n_classes, np.nan), [None] * n_classes, [{} for _ in columns]
     stacked = np.stack([candidates[n] for n in names])                      # (K, N, C)
     aurocs = np.stack([metrics.per_class_fast(s, labels)[0] for s in stacked])  # (K, C)
     pick = np.argmax(np.where(np.isfinite(aurocs), aurocs, -np.inf), axis=0)
-    chosen = np.take_along_axis(stacked, pick[None, None, :].repeat(stacked.shape[1], 1),
-                                axis=0)[0]
     per_class = [{n: (None if not np.isfinite(a) else round(float(a), 6))
-                  for n, a in zip(names, aurocs[:, c])} for c in range(labels.shape[1])]
-    return chosen, [names[k] for k in pick], per_class
+                  for n, a in zip(names, aurocs[:, c])} for c in columns]
+    return (stacked[pick, :, columns].T, aurocs[pick, columns], [names[k] for k in pick],
+            per_class)
 
 
 def baseline_choice(rows):

@@ -776,13 +776,13 @@ def _baseline_name(name, code=None):
 def _chosen_text(base):
     """Which candidate each class was held to: '<candidate> for 3, <candidate> for 1'."""
     chosen = {n: k for n, k in (base.get("chosen") or {}).items() if k}
-    if not chosen:
-        return f"minus the cosine to the `{base.get('text')}` text"
+    if not chosen:                         # a report from before the mean over the texts
+        return _baseline_name("minus_normal_text", base.get("text"))
     return ", ".join(f"{BASELINES.get(n, n)} for {k}" for n, k in chosen.items())
 
 
 def _candidates_text(base):
     """Each candidate's macro: '; <candidate> 0.717, <candidate> 0.796' ('' without)."""
-    macros = base.get("candidates_macro_auroc") or {}
-    return "".join(f"{'; ' if i == 0 else ', '}{BASELINES.get(n, n)} {num(v)}"
-                   for i, (n, v) in enumerate(macros.items()))
+    said = ", ".join(f"{BASELINES.get(n, n)} {num(v)}"
+                     for n, v in (base.get("candidates_macro_auroc") or {}).items())
+    return f"; {said}" if said else ""

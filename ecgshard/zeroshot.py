@@ -461,7 +461,7 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
     auroc, ap = metrics.per_class(scores, labels)
     sens, spec, f1 = metrics.at_threshold(scores, labels, threshold)
     n_classes = len(targets)
-    base_scores, base_names, base_candidates = specificity.strongest_baseline(
+    base_scores, base_auroc, base_names, base_candidates = specificity.strongest_baseline(
         against["baselines"], labels)
     boot = None
     if cfg.bootstrap > 0:
@@ -484,8 +484,6 @@ def _evaluate(scores, labels, targets, status, names, threshold, cfg, patients, 
         wrong = specificity.own_vs_wrong(auroc, cross, against["pool"], targets, graph)
     else:
         wrong = [None] * n_classes
-    base_auroc = metrics.per_class_fast(base_scores, labels)[0] if base_scores is not None \
-        else np.full(n_classes, np.nan)
     within = specificity.within_abnormal(scores, labels, against["normal"])
     within_base = specificity.within_abnormal(base_scores, labels, against["normal"]) \
         if base_scores is not None else np.full(n_classes, np.nan)
