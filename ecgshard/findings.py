@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-VERSION = 3
+VERSION = 4
 PREFIX = "finding:"                     # text-matrix codes: "finding:rate_50_59"
 
 FAMILIES = ("rhythm and rate", "conduction and intervals", "axis", "voltage", "QRS shape",
@@ -70,9 +70,15 @@ _LIMB = ("I", "II", "III", "aVR", "aVL", "aVF")
 _CHEST = ("V1", "V2", "V3", "V4", "V5", "V6")
 
 
+def _in_mv(names, rule):
+    """A rule on absolute voltages, false where the record's voltages are z-units (a source
+    z-scored per lead before it reached us: its amplitudes say nothing in mV)."""
+    return names + ("z_scored_source",), lambda m: rule(m) & (m["z_scored_source"] == 0)
+
+
 def _all_below(leads, mv):
     names = tuple(f"qrs_amplitude_{lead}" for lead in leads)
-    return names, lambda m: np.all([m[n] < mv for n in names], axis=0)
+    return _in_mv(names, lambda m: np.all([m[n] < mv for n in names], axis=0))
 
 
 def _in_leads(kind, leads, test, at_least=2):
@@ -177,7 +183,7 @@ FINDINGS = (
             _CHEST_LOW[0], _CHEST_LOW[1], ("LVOLT", "251146004")),
     Finding("sokolow_over_35", "tall QRS complexes, S in V1 plus R in V5 or V6 over 3.5 mV",
             "voltage",
-            ("sokolow_lyon",), lambda m: m["sokolow_lyon"] > 3.5, ("HVOLT", "VCLVH")),
+            *_in_mv(("sokolow_lyon",), lambda m: m["sokolow_lyon"] > 3.5), ("HVOLT", "VCLVH")),
     *(Finding(f"q_{region}", f"Q waves 30 ms or wider in leads {where}", "QRS shape",
               *_q_waves(leads), _Q)
       for region, where, leads in (("inferior", "II, III and aVF", _INFERIOR),

@@ -27,12 +27,14 @@ from .shards import LEADS
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
 FS = 500.0                              # Hz: every record is measured at this rate
 BAND = (0.5, 40.0)                      # Hz, before delineation (as the shards' default path)
 
 # (name, unit, definition): the definitions docs/findings.md states
 QUANTITIES = (
+    ("z_scored_source", "1", "1 when every lead of the record as read has mean 0 and SD 1 "
+                             "(within Z_SCORED_TOLERANCE): its voltages are z-units, not mV"),
     ("heart_rate", "1/min", "60 / mean RR interval"),
     ("rr_cv", "1", "SD / mean of the RR intervals"),
     ("rr_rmssd", "ms", "root mean square of successive RR differences"),
@@ -76,6 +78,9 @@ QRS_THRESHOLD = 0.08                    # of the QRS peak spatial velocity above
 QRS_QUIET = 0.012                       # s below the threshold that end the QRS
 Q_START = 0.1                           # of the lead's QRS peak to peak: its first deflection
 TERMINAL = 0.04                         # s: the end of the QRS read for its late forces
+# A millivolt lead's SD is about 0.05 to 0.5; twelve leads all within 5% of 1 with mean 0 is
+# a per-lead z-scored source (measured over the central seconds kept, so not exactly 0 and 1).
+Z_SCORED_TOLERANCE = 0.05
 
 
 def measure_record(sig, fs, leads, seconds, where=""):
@@ -111,12 +116,13 @@ def measure(sig, fs):
     reasons)`` (module docstring)."""
     values = np.full(len(NAMES), np.nan, np.float32)
     reasons = {}
+    values[INDEX["z_scored_source"]] = _z_scored(sig)
     x = preprocess(sig, fs, FilterSpec(fs=FS, band=BAND, normalize="mv")).astype(np.float64)
     peaks = _r_peaks(x)
     values[INDEX["n_beats"]] = len(peaks)
     if len(peaks) < MIN_BEATS:
         for name in NAMES:
-            if name != "n_beats":
+            if name not in ("n_beats", "z_scored_source"):
                 reasons[name] = "too_few_beats"
         return values, reasons
     rr = np.diff(peaks) / FS
@@ -131,6 +137,15 @@ def measure(sig, fs):
     values[INDEX["aberrant_beats"]] = beat.n_aberrant
     _delineate(beat, float(rr.mean()), values, reasons)
     return values, reasons
+
+
+def _z_scored(sig):
+    """1.0 for a record z-scored per lead before it reached us (every lead mean 0, SD 1),
+    whose amplitudes are z-units however its header names them, else 0.0."""
+    sig = np.asarray(sig, np.float64)
+    mean, sd = np.nanmean(sig, axis=1), np.nanstd(sig, axis=1)
+    return float(np.all(np.abs(mean) < Z_SCORED_TOLERANCE)
+                 and np.all(np.abs(sd - 1.0) < Z_SCORED_TOLERANCE))
 
 
 def _r_peaks(x):

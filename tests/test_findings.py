@@ -69,9 +69,12 @@ def _measured(**values):
     ({"p_wave_ratio": 0.1, "p_wave_consistency": 0.95}, ["p_waves"], ["no_p_waves"]),
     ({"p_wave_ratio": 0.1, "p_wave_consistency": 0.4}, ["no_p_waves"], ["p_waves"]),
     ({"premature_beats": 2, "aberrant_beats": 1}, ["early_beats", "odd_qrs_beats"], []),
-    ({**{f"qrs_amplitude_{x}": 0.3 for x in ("I", "II", "III", "aVR", "aVL", "aVF")}},
-     ["limb_qrs_under_05"], ["chest_qrs_under_1"]),
-    ({"sokolow_lyon": 4.0}, ["sokolow_over_35"], []),
+    ({**{f"qrs_amplitude_{x}": 0.3 for x in ("I", "II", "III", "aVR", "aVL", "aVF")},
+      "z_scored_source": 0}, ["limb_qrs_under_05"], ["chest_qrs_under_1"]),
+    ({"sokolow_lyon": 4.0, "z_scored_source": 0}, ["sokolow_over_35"], []),
+    # the same amplitudes in z-units say nothing in mV
+    ({**{f"qrs_amplitude_{x}": 0.3 for x in ("I", "II", "III", "aVR", "aVL", "aVF")},
+      "sokolow_lyon": 4.0, "z_scored_source": 1}, [], ["limb_qrs_under_05", "sokolow_over_35"]),
 ])
 def test_rules(values, true, false):
     codes = [findings.PREFIX + k for k in true + false]

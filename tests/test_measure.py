@@ -148,6 +148,24 @@ def test_voltage_is_in_millivolts_and_scales_with_the_record():
     assert two["qrs"] == pytest.approx(one["qrs"], abs=4)
 
 
+def test_a_source_z_scored_per_lead_is_told_and_no_voltage_statement_is_read_off_it():
+    mv = planted(scale=2.0)
+    z = (mv - mv.mean(axis=1, keepdims=True)) / mv.std(axis=1, keepdims=True)
+    (in_mv, _), (in_z, _) = values_of(mv, 500), values_of(z, 500)
+    assert in_mv["z_scored_source"] == 0 and in_z["z_scored_source"] == 1
+    # a tenth of the record cut off (the shards keep the central seconds) is still told
+    assert values_of(z[:, 500:], 500)[0]["z_scored_source"] == 1
+    assert in_z["heart_rate"] == pytest.approx(in_mv["heart_rate"], abs=0.5)
+    assert in_z["qrs"] == pytest.approx(in_mv["qrs"], abs=6)
+    codes = [f.code for f in findings.FINDINGS]
+    read = {name: findings.labels({n: np.array([v[n]]) for n in findings.NEEDS}, codes)[0]
+            for name, v in (("mv", in_mv), ("z", in_z))}
+    voltage = np.array([f.family == "voltage" for f in findings.FINDINGS])
+    assert read["mv"][voltage].any() and not read["z"][voltage].any()
+    # statements on timing and on ratios within a lead read the same either way
+    assert read["z"][~voltage].tolist() == read["mv"][~voltage].tolist()
+
+
 def test_irregular_rhythm_without_p_waves_has_no_pr():
     rng = np.random.default_rng(3)
     rr = rng.uniform(0.45, 1.1, 20)
@@ -169,8 +187,9 @@ def test_too_few_beats_is_a_named_reason_for_every_measurement():
     flat = np.random.default_rng(0).normal(0, 0.01, (12, 5000))
     values, reasons = measure.measure(flat, 500)
     assert values[measure.INDEX["n_beats"]] < measure.MIN_BEATS
-    assert set(reasons) == set(measure.NAMES) - {"n_beats"}
+    assert set(reasons) == set(measure.NAMES) - {"n_beats", "z_scored_source"}
     assert set(reasons.values()) == {"too_few_beats"}
+    assert values[measure.INDEX["z_scored_source"]] == 0     # told without a beat
     assert np.isnan(values[[measure.INDEX[n] for n in reasons]]).all()
 
 
