@@ -236,6 +236,8 @@ def test_build_stores_measurements_from_the_raw_record(tree, tmp_path):
     assert np.nanmin(stored["qrs"][wide]) >= 120
     lines = build.inspect(str(out))
     assert any("heart_rate" in line and "1/min" in line for line in lines)
+    # z-scored by the build, not before it: the voltages above are mV and nothing is flagged
+    assert any(line.split() == ["z_scored_source", "0", "of", "40", "records"] for line in lines)
 
 
 def test_measure_adds_measurements_to_shards_built_without(tree, tmp_path):
@@ -256,6 +258,16 @@ def test_measure_adds_measurements_to_shards_built_without(tree, tmp_path):
     with h5py.File(path) as f:
         assert np.isfinite(shards.read_measurements(f, ["heart_rate"])["heart_rate"]).all()
     assert build.measure_shards(str(out), workers=1)["fingerprint"] == after["fingerprint"]
+
+
+def test_measure_on_shards_the_build_z_scored_flags_every_record(tree, tmp_path):
+    out = tmp_path / "shards"
+    build.run(BuildConfig(source_dir=str(tree), out_dir=str(out), workers=1, normalize="zscore",
+                          measure=False))
+    after = build.measure_shards(str(out), workers=1)
+    assert "z-units" in after["measurements"]["source"]
+    lines = build.inspect(str(out))
+    assert any(line.split() == ["z_scored_source", "40", "of", "40", "records"] for line in lines)
 
 
 def test_inspect_lists_every_class_where_the_build_summary_shows_the_most_frequent(tree,
