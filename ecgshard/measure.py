@@ -141,11 +141,15 @@ def measure(sig, fs):
 
 def _z_scored(sig):
     """1.0 for a record z-scored per lead before it reached us (every lead mean 0, SD 1),
-    whose amplitudes are z-units however its header names them, else 0.0."""
+    whose amplitudes are z-units however its header names them, else 0.0. A lead that is
+    missing (flat or NaN) says nothing either way; one lead at SD 1 alone could be chance."""
     sig = np.asarray(sig, np.float64)
-    mean, sd = np.nanmean(sig, axis=1), np.nanstd(sig, axis=1)
-    return float(np.all(np.abs(mean) < Z_SCORED_TOLERANCE)
-                 and np.all(np.abs(sd - 1.0) < Z_SCORED_TOLERANCE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)         # an all-NaN lead
+        mean, sd = np.nanmean(sig, axis=1), np.nanstd(sig, axis=1)
+    live = sd > 0
+    return float(live.sum() >= 2 and np.all(np.abs(mean[live]) < Z_SCORED_TOLERANCE)
+                 and np.all(np.abs(sd[live] - 1.0) < Z_SCORED_TOLERANCE))
 
 
 def _r_peaks(x):

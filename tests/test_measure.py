@@ -153,8 +153,12 @@ def test_a_source_z_scored_per_lead_is_told_and_no_voltage_statement_is_read_off
     z = (mv - mv.mean(axis=1, keepdims=True)) / mv.std(axis=1, keepdims=True)
     (in_mv, _), (in_z, _) = values_of(mv, 500), values_of(z, 500)
     assert in_mv["z_scored_source"] == 0 and in_z["z_scored_source"] == 1
-    # a tenth of the record cut off (the shards keep the central seconds) is still told
+    # a tenth of the record cut off (the shards keep the central seconds), or two leads
+    # missing (flat, NaN), is still told
+    gaps = z.copy()
+    gaps[4], gaps[7] = 0.0, np.nan
     assert values_of(z[:, 500:], 500)[0]["z_scored_source"] == 1
+    assert measure._z_scored(gaps) == 1 and measure._z_scored(mv) == 0
     assert in_z["heart_rate"] == pytest.approx(in_mv["heart_rate"], abs=0.5)
     assert in_z["qrs"] == pytest.approx(in_mv["qrs"], abs=6)
     codes = [f.code for f in findings.FINDINGS]
