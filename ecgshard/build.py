@@ -495,8 +495,8 @@ def _measure_shard(job):
 
 
 def measurement_lines(shard_dir, manifest):
-    """``inspect``: each measurement's median and interquartile range over the records (a 0/1
-    flag: how many records carry it), and how many could not be measured (by reason)."""
+    """``inspect``: each measurement's median and interquartile range over the records (a flag,
+    ``measure.FLAGS``: how many records carry it), and how many could not be measured."""
     info = manifest.get("measurements")
     if not info:
         return ["  measurements: none (add them with `ecgshard measure`)"]
@@ -512,9 +512,9 @@ def measurement_lines(shard_dir, manifest):
         why = f"; not measurable {sum(missing.values())} (" + ", ".join(
             f"{r} {n}" for r, n in sorted(missing.items(), key=lambda kv: -kv[1])) + ")" \
             if missing else ""
-        if info["units"][name] == "1" and len(measured) and np.isin(measured, (0, 1)).all():
+        if name in measure.FLAGS and len(measured):
             lines.append(f"    {name:>20}  {int(measured.sum())} of {len(measured)} records"
-                         f"{why}")      # a flag (z_scored_source): a count says it plainly
+                         f"{why}")
         elif len(measured):
             q = np.percentile(measured, [25, 50, 75])
             lines.append(f"    {name:>20}  {q[1]:8.3g} ({q[0]:.3g} to {q[2]:.3g}) "

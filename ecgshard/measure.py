@@ -64,6 +64,7 @@ PER_LEAD = (
 QUANTITIES += tuple((f"{kind}_{lead}", unit, f"{definition}, in {lead}")
                     for kind, unit, definition in PER_LEAD for lead in LEADS)
 NAMES = tuple(q[0] for q in QUANTITIES)
+FLAGS = ("z_scored_source",)            # 0/1 of the record as a whole, told without a beat
 UNITS = {q[0]: q[1] for q in QUANTITIES}
 INDEX = {name: i for i, name in enumerate(NAMES)}
 
@@ -122,7 +123,7 @@ def measure(sig, fs):
     values[INDEX["n_beats"]] = len(peaks)
     if len(peaks) < MIN_BEATS:
         for name in NAMES:
-            if name not in ("n_beats", "z_scored_source"):
+            if name not in ("n_beats",) + FLAGS:
                 reasons[name] = "too_few_beats"
         return values, reasons
     rr = np.diff(peaks) / FS
