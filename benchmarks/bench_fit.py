@@ -45,6 +45,9 @@ def main():
         shutil.rmtree(out, ignore_errors=True)
         return log
 
+    # Untimed: the first fit of a process pays for CUDA's context, cuDNN's algorithm search
+    # and (with --compile) the compilation, which would be charged to whichever row ran first.
+    one("warm-up", data="preload", max_steps=5)
     rows = [("preloaded tensor", one("preload", data="preload", max_steps=args.steps)),
             (f"shard stream, {args.workers} workers", one("stream", data="stream",
                                                           max_steps=args.steps))]

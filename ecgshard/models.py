@@ -79,8 +79,11 @@ class ResNet1d(nn.Module):
 
     def forward(self, x, length=None):         # (B, 12, T) -> (B, 2 * widths[-1])
         h = self.layers(self.stem(x))          # (B, C, T')
+        # max(...).values, not amax: under torch.compile with bf16 autocast, amax's gradient
+        # after batch norm is NaN from the first step (pytorch/pytorch#186799; torch 2.11 CUDA
+        # and 2.13 CPU), and the compiled fit diverged.
         if length is None:
-            return torch.cat([h.mean(-1), h.amax(-1)], dim=1)
+            return torch.cat([h.mean(-1), h.max(-1).values], dim=1)
         # Pool only the feature steps that cover valid samples: a short record's zero padding
         # must not dilute its mean or stand in for its maximum.
         steps = h.shape[-1]
@@ -88,7 +91,7 @@ class ResNet1d(nn.Module):
         valid = valid.clamp(1, steps)                                      # (B,)
         mask = torch.arange(steps, device=h.device)[None, :] < valid[:, None]  # (B, T')
         mean = (h * mask[:, None, :]).sum(-1) / valid[:, None].to(h.dtype)
-        peak = h.masked_fill(~mask[:, None, :], float("-inf")).amax(-1)
+        peak = h.masked_fill(~mask[:, None, :], float("-inf")).max(-1).values
         return torch.cat([mean, peak], dim=1)
 
 

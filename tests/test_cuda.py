@@ -11,12 +11,13 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
-def test_fit_on_cuda_with_amp_and_both_data_paths(demo_data, demo_text, tmp_path):
-    for path in ("preload", "stream"):
-        out = tmp_path / path
+def test_fit_on_cuda_with_amp_both_data_paths_and_compiled(demo_data, demo_text, tmp_path):
+    for path, compiled in (("preload", False), ("stream", False), ("preload", True)):
+        out = tmp_path / f"{path}-{compiled}"
         fit.run(fit.FitConfig(shards=str(demo_data / "s-ptbxl"), text=str(demo_text),
                               out=str(out), holdout=("LVOLT",), epochs=2, batch_size=64,
-                              device="cuda", amp=True, data=path, min_positives=3))
+                              device="cuda", amp=True, data=path, compile=compiled,
+                              min_positives=3))
         log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
         assert log[-1]["val_macro_auroc"] > 0.6
         ck = shards.load_checkpoint(out / "checkpoint-last.pt")
