@@ -391,8 +391,9 @@ def _manifest(cfg, plan, results, params):
 
 
 def _measured_from(cfg):
-    own = ("ecgshard.measure on the record as read (mV at its own rate, the central window), "
-           "before the signal path")
+    own = ("ecgshard.measure on the record as read (at its own rate, the central window), "
+           "before the signal path; voltages in mV, except on a record flagged "
+           "z_scored_source, which arrived z-scored per lead: its voltages are z-units")
     shipped = databases.get(cfg.format).shipped_measurements
     return f"{own}; the source's own measurements where it ships them: {shipped}" \
         if shipped else own
@@ -456,6 +457,8 @@ def measure_shards(shard_dir, workers=0):
     with shards.exclusive_lock(out, "measure"):
         manifest = shards.load_manifest(out)
         if shards.measured_now(manifest, measure.NAMES):
+            log.info("%s: already measured (measurements version %d), left as it is", out,
+                     measure.VERSION)
             return manifest
         path = SignalPath.of(manifest)
         entries = shards.shard_entries(out, manifest)
@@ -476,6 +479,8 @@ def measure_shards(shard_dir, workers=0):
         manifest["fingerprint"] = shards.fingerprint([manifest["params"],
                                                       [e["sha256"] for e in manifest["shards"]]])
         shards.write_json(out / shards.MANIFEST, manifest)
+        log.info("%s: %d records in %d shards measured (measurements version %d)", out,
+                 manifest["n_records"], len(todo), measure.VERSION)
         return manifest
 
 

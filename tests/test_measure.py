@@ -244,7 +244,7 @@ def test_build_stores_measurements_from_the_raw_record(tree, tmp_path):
     assert any(line.split() == ["z_scored_source", "0", "of", "40", "records"] for line in lines)
 
 
-def test_measure_adds_measurements_to_shards_built_without(tree, tmp_path):
+def test_measure_adds_measurements_to_shards_built_without(tree, tmp_path, caplog):
     out = tmp_path / "shards"
     before = build.run(BuildConfig(source_dir=str(tree), out_dir=str(out), workers=1,
                                    measure=False))
@@ -261,7 +261,9 @@ def test_measure_adds_measurements_to_shards_built_without(tree, tmp_path):
     assert any("verified" in line for line in lines)
     with h5py.File(path) as f:
         assert np.isfinite(shards.read_measurements(f, ["heart_rate"])["heart_rate"]).all()
-    assert build.measure_shards(str(out), workers=1)["fingerprint"] == after["fingerprint"]
+    with caplog.at_level("INFO", logger="ecgshard.build"):
+        assert build.measure_shards(str(out), workers=1)["fingerprint"] == after["fingerprint"]
+    assert "already measured (measurements version" in caplog.text
 
 
 def test_measure_on_shards_the_build_z_scored_flags_every_record(tree, tmp_path):
