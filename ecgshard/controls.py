@@ -20,6 +20,10 @@ Three controls ask the right question, per class and per group macro:
 * **within-abnormal AUROC** — positives against abnormal records only (normal records removed),
   where normal records cannot carry the abnormality axis.
 
+A figure supports a **zero-shot claim** only when it beats all three counterfactuals that
+would fake it: the untrained encoders, the wrong-text null and the abnormality score (the
+margin's interval above zero). Every verdict says whether it does.
+
 Across a collection of databases one more confound fakes a class: a label that only one source
 carries (Ningbo's VCG-loop label, Chapman's rotations) is scored partly by telling that source
 from the others. **Within-source AUROC** scores such a class among the records of the sources
@@ -230,8 +234,32 @@ def within_source(scores, labels, sources):
     return aurocs, carriers
 
 
+COUNTERFACTUALS = ("the untrained encoders", "the wrong-text null",
+                   "the class-agnostic abnormality score")
+
+
+def unbeaten(group):
+    """The counterfactuals that would fake a zero-shot figure (``COUNTERFACTUALS``) which the
+    group's macro does not beat; [] when it beats all three, which is what a zero-shot claim
+    needs. The abnormality score counts as beaten only when the margin's interval is above
+    zero. None where the macro beats those formed but one was not (no untrained encoders or
+    permutations, no wrong texts, no baseline or no interval): the claim is then unjudged."""
+    ci = (group.get("abnormality_baseline") or {}).get("margin_ci")
+    beaten = (group.get("distinguishable_from_nulls"), group.get("class_specific"),
+              None if ci is None else bool(ci[0] > 0))
+    missing = [name for name, ok in zip(COUNTERFACTUALS, beaten) if ok is False]
+    return None if not missing and None in beaten else missing
+
+
+def zero_shot_claim(group):
+    """True only when the macro beats every counterfactual; None where one is missing."""
+    missing = unbeaten(group)
+    return None if missing is None else not missing
+
+
 def verdict(group):
-    """One sentence for a group macro, from the nulls and the controls in ``group``."""
+    """One sentence for a group macro, from the nulls and the controls in ``group``, ending
+    with whether it supports a zero-shot claim."""
     wt, base = group.get("wrong_text"), group.get("abnormality_baseline")
     if group.get("distinguishable_from_nulls") is False:
         head = "not distinguishable from untrained encoders and label permutation"
@@ -248,4 +276,9 @@ def verdict(group):
         head += (f"; {base['margin']:+.3f} over the class-agnostic abnormality score"
                  + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
                  + ("" if above else " (not above it)"))
-    return head
+    missing = unbeaten(group)
+    if missing is None:
+        return head + "; zero-shot claim not judged: a control was not formed"
+    if missing:
+        return head + f"; no zero-shot claim: not above {' or '.join(missing)}"
+    return head + "; zero-shot claim: above all three counterfactuals"

@@ -292,6 +292,7 @@ def pool_unseen(reports, report_dirs, seed=0):
                           "min": round(float(values.min()), 6),
                           "max": round(float(values.max()), 6), "n_seeds": len(values)}
         out["distinguishable_from_nulls"] = bool(auroc > values.max())
+    out["zero_shot_claim"] = specificity.zero_shot_claim(out)
     out["verdict"] = specificity.verdict(out)
     return out
 

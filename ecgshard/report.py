@@ -315,6 +315,8 @@ def report_table(report_dirs):
         (r["groups"].get("unseen", {}).get("within_abnormal") or {}).get("macro_auroc"))))
     rows.append(("unseen class-specific", lambda r: {True: "yes", False: "NO", None: "-"}[
         r["groups"].get("unseen", {}).get("class_specific")]))
+    rows.append(("unseen zero-shot claim", lambda r: {True: "yes", False: "NO", None: "-"}[
+        r["groups"].get("unseen", {}).get("zero_shot_claim")]))
     names = [Path(d).name for d in report_dirs]
     cells = [[get(r) for r in reports] for _, get in rows]
     width = max(len(x) for x in names + [c for row in cells for c in row]) + 2
@@ -362,6 +364,7 @@ def figures_a(reports):
         "unseen_within_abnormal_macro_auroc": [(g.get("within_abnormal") or {})
                                                .get("macro_auroc") for g in groups],
         "class_specific": [g.get("class_specific") for g in groups],
+        "zero_shot_claim": [g.get("zero_shot_claim") for g in groups],
         "trained_macro_auroc": [t.get("macro_auroc") for t in trained],
         "trained_macro_ap": [t.get("macro_ap") for t in trained],
         "trained_statements_macro_auroc": [_statements_macro(r) for r in reports],
@@ -405,6 +408,7 @@ def markdown_a(cfg, manifest, reports, pooled=None):
     trained = f["trained_macro_auroc"]
     above, val = sum(f["above_both_nulls"]), f["checkpoint_val_macro_auroc"]
     specific = sum(bool(x) for x in f["class_specific"])
+    claimed = sum(bool(x) for x in f["zero_shot_claim"])
     # a split whose held-out classes all lack positives here has no macro to judge
     with_macro = sum(m is not None for m in f["unseen_macro_auroc"])
     of = f"{with_macro} with a macro" + (f" ({len(reports) - with_macro} without)"
@@ -446,7 +450,8 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"each class with a score that is the same for every class ({_baseline_text(p0)}); "
         f"**within-abnormal** AUROC removes the normal "
         f"records. A figure is called class-specific only when it beats the wrong-text null "
-        f"(p < 0.05). Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
+        f"(p < 0.05), and zero-shot only when it also beats the untrained encoders and the "
+        f"abnormality score (the margin's interval above zero). Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
         f"pipeline, other seeds) and {p0['permutations']} label permutations.",
         "",
         f"| figure ({scored} fold) | value | note |",
@@ -456,6 +461,8 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"{above} of {of} | |",
         f"| splits whose unseen macro is class-specific (beats the wrong-text null) | "
         f"{specific} of {of} | |",
+        f"| splits whose unseen macro supports a zero-shot claim (beats all three controls) | "
+        f"{claimed} of {of} | |",
         f"| unseen classes at the threshold: macro sensitivity / specificity / F1, mean over "
         f"splits | "
         f"{' / '.join(_mean(f[f'unseen_macro_{m}']) for m in ('sensitivity', 'specificity', 'f1'))}"
@@ -583,7 +590,11 @@ def _short_verdict(group):
         return "not above the nulls"
     if group.get("class_specific") is None:
         return "—"
-    return "**class-specific**" if group["class_specific"] else "**not class-specific**"
+    if not group["class_specific"]:
+        return "**not class-specific**"
+    return {True: "**zero-shot**: beats all three controls",
+            False: "**class-specific**, no zero-shot claim",
+            None: "**class-specific**"}[group.get("zero_shot_claim")]
 
 
 def _wrong_cells(c):
@@ -692,7 +703,8 @@ def markdown_transfer(cfg, which, trained, manifest, report):
         "the other classes' texts; p of the macro against texts reassigned at random), the "
         f"class-agnostic abnormality score ({_baseline_text(p)}) and the AUROC within "
         "abnormal records; a figure is class-specific only when it "
-        "beats the wrong-text null. *Within source*: each class scored among the records of "
+        "beats the wrong-text null, and zero-shot only when it also beats the untrained "
+        "encoders and the abnormality score (the margin's interval above zero). *Within source*: each class scored among the records of "
         "the sources that carry it, so that a label one database alone uses is not scored by "
         f"telling that database apart. Published figures: {NOT_COMPARABLE}.",
         "",

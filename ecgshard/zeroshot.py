@@ -13,7 +13,8 @@ shuffled across records. Those nulls destroy the "something is abnormal" signal 
 class and macro is also set against the controls of ``ecgshard.controls``: its labels scored
 with the other classes' texts (the wrong-text null), a class-agnostic abnormality score, and
 positives against abnormal records only. A figure is called class-specific only when it beats
-the wrong-text null.
+the wrong-text null, and supports a zero-shot claim only when it also beats the untrained
+encoders and the abnormality score (``controls.unbeaten``).
 
 Every number in ``report.json`` carries its provenance: run, checkpoint, shards, folds,
 classes, text model and threshold rule.
@@ -604,6 +605,7 @@ def _place_in_controls(group, rows, boot, cols, against, cfg):
     group["within_source_macro_auroc"] = _num(metrics.macro(_values(rows,
                                                                     "within_source_auroc")))
     group["single_source_classes"] = [r["code"] for r in rows if r["single_source"]]
+    group["zero_shot_claim"] = specificity.zero_shot_claim(group)
     group["verdict"] = specificity.verdict(group)
 
 

@@ -79,6 +79,11 @@ def test_an_abnormality_axis_alone_is_not_class_specific():
     assert abs(g["within_abnormal"]["macro_auroc"] - 0.5) < 0.1
     assert "NOT class-specific" in g["verdict"]
     assert np.mean(g["wrong_text"]["own_rank"]) > 2
+    # above the permutation null, yet no zero-shot claim: two counterfactuals fake it
+    assert controls.unbeaten(g) == ["the wrong-text null", "the class-agnostic abnormality score"]
+    assert g["zero_shot_claim"] is False
+    assert g["verdict"].endswith("; no zero-shot claim: not above the wrong-text null or the "
+                                 "class-agnostic abnormality score")
 
 
 def test_a_score_that_follows_the_text_is_class_specific():
@@ -90,6 +95,8 @@ def test_a_score_that_follows_the_text_is_class_specific():
     assert g["within_abnormal"]["macro_auroc"] > 0.8
     assert g["within_abnormal"]["abnormality_macro_auroc"] < 0.65
     assert g["verdict"].startswith("class-specific")
+    assert g["zero_shot_claim"] is True and controls.unbeaten(g) == []
+    assert g["verdict"].endswith("; zero-shot claim: above all three counterfactuals")
     # a +1-corrected p of 1/10,001 is not printed as "0.000"
     assert g["wrong_text"]["p"] < 0.001 and "(p < 0.001)" in g["verdict"]
     assert replicates["auroc"].shape == replicates["baseline_auroc"].shape == (50, len(CLASSES))
@@ -98,6 +105,32 @@ def test_a_score_that_follows_the_text_is_class_specific():
         assert c["code"] not in c["wrong_text"]["aurocs"]
         assert not {"NORM", "SR"} & set(c["wrong_text"]["aurocs"])
         assert c["wrong_text"]["n_texts"] == len(CLASSES)
+
+
+def test_a_zero_shot_claim_needs_every_counterfactual_beaten_and_formed():
+    """Class-specific is not enough: a margin whose interval reaches zero withholds the claim,
+    and a control that was not formed leaves it unjudged rather than granted."""
+    group = {"distinguishable_from_nulls": True, "class_specific": True,
+             "wrong_text": {"p": 0.0001},
+             "abnormality_baseline": {"margin": 0.026, "margin_ci": [-0.017, 0.079]}}
+    assert controls.unbeaten(group) == ["the class-agnostic abnormality score"]
+    assert controls.zero_shot_claim(group) is False
+    assert controls.verdict(group) == (
+        "class-specific: beats the wrong-text null (p < 0.001); +0.026 over the class-agnostic "
+        "abnormality score [-0.017, +0.079] (not above it); no zero-shot claim: not above the "
+        "class-agnostic abnormality score")
+    group["abnormality_baseline"]["margin_ci"] = [0.02, 0.12]
+    assert controls.zero_shot_claim(group) is True
+    group["distinguishable_from_nulls"] = False
+    assert controls.unbeaten(group) == ["the untrained encoders"]
+    # one control beaten the wrong way decides, whatever another lacks
+    assert controls.zero_shot_claim({**group, "class_specific": None}) is False
+    group["distinguishable_from_nulls"] = True
+    for missing in ({"distinguishable_from_nulls": None}, {"class_specific": None},
+                    {"abnormality_baseline": {"margin": 0.05, "margin_ci": None}}):
+        assert controls.zero_shot_claim({**group, **missing}) is None
+        assert controls.verdict({**group, **missing}).endswith(
+            "; zero-shot claim not judged: a control was not formed")
 
 
 def test_an_abnormality_axis_the_normal_text_misses_is_still_a_baseline():

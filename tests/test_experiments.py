@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ecgshard import concepts, data, experiments, fit, shards
+from ecgshard import concepts, controls, data, experiments, fit, shards
 from ecgshard.config import FitConfig, TextConfig, ZeroShotConfig
 from ecgshard.errors import ECGShardError
 
@@ -54,6 +54,9 @@ def test_experiment_a_writes_and_replaces_its_section(demo_data, tmp_path):
     without = f" ({len(macros) - judged} without)" if judged < len(macros) else ""
     assert f"(beats the wrong-text null) | {specific} of {judged} with a macro{without} |" \
         in text
+    claimed = sum(bool(r["groups"].get("unseen", {}).get("zero_shot_claim")) for r in reports)
+    assert f"(beats all three controls) | {claimed} of {judged} with a macro{without} |" in text
+    assert pooled["zero_shot_claim"] == (controls.unbeaten(pooled) == [])
     assert "wrong-text null" in text and "published" not in text
     assert "Command: `bin/experiment-a tiny`" in text
     # how unseen classes were scored, and what each was read through
