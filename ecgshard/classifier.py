@@ -106,7 +106,8 @@ class ZeroShotClassifier:
             classes = [{"code": t, "name": t} for t in todo]
             mode, templates = self.text_attrs["text_mode"], self.text_attrs["templates"]
             if kind == "row":
-                groups = text.class_texts(classes, mode, templates, self._class_texts)
+                groups = text.class_texts(classes, mode, templates, self._class_texts,
+                                         free_text=True)
                 values = list(text.embed_classes(self._encoder(), groups))
             else:
                 values = text.embed_sentences(self._encoder(), text.reading_sentences(

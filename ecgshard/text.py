@@ -148,17 +148,21 @@ def collect_vocabulary(sources):
     return list(merged.values())
 
 
-def class_texts(classes, mode, templates, table):
+def class_texts(classes, mode, templates, table, free_text=False):
     """The texts of each class (each under every template): the name; a description (its
     findings in one sentence); both; each finding alone; or an ensemble of the name, its
-    synonyms and "name: description". A class's row is the mean of its texts' embeddings."""
+    synonyms and "name: description". A class's row is the mean of its texts' embeddings.
+    ``free_text``: the classes are a user's own words (``ZeroShotClassifier``), so one that
+    no class text defines is expected to stand for itself, not warned about as a vocabulary
+    class without a definition is."""
     out = []
     for c in classes:
         name = c["name"]
         e = table.entry(c["code"], name) or {}
         findings = list(e.get("findings", []))
         if mode != "name" and not findings:
-            log.warning("no findings text for %s (%s); using its name", c["code"], name)
+            log.log(logging.DEBUG if free_text else logging.WARNING,
+                    "no findings text for %s (%s); using its name", c["code"], name)
         desc = ", ".join(findings) or name
         both = f"{name}: {desc}" if findings else name
         bodies = {"name": [name], "description": [desc], "both": [both],

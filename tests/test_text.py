@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -168,14 +169,19 @@ def test_class_texts_cover_every_shipped_vocabulary():
     assert table.entry("999", "no such statement") is None
 
 
-def test_user_class_texts_file(tiny_bert, vocab_file, tmp_path):
+def test_user_class_texts_file(tiny_bert, vocab_file, tmp_path, caplog):
     own = tmp_path / "own.json"
     own.write_text(json.dumps({"SBRAD": "a slow heart"}))
-    out = text.run(text.TextConfig(vocab=(str(vocab_file),), out=str(tmp_path / "t.h5"),
-                                   model=str(tiny_bert), texts="both", class_texts=str(own),
-                                   device="cpu"))
+    with caplog.at_level(logging.WARNING, logger="ecgshard.text"):
+        out = text.run(text.TextConfig(vocab=(str(vocab_file),), out=str(tmp_path / "t.h5"),
+                                       model=str(tiny_bert), texts="both", class_texts=str(own),
+                                       device="cpu"))
     m = shards.read_text_matrix(out)
-    assert dict(zip(m.codes, m.texts))["SBRAD"] == "sinus bradycardia: a slow heart"
+    texts = dict(zip(m.codes, m.texts))
+    assert texts["SBRAD"] == "sinus bradycardia: a slow heart"
+    # The file defines SBRAD only: every other vocabulary class falls back to its name, warned.
+    assert texts["AFIB"] == "atrial fibrillation"
+    assert "no findings text for AFIB (atrial fibrillation); using its name" in caplog.text
 
 
 PTBXL_STATEMENTS = """NDT NST_ DIG LNGQT NORM IMI ASMI LVH LAFB ISC_ IRBBB 1AVB IVCD ISCAL CRBBB CLBBB

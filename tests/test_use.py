@@ -1,5 +1,6 @@
 """Using a trained run: predict, the Python API, embed and probe."""
 import csv
+import logging
 import re
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_predict_on_raw_records_equals_zeroshot_on_their_shards(demo_data, demo_
 
 
 def test_a_new_class_text_gets_a_score_and_bad_records_a_named_row(demo_data, demo_run,
-                                                                   tmp_path):
+                                                                   tmp_path, caplog):
     good = _raw_paths(demo_data, [1])[0]
     truncated = tmp_path / "cut"
     truncated.mkdir()
@@ -79,9 +80,12 @@ def test_a_new_class_text_gets_a_score_and_bad_records_a_named_row(demo_data, de
     np.savez(tmp_path / "ok.npz", signal=sig, fs=100.0)
     inputs = [good, truncated, tmp_path / "no_rate.npy", tmp_path / "six_leads.npz",
               tmp_path / "ok.npz", tmp_path / "missing.hea", tmp_path / "notes.txt"]
-    result = predict.run(PredictConfig(
-        run=str(demo_run), inputs=tuple(map(str, inputs)), device="cpu", top=2,
-        classes=("a heart beating in a tidy row of identical waves",)))
+    with caplog.at_level(logging.WARNING, logger="ecgshard"):
+        result = predict.run(PredictConfig(
+            run=str(demo_run), inputs=tuple(map(str, inputs)), device="cpu", top=2,
+            classes=("a heart beating in a tidy row of identical waves",)))
+    # A user's own words stand for themselves: no warning that they lack a class definition.
+    assert "no findings text" not in caplog.text
     rows = {r["record"]: r for r in result["rows"]}
     assert result["status"] == ["not in the relation table"]
     assert rows[str(good)]["status"] == rows[str(tmp_path / "ok.npz")]["status"] == "ok"
@@ -350,8 +354,6 @@ def test_records_in_other_units_than_the_training_input_are_warned_of(demo_run, 
     """The run records its training input's typical lead SD; records ten times larger (µV/100,
     a z-scored model's input given millivolts...) score all alike, so scoring them warns,
     naming both amplitudes, and records like the training input do not."""
-    import logging
-
     from ecgshard import ZeroShotClassifier, synth
 
     assert shards.read_run_info(demo_run).input_lead_sd > 0
