@@ -306,7 +306,6 @@ def run(cfg: FitConfig):
     every rank runs this; rank 0 alone locks and writes the run directory."""
     import contextlib
 
-
     world, device = distributed.init(resolve_device(cfg.device))
     out = Path(cfg.out)
     try:
@@ -505,7 +504,6 @@ class Trainer:
         """One epoch of ``steps_per_epoch`` global batches; updates ``self.state``, returns the
         epoch's log."""
         from tqdm.auto import tqdm
-
 
         cfg, world, state = self.cfg, self.world, self.state
         self.model.train()
