@@ -451,8 +451,9 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"**within-abnormal** AUROC removes the normal "
         f"records. A figure is called class-specific only when it beats the wrong-text null "
         f"(p < 0.05), and zero-shot only when it also beats the untrained encoders and the "
-        f"abnormality score (the margin's interval above zero). Nulls: {cfg.zeroshot.control_seeds} untrained encoders per split (same "
-        f"pipeline, other seeds) and {p0['permutations']} label permutations.",
+        f"abnormality score (the margin's interval above zero). Nulls: "
+        f"{cfg.zeroshot.control_seeds} untrained encoders per split (same pipeline, other "
+        f"seeds) and {p0['permutations']} label permutations.",
         "",
         f"| figure ({scored} fold) | value | note |",
         "|---|---|---|",
@@ -702,11 +703,12 @@ def markdown_transfer(cfg, which, trained, manifest, report):
         "Controls per group (`docs/zeroshot.md`): the wrong-text null (each class scored with "
         "the other classes' texts; p of the macro against texts reassigned at random), the "
         f"class-agnostic abnormality score ({_baseline_text(p)}) and the AUROC within "
-        "abnormal records; a figure is class-specific only when it "
-        "beats the wrong-text null, and zero-shot only when it also beats the untrained "
-        "encoders and the abnormality score (the margin's interval above zero). *Within source*: each class scored among the records of "
-        "the sources that carry it, so that a label one database alone uses is not scored by "
-        f"telling that database apart. Published figures: {NOT_COMPARABLE}.",
+        "abnormal records; a figure is class-specific only when it beats the wrong-text "
+        "null, and zero-shot only when it also beats the untrained encoders and the "
+        "abnormality score (the margin's interval above zero). *Within source*: each class "
+        "scored among the records of the sources that carry it, so that a label one database "
+        f"alone uses is not scored by telling that database apart. Published figures: "
+        f"{NOT_COMPARABLE}.",
         "",
         "| group | classes in macro | macro AUROC [95% CI] | within source | macro AP | macro F1 "
         "| random encoders mean [min, max]; permutation | wrong-text null (p) | abnormality "
