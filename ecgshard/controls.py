@@ -251,15 +251,19 @@ def unbeaten(group):
     return None if not missing and None in beaten else missing
 
 
-def zero_shot_claim(group):
-    """True only when the macro beats every counterfactual; None where one is missing."""
+def zero_shot_claim(group, unseen=True):
+    """True only when every class of the macro is ``unseen`` and the macro beats every
+    counterfactual; None where one is missing. A macro over seen or related classes is never
+    a zero-shot figure, however well it scores."""
+    if not unseen:
+        return False
     missing = unbeaten(group)
     return None if missing is None else not missing
 
 
-def verdict(group):
+def verdict(group, unseen=True):
     """One sentence for a group macro, from the nulls and the controls in ``group``, ending
-    with whether it supports a zero-shot claim."""
+    with whether it supports a zero-shot claim (``unseen``: every class of it is unseen)."""
     wt, base = group.get("wrong_text"), group.get("abnormality_baseline")
     if group.get("distinguishable_from_nulls") is False:
         head = "not distinguishable from untrained encoders and label permutation"
@@ -276,6 +280,8 @@ def verdict(group):
         head += (f"; {base['margin']:+.3f} over the class-agnostic abnormality score"
                  + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
                  + ("" if above else " (not above it)"))
+    if not unseen:
+        return head + "; not a zero-shot figure: it has seen or related classes"
     missing = unbeaten(group)
     if missing is None:
         return head + "; zero-shot claim not judged: a control was not formed"

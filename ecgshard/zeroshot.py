@@ -605,8 +605,9 @@ def _place_in_controls(group, rows, boot, cols, against, cfg):
     group["within_source_macro_auroc"] = _num(metrics.macro(_values(rows,
                                                                     "within_source_auroc")))
     group["single_source_classes"] = [r["code"] for r in rows if r["single_source"]]
-    group["zero_shot_claim"] = specificity.zero_shot_claim(group)
-    group["verdict"] = specificity.verdict(group)
+    unseen = all(r["group"] == "unseen" for r in rows)
+    group["zero_shot_claim"] = specificity.zero_shot_claim(group, unseen)
+    group["verdict"] = specificity.verdict(group, unseen)
 
 
 def _per_source(scores, labels, sources, classes, min_positives):

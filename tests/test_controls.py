@@ -121,6 +121,10 @@ def test_a_zero_shot_claim_needs_every_counterfactual_beaten_and_formed():
         "class-agnostic abnormality score")
     group["abnormality_baseline"]["margin_ci"] = [0.02, 0.12]
     assert controls.zero_shot_claim(group) is True
+    # the same figures over classes that were trained (or have a trained relative) claim nothing
+    assert controls.zero_shot_claim(group, unseen=False) is False
+    assert controls.verdict(group, unseen=False).endswith(
+        "; not a zero-shot figure: it has seen or related classes")
     group["distinguishable_from_nulls"] = False
     assert controls.unbeaten(group) == ["the untrained encoders"]
     # one control beaten the wrong way decides, whatever another lacks

@@ -78,6 +78,12 @@ def test_experiment_b_groups_classes_by_concept(demo_data, demo_run, demo_text, 
     assert _summary_blocks(report) == ["seen", "related", "unseen", "all"]
     assert report["groups"]["unseen"]["classes"] == ["251146004"]
     assert report["groups"]["seen"]["macro_auroc"] > 0.7
+    # however well trained classes score, their figure and one pooled with them is no zero-shot
+    # claim
+    for name in ("seen", "all"):
+        assert report["groups"][name]["zero_shot_claim"] is False
+        assert report["groups"][name]["verdict"].endswith(
+            "; not a zero-shot figure: it has seen or related classes")
     # the Challenge's PTB-XL records are the training database itself: not scored
     assert set(report["per_source"]) == {"CPSC2018", "Georgia", "INCART", "Ningbo", "PTB"}
     assert report["provenance"]["excluded_sources_same_as_training"] == {"PTB-XL": 40}
