@@ -20,6 +20,10 @@ from .errors import ECGShardError
 # kind, and always marked as not comparable: other text models (Bio_ClinicalBERT), other data
 # (the whole of PTB-XL, MIMIC-IV-ECG reports) and no control for class specificity.
 NOT_COMPARABLE = "not comparable: other text model, data and class sets"
+# What a verdict needs (``controls.verdict``), said once for every experiment table.
+CLAIM_RULE = ("class-specific only when it beats the wrong-text null (p < 0.05), and zero-shot "
+              "only when it also beats the untrained encoders and the abnormality score (the "
+              "margin's interval above zero)")
 PUBLISHED = {"b_unseen_macro_auroc": "0.57-0.61", "b_seen_macro_auroc": "0.70-0.74",
              # ECG-text models trained on MIMIC-IV-ECG reports, zero-shot macro AUROC averaged
              # over PTB-XL super/sub/form/rhythm, CPSC2018 and Chapman-Shaoxing
@@ -313,10 +317,10 @@ def report_table(report_dirs):
         (r["groups"].get("unseen", {}).get("abnormality_baseline") or {}).get("macro_auroc"))))
     rows.append(("unseen within abnormal", lambda r: num(
         (r["groups"].get("unseen", {}).get("within_abnormal") or {}).get("macro_auroc"))))
-    rows.append(("unseen class-specific", lambda r: {True: "yes", False: "NO", None: "-"}[
-        r["groups"].get("unseen", {}).get("class_specific")]))
-    rows.append(("unseen zero-shot claim", lambda r: {True: "yes", False: "NO", None: "-"}[
-        r["groups"].get("unseen", {}).get("zero_shot_claim")]))
+    for key, label in (("class_specific", "class-specific"), ("zero_shot_claim",
+                                                              "zero-shot claim")):
+        rows.append((f"unseen {label}", lambda r, k=key: {True: "yes", False: "NO", None: "-"}[
+            r["groups"].get("unseen", {}).get(k)]))
     names = [Path(d).name for d in report_dirs]
     cells = [[get(r) for r in reports] for _, get in rows]
     width = max(len(x) for x in names + [c for row in cells for c in row]) + 2
@@ -449,9 +453,7 @@ def markdown_a(cfg, manifest, reports, pooled=None):
         f"how often texts reassigned at random do as well; the **abnormality baseline** scores "
         f"each class with a score that is the same for every class ({_baseline_text(p0)}); "
         f"**within-abnormal** AUROC removes the normal "
-        f"records. A figure is called class-specific only when it beats the wrong-text null "
-        f"(p < 0.05), and zero-shot only when it also beats the untrained encoders and the "
-        f"abnormality score (the margin's interval above zero). Nulls: "
+        f"records. A figure is called {CLAIM_RULE}. Nulls: "
         f"{cfg.zeroshot.control_seeds} untrained encoders per split (same pipeline, other "
         f"seeds) and {p0['permutations']} label permutations.",
         "",
@@ -703,9 +705,7 @@ def markdown_transfer(cfg, which, trained, manifest, report):
         "Controls per group (`docs/zeroshot.md`): the wrong-text null (each class scored with "
         "the other classes' texts; p of the macro against texts reassigned at random), the "
         f"class-agnostic abnormality score ({_baseline_text(p)}) and the AUROC within "
-        "abnormal records; a figure is class-specific only when it beats the wrong-text "
-        "null, and zero-shot only when it also beats the untrained encoders and the "
-        "abnormality score (the margin's interval above zero). *Within source*: each class "
+        f"abnormal records; a figure is {CLAIM_RULE}. *Within source*: each class "
         "scored among the records of the sources that carry it, so that a label one database "
         f"alone uses is not scored by telling that database apart. Published figures: "
         f"{NOT_COMPARABLE}.",
